@@ -1,0 +1,95 @@
+"""The `resdepth` command: train | sweep | results | plot | bench.
+
+  resdepth train [KEY=VALUE ...]      one run (Hydra overrides; --cfg job prints the composed config)
+  resdepth sweep [KEY=VALUE ...]      the depth x block (x seed) grid as a Hydra multirun; resumable
+  resdepth results [ROOT]             rebuild the results table from ROOT's result.json files
+  resdepth plot [ROOT]                Figure 6, Figure 7, depth vs error, Table 6 and report.md into ROOT/figures
+  resdepth bench [OPTIONS]            speed of the training path against a minimal loop and the usual pipeline
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig
+
+from . import config as _config  # noqa: F401  (registers the schema and the run-name resolver)
+
+USAGE = __doc__.split("\n\n", 1)[1]
+SWEEP_SIZE_ENV = "RESDEPTH_SWEEP_SIZE"
+
+
+def _fail(message: str, code: int = 2):
+    print(f"resdepth: error: {message}", file=sys.stderr, flush=True)
+    sys.exit(code)
+
+
+def _remove_if_only_hydra(run_dir: Path) -> None:
+    """Hydra makes the run directory before our checks; leave no empty run behind for a rejected config."""
+    if run_dir.is_dir() and all(p.name == ".hydra" or p.suffix == ".log" for p in run_dir.iterdir()):
+        shutil.rmtree(run_dir, ignore_errors=True)
+
+
+@hydra.main(version_base="1.3", config_path=str(_config.CONF_DIR), config_name="config")
+def hydra_task(cfg: DictConfig):
+    from .data import DatasetError
+    from .train import RunBusy, RunConflict, train
+
+    multirun = HydraConfig.get().mode == RunMode.MULTIRUN
+    if multirun and os.environ.get(SWEEP_SIZE_ENV):
+        print(f"=== run {HydraConfig.get().job.num + 1}/{os.environ[SWEEP_SIZE_ENV]} ===", flush=True)
+    try:
+        return train(cfg)
+    except (ValueError, DatasetError, RunConflict, RunBusy) as e:  # nothing trained, nothing overwritten
+        _remove_if_only_hydra(Path(cfg.run_dir))
+        if multirun:
+            print(f"resdepth: error: {e}", file=sys.stderr, flush=True)
+            return {"status": "error", "error": str(e)}
+        _fail(str(e))
+    except Exception as e:  # recorded in result.json as failed by train()
+        if multirun:
+            return {"status": "failed", "error": str(e)}
+        _fail(f"run failed: {type(e).__name__}: {e} (traceback in {cfg.run_dir}/error.txt)", 1)
+
+
+def _hydra(argv: list[str]) -> None:
+    sys.argv = ["resdepth", *argv]
+    hydra_task()
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(USAGE)
+        return
+    cmd, rest = argv[0], argv[1:]
+    if cmd == "train":
+        _hydra(rest)
+    elif cmd == "sweep":
+        from .sweep import sweep
+
+        sys.exit(sweep(rest, launch=_hydra))
+    elif cmd == "results":
+        from .results import results_cli
+
+        sys.exit(results_cli(rest))
+    elif cmd == "plot":
+        from .plots import plot_cli
+
+        sys.exit(plot_cli(rest))
+    elif cmd == "bench":
+        from .bench import bench_cli
+
+        sys.exit(bench_cli(rest))
+    else:
+        _fail(f"unknown command {cmd!r}; commands: train, sweep, results, plot, bench (resdepth --help)")
+
+
+if __name__ == "__main__":
+    main()

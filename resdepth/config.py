@@ -1,0 +1,150 @@
+"""Typed schema of the Hydra config. Types only: every default value lives in conf/*.yaml, nowhere else.
+
+The schema is stored in Hydra's ConfigStore as `resdepth_schema` and named first in conf/config.yaml's defaults,
+so a misspelt key (`model.dept=5`) or a wrong type (`model.depth=abc`, `optim.lr=fast`, `model.block=foo`) fails
+with Hydra's own message before anything is trained.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+from typing import Any, List, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, DictConfig, OmegaConf
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+CONF_DIR = REPO_ROOT / "conf"
+
+
+class Block(str, Enum):
+    plain = "plain"
+    residual = "residual"
+
+
+class Shortcut(str, Enum):
+    A = "A"
+    B = "B"
+
+
+class DataKind(str, Enum):
+    cifar10 = "cifar10"
+    cifar100 = "cifar100"
+    image_folder = "image_folder"
+    synthetic = "synthetic"
+
+
+@dataclass
+class ModelConfig:
+    depth: int = MISSING
+    block: Block = MISSING
+    shortcut: Shortcut = MISSING
+
+
+@dataclass
+class DataConfig:
+    name: str = MISSING  # label used in run directories and tables
+    kind: DataKind = MISSING
+    root: str = MISSING  # cifar10/cifar100: folder holding cifar-10-batches-py
+    path: Optional[str] = MISSING  # image_folder: a folder or .tar/.tar.gz with train/<class>/*, test/<class>/*
+    download: bool = MISSING
+    cache_dir: str = MISSING
+    val_size: int = MISSING  # images held out of the training set for validation
+    test_subset: int = MISSING  # 0: the whole test set; k: a fixed subset of k test images
+    train_size: int = MISSING  # synthetic only
+    test_size: int = MISSING  # synthetic only
+    num_classes: int = MISSING  # synthetic only
+
+
+@dataclass
+class OptimConfig:
+    lr: float = MISSING
+    momentum: float = MISSING
+    weight_decay: float = MISSING
+    batch_size: int = MISSING
+    milestones: List[int] = MISSING
+    gamma: float = MISSING
+    warmup: str = MISSING  # auto | true | false
+    warmup_lr: float = MISSING
+    warmup_until_error: float = MISSING  # fraction
+    warmup_window: int = MISSING  # steps averaged for the warm-up test
+
+
+@dataclass
+class TrainerConfig:
+    max_steps: int = MISSING
+    eval_every: int = MISSING
+    checkpoint_every: int = MISSING  # 0: same as eval_every
+    accelerator: str = MISSING
+    precision: str = MISSING  # auto: bf16-mixed on GPUs that support it, 32-true elsewhere
+    channels_last: bool = MISSING
+    compile: bool = MISSING
+    compile_mode: str = MISSING
+    progress: bool = MISSING
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    seed: int = MISSING
+    results_root: str = MISSING
+    run_dir: str = MISSING
+    experiment_name: str = MISSING
+
+
+# Keys that change where and how a run is shown, never what it computes: they are left out of the run's hash.
+NON_SEMANTIC = ("results_root", "run_dir", "experiment_name", "trainer.progress", "trainer.checkpoint_every",
+                "data.cache_dir", "data.download", "data.root")
+
+
+def semantic_config(cfg: DictConfig | dict) -> dict:
+    """The resolved config minus the Hydra node and the keys in NON_SEMANTIC: what defines a run's result."""
+    if isinstance(cfg, DictConfig):
+        keys = [k for k in cfg.keys() if k not in ("hydra", "run_dir")]
+        cfg = OmegaConf.to_container(OmegaConf.masked_copy(cfg, keys), resolve=True, enum_to_str=True)
+    out = json.loads(json.dumps(cfg, default=str))
+    out.pop("hydra", None)
+    for dotted in NON_SEMANTIC:
+        node = out
+        *parents, last = dotted.split(".")
+        for p in parents:
+            node = node.get(p, {})
+        node.pop(last, None)
+    return out
+
+
+def config_hash(cfg: DictConfig | dict, without_seed: bool = True) -> str:
+    sem = semantic_config(cfg)
+    if without_seed:
+        sem.pop("seed", None)
+    return hashlib.sha256(json.dumps(sem, sort_keys=True).encode()).hexdigest()[:8]
+
+
+def run_name(*, _root_: DictConfig) -> str:
+    """`<dataset>/<block>-<depth>/seed<k>-<hash of everything else>`: a pure function of the config."""
+    block = getattr(_root_.model.block, "value", _root_.model.block)
+    return (f"{_root_.data.name}/{block}-{_root_.model.depth}"
+            f"/seed{_root_.seed}-{config_hash(_root_)}")
+
+
+def register() -> None:
+    """Store the schema and the `rd.run_name` resolver; idempotent."""
+    ConfigStore.instance().store(name="resdepth_schema", node=Config)
+    if not OmegaConf.has_resolver("rd.run_name"):
+        OmegaConf.register_new_resolver("rd.run_name", run_name)
+
+
+register()
+
+
+def to_plain(cfg: DictConfig) -> dict[str, Any]:
+    """A plain, JSON-able dict of the resolved config (no Hydra node): what goes into checkpoints and results."""
+    keys = [k for k in cfg.keys() if k != "hydra"]
+    return OmegaConf.to_container(OmegaConf.masked_copy(cfg, keys), resolve=True, enum_to_str=True)

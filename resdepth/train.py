@@ -1,0 +1,303 @@
+"""One run: config -> data + model + Lightning trainer -> metrics.csv + result.json in the run directory.
+
+`train(cfg)` is a plain function (the CLI, the sweep and the tests call it). It skips a finished run, resumes an
+interrupted one from its last checkpoint, refuses a run directory that holds another config, records a diverged
+run as such, and writes every file atomically. It wires things together and computes nothing itself.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import fcntl
+import logging
+import math
+import os
+import platform
+import socket
+import sys
+import time
+import traceback
+import warnings
+from pathlib import Path
+
+import pytorch_lightning as pl
+import torch
+from omegaconf import DictConfig
+
+from . import results as rec
+from .config import config_hash, semantic_config, to_plain
+from .data import DataModule
+from .models import check_depth, count_parameters
+from .system import System, warmup_enabled
+
+PRECISIONS = ("auto", "32-true", "32", "bf16-mixed", "16-mixed")
+ACCELERATORS = ("auto", "cpu", "gpu", "cuda")
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+
+
+class RunConflict(RuntimeError):
+    """The run directory holds a run of a different configuration."""
+
+
+class RunBusy(RuntimeError):
+    """Another process is training this run right now."""
+
+
+def validate(cfg: dict) -> None:
+    """Raise ValueError with a one-line message naming the bad value and what is allowed."""
+    m, o, t, d = cfg["model"], cfg["optim"], cfg["trainer"], cfg["data"]
+    check_depth(m["depth"])
+    warmup_enabled(o, m["depth"])
+    for key, value in (("trainer.max_steps", t["max_steps"]), ("trainer.eval_every", t["eval_every"]),
+                       ("optim.batch_size", o["batch_size"]), ("optim.warmup_window", o["warmup_window"])):
+        if value < 1:
+            raise ValueError(f"{key}={value} must be a positive integer")
+    if t["checkpoint_every"] < 0:
+        raise ValueError(f"trainer.checkpoint_every={t['checkpoint_every']} must be >= 0 (0: same as eval_every)")
+    if not o["lr"] > 0:
+        raise ValueError(f"optim.lr={o['lr']} must be > 0")
+    if any(s < 0 for s in o["milestones"]):
+        raise ValueError(f"optim.milestones={o['milestones']} must be iterations >= 0")
+    for key, value, allowed in (("trainer.precision", t["precision"], PRECISIONS),
+                                ("trainer.accelerator", t["accelerator"], ACCELERATORS),
+                                ("trainer.compile_mode", t["compile_mode"], COMPILE_MODES)):
+        if str(value) not in allowed:
+            raise ValueError(f"{key}={value!r} is not one of {', '.join(allowed)}")
+    if d["val_size"] < 0 or d["test_subset"] < 0:
+        raise ValueError("data.val_size and data.test_subset must be >= 0")
+
+
+def resolve_device(t: dict) -> tuple[str, str]:
+    """(accelerator, precision) actually used: GPU with bf16-mixed when there is one, else CPU with fp32."""
+    accelerator = t["accelerator"]
+    if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
+        raise ValueError(f"trainer.accelerator={accelerator} but no CUDA GPU is visible; use auto or cpu")
+    use_gpu = accelerator != "cpu" and torch.cuda.is_available()
+    precision = t["precision"]
+    if precision == "auto":
+        precision = "bf16-mixed" if use_gpu and torch.cuda.is_bf16_supported() else "32-true"
+    return ("gpu" if use_gpu else "cpu"), precision
+
+
+def job_number() -> int:
+    """This job's number in a Hydra multirun (0 outside one): picks the GPU on a machine with several."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        return int(HydraConfig.get().job.get("num", 0) or 0) if HydraConfig.initialized() else 0
+    except Exception:
+        return 0
+
+
+def fmt_time(seconds: float) -> str:
+    seconds = max(0, int(seconds))
+    h, r = divmod(seconds, 3600)
+    return f"{h}h{r // 60:02d}m" if h else f"{r // 60}m{r % 60:02d}s"
+
+
+def label(cfg: dict) -> str:
+    """'plain-20', 'ResNet-56' (the paper's names), with the seed and option B when used."""
+    m = cfg["model"]
+    name = f"{'ResNet' if m['block'] == 'residual' else 'plain'}-{m['depth']}"
+    return f"{name}{'-B' if m['shortcut'] == 'B' else ''} seed {cfg['seed']}"
+
+
+class Recorder(pl.Callback):
+    """Every eval_every iterations: take a record, append it to metrics.csv, print progress, update result.json;
+    every checkpoint_every iterations: write last.ckpt atomically. Stops a diverged run."""
+
+    def __init__(self, run_dir: Path, cfg: dict, result: dict) -> None:
+        self.run_dir, self.cfg, self.result = run_dir, cfg, result
+        t = cfg["trainer"]
+        self.max_steps, self.eval_every = t["max_steps"], t["eval_every"]
+        self.checkpoint_every = t["checkpoint_every"] or t["eval_every"]
+        self.progress = t["progress"]
+        self.t0, self.step0 = time.perf_counter(), None
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self.step0 = trainer.global_step
+        self.t0 = time.perf_counter()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
+        step = trainer.global_step
+        if step % self.eval_every == 0 or step >= self.max_steps:
+            row = pl_module.take_record()
+            rec.append_metrics(self.run_dir / "metrics.csv", row)
+            self._update_result(row)
+            if self.progress:
+                self._print(step, row)
+            if row["diverged_at"] is not None:
+                trainer.should_stop = True
+                return
+        if step % self.checkpoint_every == 0 or step >= self.max_steps:
+            tmp = self.run_dir / ".last.ckpt.tmp"
+            trainer.save_checkpoint(tmp)
+            os.replace(tmp, self.run_dir / "last.ckpt")
+
+    def _update_result(self, row: dict) -> None:
+        r = self.result
+        r["steps"] = row["iteration"]
+        r["wall_time_s"] = row["elapsed_s"]
+        if row["diverged_at"] is not None:
+            r["status"], r["diverged_at"] = "diverged", row["diverged_at"]
+        else:
+            r["final_train_error"], r["final_train_loss"] = row["train_error"], row["train_loss"]
+            for split in ("test", "val"):
+                e = row[f"{split}_error"]
+                if not math.isnan(e):
+                    r[f"final_{split}_error"] = e
+                    if r.get(f"best_{split}_error") is None or e < r[f"best_{split}_error"]:
+                        r[f"best_{split}_error"], r[f"best_{split}_iteration"] = e, row["iteration"]
+        rec.write_json(self.run_dir / "result.json", r)
+
+    def _print(self, step: int, row: dict) -> None:
+        done = step - (self.step0 or 0)
+        rate = done / max(time.perf_counter() - self.t0, 1e-9)
+        left = (self.max_steps - step) / rate if rate else float("nan")
+        errs = f"train {100 * row['train_error']:5.2f}%"
+        if not math.isnan(row["val_error"]):
+            errs += f"  val {100 * row['val_error']:5.2f}%"
+        if not math.isnan(row["test_error"]):
+            errs += f"  test {100 * row['test_error']:5.2f}%"
+        if row["diverged_at"] is not None:
+            errs = f"DIVERGED at iteration {row['diverged_at']} (loss not finite)"
+        print(f"  [{label(self.cfg)}] it {step:>6}/{self.max_steps} ({100 * step / self.max_steps:3.0f}%)  {errs}"
+              f"  lr {row['lr']:.4g}  {rate:6.1f} it/s  left {fmt_time(left)}", flush=True)
+
+
+def _lock(run_dir: Path):
+    f = open(run_dir / ".lock", "w")
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        f.close()
+        raise RunBusy(f"{run_dir} is being trained by another process right now") from None
+    return f
+
+
+def versions() -> dict:
+    return {"python": platform.python_version(), "torch": torch.__version__, "pytorch_lightning": pl.__version__,
+            "cuda": torch.version.cuda, "host": socket.gethostname(), "platform": platform.platform()}
+
+
+def train(cfg: DictConfig | dict) -> dict:
+    """Train (or resume, or skip) the run that `cfg` describes; return its result.json contents.
+
+    Raises ValueError (bad config), RunConflict, RunBusy, DatasetError before writing anything; an error during
+    training is recorded in result.json (status "failed") and raised again.
+    """
+    cfg = to_plain(cfg) if isinstance(cfg, DictConfig) else cfg
+    validate(cfg)
+    run_dir = Path(cfg["run_dir"])
+    semantic, chash = semantic_config(cfg), config_hash(cfg, without_seed=False)
+    result_path, config_path = run_dir / "result.json", run_dir / "config.json"
+    if config_path.exists():
+        old = rec.read_json(config_path)
+        if old.get("semantic") != semantic:
+            changed = sorted(_diff(old.get("semantic", {}), semantic))
+            raise RunConflict(f"{run_dir} holds a run of another config (differs in {', '.join(changed[:5])}); "
+                              f"refusing to mix them: choose another run_dir or results_root")
+        if result_path.exists():
+            old_result = rec.read_json(result_path)
+            if old_result.get("status") in rec.COMPLETE:
+                print(f"[{label(cfg)}] done, skipped ({run_dir}: {old_result['status']})", flush=True)
+                return old_result
+    run_dir.mkdir(parents=True, exist_ok=True)
+    lock = _lock(run_dir)
+    try:
+        return _train_locked(cfg, run_dir, semantic, chash)
+    finally:
+        lock.close()
+
+
+def _diff(a: dict, b: dict, prefix: str = "") -> set[str]:
+    out = set()
+    for k in set(a) | set(b):
+        if isinstance(a.get(k), dict) and isinstance(b.get(k), dict):
+            out |= _diff(a[k], b[k], f"{prefix}{k}.")
+        elif a.get(k) != b.get(k):
+            out.add(f"{prefix}{k}")
+    return out
+
+
+def quiet_lightning() -> None:
+    """Our progress lines say what matters; Lightning's banners and tips would drown them."""
+    for name in ("pytorch_lightning", "lightning_fabric", "lightning.pytorch", "lightning.fabric"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", message=".*LeafSpec.*")
+    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+
+
+def _train_locked(cfg: dict, run_dir: Path, semantic: dict, chash: str) -> dict:
+    quiet_lightning()
+    accelerator, precision = resolve_device(cfg["trainer"])
+    data = DataModule(cfg["data"], batch_size=cfg["optim"]["batch_size"], seed=cfg["seed"]).load()
+    pl.seed_everything(cfg["seed"], workers=False, verbose=False)
+    system = System(cfg, in_channels=data.in_channels, num_classes=data.num_classes)
+    system.datamodule = data
+    ckpt = run_dir / "last.ckpt"
+    resume_step = torch.load(ckpt, map_location="cpu", weights_only=False)["global_step"] if ckpt.exists() else 0
+    if not (run_dir / "config.json").exists():
+        rec.write_json(run_dir / "config.json", {"hash": chash, "semantic": semantic, "config": cfg})
+    previous = rec.read_json(run_dir / "result.json") if (run_dir / "result.json").exists() else {}
+    rec.truncate_metrics(run_dir / "metrics.csv", resume_step)
+
+    devices = 1
+    if accelerator == "gpu" and torch.cuda.device_count() > 1:
+        devices = [job_number() % torch.cuda.device_count()]  # one GPU per job of a multirun
+    device_name = torch.cuda.get_device_name(devices[0] if isinstance(devices, list) else 0) \
+        if accelerator == "gpu" else (platform.processor() or platform.machine()) + f" ({os.cpu_count()} cores)"
+    m = cfg["model"]
+    result = {
+        "status": "running", "run_dir": str(run_dir), "config_hash": chash, "config": cfg,
+        "dataset": cfg["data"]["name"], "depth": m["depth"], "block": m["block"], "shortcut": m["shortcut"],
+        "seed": cfg["seed"], "params": count_parameters(system.net), "max_steps": cfg["trainer"]["max_steps"],
+        "steps": resume_step, "device": device_name, "accelerator": accelerator, "precision": precision,
+        "started": previous.get("started") or dt.datetime.now().isoformat(timespec="seconds"),
+        "resumed_from": resume_step or None, "diverged_at": None, "error": None, "versions": versions(),
+        "classes": data.num_classes, "train_images": len(data.train), "warmup": system.warming_up,
+    }
+    for key in ("final_test_error", "best_test_error", "best_test_iteration", "final_val_error", "best_val_error",
+                "best_val_iteration", "final_train_error", "final_train_loss"):
+        result[key] = previous.get(key) if resume_step else None
+    rec.write_json(run_dir / "result.json", result)
+
+    what = f"resuming at iteration {resume_step}" if resume_step else "starting"
+    print(f"[{label(cfg)}] {what}: {cfg['data']['name']}, {result['params']:,} params, "
+          f"{cfg['trainer']['max_steps']} iterations of {cfg['optim']['batch_size']}, {device_name}, {precision} "
+          f"-> {run_dir}", flush=True)
+    recorder = Recorder(run_dir, cfg, result)
+    trainer = pl.Trainer(
+        accelerator=accelerator, devices=devices, precision=precision, max_steps=cfg["trainer"]["max_steps"],
+        max_epochs=-1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+        enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0, callbacks=[recorder],
+        benchmark=accelerator == "gpu", default_root_dir=str(run_dir),
+    )
+    t0 = time.perf_counter()
+    try:
+        trainer.fit(system, datamodule=data, ckpt_path=str(ckpt) if resume_step else None)
+    except Exception as e:
+        result.update(status="failed", error=f"{type(e).__name__}: {e}",
+                      finished=dt.datetime.now().isoformat(timespec="seconds"))
+        rec.atomic_write_text(run_dir / "error.txt", traceback.format_exc())
+        rec.write_json(run_dir / "result.json", result)
+        print(f"[{label(cfg)}] FAILED: {result['error']}", file=sys.stderr, flush=True)
+        raise
+
+    if result["status"] != "diverged":
+        data.to(system.device)
+        result["status"] = "done"
+        responses = system.layer_responses(data.eval_splits["test"])
+        rec.write_json(run_dir / "responses.json", {"layer_std": responses, "split": "test",
+                                                     "depth": m["depth"], "block": m["block"]})
+    tmp = run_dir / ".model.pt.tmp"
+    torch.save(system.net.state_dict(), tmp)
+    os.replace(tmp, run_dir / "model.pt")
+    result["finished"] = dt.datetime.now().isoformat(timespec="seconds")
+    result["session_s"] = time.perf_counter() - t0
+    rec.write_json(run_dir / "result.json", result)
+    final = (f"test {100 * result['final_test_error']:.2f}%  train {100 * result['final_train_error']:.2f}%"
+             if result["status"] == "done" else f"diverged at iteration {result['diverged_at']}")
+    print(f"[{label(cfg)}] {result['status']}: {final}  ({fmt_time(result.get('wall_time_s') or 0)}) -> {run_dir}",
+          flush=True)
+    return result
