@@ -34,6 +34,11 @@ def _remove_if_only_hydra(run_dir: Path) -> None:
     """Hydra makes the run directory before our checks; leave no empty run behind for a rejected config."""
     if run_dir.is_dir() and all(p.name == ".hydra" or p.suffix == ".log" for p in run_dir.iterdir()):
         shutil.rmtree(run_dir, ignore_errors=True)
+        for parent in (run_dir.parent, run_dir.parent.parent):  # <block>-<depth>/, <dataset>/ if now empty
+            try:
+                parent.rmdir()
+            except OSError:
+                break
 
 
 @hydra.main(version_base="1.3", config_path=str(_config.CONF_DIR), config_name="config")

@@ -32,6 +32,10 @@ from .config import REPO_ROOT
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")  # torchvision's
 PAD = 4  # pixels of zero padding on each side before the random crop
 CACHE_VERSION = 1
+# torchvision 0.29 deprecates its decoders in favour of TorchCodec; they are still the fastest here, and PIL is the
+# fallback for when they go (or fail on a format).
+warnings.filterwarnings("ignore", message="The image decoding and encoding capabilities of TorchVision",
+                        category=DeprecationWarning)
 
 
 class DatasetError(RuntimeError):

@@ -17,6 +17,7 @@ import json
 import math
 import os
 import statistics
+import sys
 from pathlib import Path
 from typing import Iterable
 
@@ -88,3 +89,118 @@ def find_results(root: Path) -> list[tuple[Path, dict]]:
         except (OSError, ValueError):
             continue
     return out
+
+
+# ------------------------------------------------------------------------------------------ results table
+
+TABLE_COLUMNS = ("dataset", "net", "depth", "block", "shortcut", "seeds", "test_error_mean", "test_error_std",
+                 "train_error_mean", "train_error_std", "params", "steps", "wall_time_s", "status", "config_hash")
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    if not values:
+        return math.nan, math.nan
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def net_name(block: str, depth: int) -> str:
+    """The paper's names: plain-20, ResNet-56."""
+    return f"{'ResNet' if block == 'residual' else 'plain'}-{depth}"
+
+
+def summarize(root: Path) -> list[dict]:
+    """One row per configuration (all seeds of it) under root, from result.json files only.
+
+    Errors are fractions; means and sample stds are over the seeds whose status is done. Runs that are running,
+    interrupted, diverged or failed are counted in `status` and never silently dropped.
+    """
+    from .config import config_hash
+
+    groups: dict[tuple, list[dict]] = {}
+    for _, r in find_results(root):
+        if "config" not in r:
+            continue
+        key = (r["dataset"], r["block"], r["depth"], r["shortcut"], config_hash(r["config"]))
+        groups.setdefault(key, []).append(r)
+    rows = []
+    for (dataset, block, depth, shortcut, chash), runs in sorted(groups.items(), key=lambda kv: (
+            kv[0][0], kv[0][1], kv[0][2], kv[0][3], kv[0][4])):
+        done = [r for r in runs if r.get("status") == "done"]
+        statuses = [r.get("status", "?") for r in runs]
+        test_m, test_s = _mean_std([r["final_test_error"] for r in done if r.get("final_test_error") is not None])
+        train_m, train_s = _mean_std([r["final_train_error"] for r in done if r.get("final_train_error") is not None])
+        rows.append({
+            "dataset": dataset, "net": net_name(block, depth), "depth": depth, "block": block, "shortcut": shortcut,
+            "seeds": len(done), "test_error_mean": test_m, "test_error_std": test_s, "train_error_mean": train_m,
+            "train_error_std": train_s, "params": runs[0].get("params"),
+            "steps": max(r.get("steps") or 0 for r in runs), "max_steps": runs[0].get("max_steps"),
+            "wall_time_s": sum(r.get("wall_time_s") or 0 for r in runs),
+            "status": ", ".join(f"{statuses.count(s)} {s}" for s in dict.fromkeys(statuses)),
+            "config_hash": chash, "seed_list": sorted(r.get("seed") for r in runs),
+        })
+    return rows
+
+
+def _pct(mean: float, std: float, n: int) -> str:
+    if math.isnan(mean):
+        return "-"
+    return f"{100 * mean:.2f} ± {100 * std:.2f}" if n > 1 else f"{100 * mean:.2f}"
+
+
+def _display(rows: list[dict]) -> tuple[list[str], list[list[str]]]:
+    head = ["dataset", "net", "shortcut", "seeds", "test err %", "train err %", "params", "iterations",
+            "wall time", "status"]
+    body = [[r["dataset"], r["net"], r["shortcut"], str(r["seeds"]),
+             _pct(r["test_error_mean"], r["test_error_std"], r["seeds"]),
+             _pct(r["train_error_mean"], r["train_error_std"], r["seeds"]), f"{r['params']:,}",
+             f"{r['steps']}/{r['max_steps']}", f"{r['wall_time_s'] / 60:.1f} min", r["status"]] for r in rows]
+    return head, body
+
+
+def format_table(rows: list[dict]) -> str:
+    """The table aligned for a terminal (errors in %, mean ± sample std over the done seeds)."""
+    if not rows:
+        return "(no runs)"
+    head, body = _display(rows)
+    widths = [max(len(x) for x in col) for col in zip(head, *body)]
+    line = lambda cells: "  ".join(c.rjust(w) if i >= 3 else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths)))
+    return "\n".join([line(head), line(["-" * w for w in widths]), *map(line, body)])
+
+
+def format_markdown(rows: list[dict]) -> str:
+    head, body = _display(rows)
+    out = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
+    out += ["| " + " | ".join(cells) + " |" for cells in body]
+    return "\n".join(out) + "\n"
+
+
+def write_tables(root: Path) -> list[dict]:
+    """Rebuild ROOT/results.csv and ROOT/results.md (atomically) from the result.json files; return the rows."""
+    rows = summarize(root)
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=[*TABLE_COLUMNS, "max_steps"], extrasaction="ignore")
+    w.writeheader()
+    w.writerows(rows)
+    atomic_write_text(Path(root) / "results.csv", buf.getvalue())
+    md = (f"# Results under {root}\n\nErrors in %, mean ± sample std over the seeds that finished "
+          f"(status done); rebuilt from the result.json files by `resdepth results {root}`.\n\n"
+          + format_markdown(rows))
+    atomic_write_text(Path(root) / "results.md", md)
+    return rows
+
+
+def results_cli(argv: list[str]) -> int:
+    import argparse
+
+    p = argparse.ArgumentParser(prog="resdepth results", description="Rebuild the results table of a sweep.")
+    p.add_argument("root", nargs="?", default="runs", help="results root (default: runs)")
+    args = p.parse_args(argv)
+    root = Path(args.root)
+    if not root.is_dir() or not find_results(root):
+        print(f"resdepth: error: no runs found under {root} (no */result.json); run `resdepth sweep` or "
+              f"`resdepth train` first, or name the results root", file=sys.stderr)
+        return 2
+    rows = write_tables(root)
+    print(format_table(rows))
+    print(f"\nwrote {root / 'results.csv'} and {root / 'results.md'}")
+    return 0

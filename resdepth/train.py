@@ -293,6 +293,7 @@ def _train_locked(cfg: dict, run_dir: Path, semantic: dict, chash: str) -> dict:
     tmp = run_dir / ".model.pt.tmp"
     torch.save(system.net.state_dict(), tmp)
     os.replace(tmp, run_dir / "model.pt")
+    result["warmup_ended_at"] = system.warmup_steps or None
     result["finished"] = dt.datetime.now().isoformat(timespec="seconds")
     result["session_s"] = time.perf_counter() - t0
     rec.write_json(run_dir / "result.json", result)

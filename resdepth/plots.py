@@ -1,0 +1,627 @@
+"""Figures and tables of a results root: `resdepth plot [ROOT]` writes them into ROOT/figures/.
+
+  fig6_curves.{png,pdf}     Figure 6: error vs iterations; plain | ResNet (| ResNet-110 vs ResNet-1202)
+  depth_vs_error.{png,pdf}  final training and test error against depth, plain vs ResNet, the paper's Table 6
+  fig7_responses.{png,pdf}  Figure 7: std of each 3x3 layer's response, in layer order and sorted
+  table6.md, table6.csv     per depth: our ResNet and plain errors against the paper's, params, the verdict
+  report.md                 one page: the figures, the table, sweep command, data, hardware, versions, time
+
+One dataset under ROOT: the files go to ROOT/figures/. Several: to ROOT/figures/<dataset>/, one set each.
+Runs are grouped by (dataset, block, depth, shortcut, every other setting but the seed): seeds are averaged
+(mean, sample std, min-max band), different protocols never. Runs that are running (or were interrupted),
+diverged or failed are drawn and tabled with their status, never dropped. Errors are fractions in the run files
+and percentages here. The paper's numbers appear only for cifar10 / cifar10_jpeg runs on the paper's protocol.
+
+Pure: result records in, matplotlib Figure objects out (built without pyplot, so rendered by Agg and never
+touching the global backend); nothing here knows of training. Re-running on the same runs gives the same bytes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import hashlib
+import io
+import json
+import math
+import os
+import statistics
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from matplotlib import colormaps
+from matplotlib.figure import Figure
+from matplotlib.ticker import FormatStrFormatter, MaxNLocator
+
+from .config import semantic_config
+from .results import atomic_write_text, find_results, read_json, read_metrics
+
+# Table 6 of the paper: ResNet test error (%) on CIFAR-10; parameter counts as the paper prints them.
+PAPER_TEST_ERROR = {20: 8.75, 32: 7.51, 44: 7.17, 56: 6.97, 110: 6.43, 1202: 7.93}
+PAPER_PARAMS = {20: "0.27M", 32: "0.46M", 44: "0.66M", 56: "0.85M", 110: "1.7M", 1202: "19.4M"}
+PAPER_DATASETS = ("cifar10", "cifar10_jpeg")
+PAPER_PROTOCOL = {"max_steps": 64000, "milestones": [32000, 48000], "lr": 0.1, "batch_size": 128}
+NA = "n/a (different protocol)"
+OFF_SCALE = 60.0  # %: curves ending above this do not set the y-limit (the paper leaves plain-110 out likewise)
+FIGURES = ("fig6_curves", "depth_vs_error", "fig7_responses")
+
+
+@dataclass
+class Run:
+    """One run directory: its result.json, metrics.csv rows and layer response stds (None when missing)."""
+
+    dir: Path
+    result: dict
+    metrics: list[dict]
+    responses: list[float] | None
+
+    @property
+    def status(self) -> str:
+        return self.result.get("status", "unknown")
+
+    @property
+    def seed(self):
+        return self.result.get("seed")
+
+
+@dataclass
+class Group:
+    """The seeds of one net under one protocol. `variant` tells apart groups of the same net ("-B", " (40 it)")."""
+
+    dataset: str
+    block: str
+    depth: int
+    shortcut: str
+    protocol: str  # hash of every setting but the model and the seed
+    runs: list[Run] = field(default_factory=list)
+    variant: str = ""
+
+    @property
+    def name(self) -> str:
+        return net_name(self.block, self.depth) + self.variant
+
+    @property
+    def done(self) -> list[Run]:
+        return [r for r in self.runs if r.status == "done"]
+
+    @property
+    def config(self) -> dict:
+        return self.runs[0].result.get("config", {})
+
+    @property
+    def max_steps(self) -> int:
+        return self.runs[0].result.get("max_steps") or 0
+
+
+def net_name(block: str, depth: int) -> str:
+    """The paper's names: plain-20, ResNet-56."""
+    return f"{'ResNet' if block == 'residual' else 'plain'}-{depth}"
+
+
+def load_runs(root: Path) -> list[Run]:
+    """Every run under root with a readable result.json, sorted by path."""
+    runs = []
+    for run_dir, result in find_results(root):
+        resp = run_dir / "responses.json"
+        try:
+            responses = read_json(resp)["layer_std"] if resp.exists() else None
+        except (OSError, ValueError, KeyError):
+            responses = None
+        runs.append(Run(run_dir, result, read_metrics(run_dir / "metrics.csv"), responses))
+    return runs
+
+
+def protocol_hash(config: dict) -> str:
+    """8 hex digits naming every setting of a run except the model and the seed."""
+    sem = semantic_config(config) if config else {}
+    sem.pop("seed", None)
+    sem.pop("model", None)
+    return hashlib.sha256(json.dumps(sem, sort_keys=True).encode()).hexdigest()[:8]
+
+
+def group_runs(runs: list[Run]) -> list[Group]:
+    """Runs grouped by (dataset, block, depth, shortcut, protocol), sorted, with variants named where needed."""
+    groups: dict[tuple, Group] = {}
+    for run in runs:
+        r = run.result
+        key = (r.get("dataset", "?"), r.get("block", "?"), r.get("depth", 0), r.get("shortcut", "A"),
+               protocol_hash(r.get("config", {})))
+        groups.setdefault(key, Group(*key)).runs.append(run)
+    out = sorted(groups.values(), key=lambda g: (g.dataset, g.max_steps, g.protocol, g.shortcut,
+                                                 g.block != "plain", g.depth))
+    for dataset in {g.dataset for g in out}:
+        mine = [g for g in out if g.dataset == dataset]
+        steps = {g.protocol: g.max_steps for g in mine}
+        for g in mine:
+            g.variant = "-B" if g.shortcut == "B" else ""
+            if len(steps) > 1:  # several protocols: say which, by iterations when that tells them apart
+                unique = len(set(steps.values())) == len(steps)
+                g.variant += f" ({g.max_steps} it)" if unique else f" [{g.protocol}]"
+    return out
+
+
+def by_dataset(groups: list[Group]) -> dict[str, list[Group]]:
+    out: dict[str, list[Group]] = {}
+    for g in groups:
+        out.setdefault(g.dataset, []).append(g)
+    return dict(sorted(out.items()))
+
+
+def paper_reference(group: Group) -> bool:
+    """The paper's numbers apply: CIFAR-10 (or its JPEG copy) trained on the paper's protocol."""
+    c = group.config
+    o, t = c.get("optim", {}), c.get("trainer", {})
+    return (group.dataset in PAPER_DATASETS and t.get("max_steps") == PAPER_PROTOCOL["max_steps"]
+            and list(o.get("milestones", [])) == PAPER_PROTOCOL["milestones"] and o.get("lr") == PAPER_PROTOCOL["lr"]
+            and o.get("batch_size") == PAPER_PROTOCOL["batch_size"])
+
+
+def last_iteration(run: Run) -> int:
+    return run.metrics[-1]["iteration"] if run.metrics else (run.result.get("steps") or 0)
+
+
+def status_note(run: Run) -> str:
+    """'' for a done run, else 'running, it N', 'diverged at N', 'failed at it N'."""
+    s = run.status
+    if s == "done":
+        return ""
+    if s == "running":
+        return f"running, it {last_iteration(run)}"
+    if s == "diverged":
+        return f"diverged at {run.result.get('diverged_at') or last_iteration(run)}"
+    return f"{s} at it {last_iteration(run)}"
+
+
+def mean_std(values: list[float]) -> tuple[float, float, int]:
+    """(mean, sample std (0 for one value), n); (nan, nan, 0) for none."""
+    if not values:
+        return math.nan, math.nan, 0
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0), len(values)
+
+
+def final_errors(group: Group, key: str) -> tuple[float, float, int]:
+    """Mean, std, n of result[key] (a fraction) over the group's done runs, in %."""
+    m, s, n = mean_std([r.result[key] for r in group.done if r.result.get(key) is not None])
+    return 100 * m, 100 * s, n
+
+
+# ------------------------------------------------------------------------------------------------- figures
+
+def _colors(groups: list[Group]) -> dict[tuple, tuple]:
+    """One colour per (depth, variant), the same in every panel and figure."""
+    keys = sorted({(g.depth, g.variant) for g in groups})
+    palette = colormaps["tab10" if len(keys) <= 10 else "tab20"].colors
+    return {k: palette[i % len(palette)] for i, k in enumerate(keys)}
+
+
+def _last_finite(values: np.ndarray) -> float:
+    finite = values[np.isfinite(values)]
+    return float(finite[-1]) if finite.size else math.nan
+
+
+def _curves(runs: list[Run]) -> dict:
+    """Iterations and train/test error (%) of these runs on their common iterations: mean, min, max."""
+    iters = sorted(set.intersection(*({row["iteration"] for row in r.metrics} for r in runs)))
+    out = {"x": np.array(iters, dtype=float) / 1e4}
+    for key in ("train_error", "test_error"):
+        rows = [{row["iteration"]: row[key] for row in r.metrics} for r in runs]
+        v = 100 * np.array([[row[i] for i in iters] for row in rows], dtype=float).reshape(len(runs), len(iters))
+        out[key] = v.mean(axis=0)
+        out[key + "_lo"], out[key + "_hi"] = v.min(axis=0), v.max(axis=0)
+    return out
+
+
+def curve_entries(group: Group) -> list[dict]:
+    """What Figure 6 draws for a group: the mean of its done seeds, then each run that is not done, labelled."""
+    entries = []
+    if group.done:
+        n = len(group.done)
+        label = group.name + (f" (mean of {n} seeds)" if n > 1 else
+                              f" seed {group.done[0].seed}" if len(group.runs) > 1 else "")
+        entries.append({"label": label, "done": True, "band": n > 1, **_curves(group.done)})
+    for run in group.runs:
+        if run.status != "done":
+            seed = f" seed {run.seed}" if len(group.runs) > 1 else ""
+            entries.append({"label": f"{group.name}{seed} ({status_note(run)})", "done": False, "band": False,
+                            **_curves([run])})
+    for e in entries:
+        finals = [v for v in (_last_finite(e["train_error"]), _last_finite(e["test_error"])) if not math.isnan(v)]
+        e["final"] = max(finals, default=math.nan)
+    return entries
+
+
+def _ylim_top(entries: list[dict]) -> float:
+    """Top of the error axis: 1.5 x the worst final error of finished curves + 5 (%), on a multiple of 5.
+
+    Curves ending above OFF_SCALE % and unfinished runs set it only when there is nothing else."""
+    finals = [e["final"] for e in entries if not math.isnan(e["final"])]
+    usable = [v for e, v in zip(entries, finals) if e["done"] and v < OFF_SCALE] or [v for v in finals if v < OFF_SCALE]
+    if not usable:
+        return 100.0
+    return min(100.0, 5 * math.ceil((1.5 * max(usable) + 5) / 5))
+
+
+def curves_figure(groups: list[Group]) -> Figure:
+    """Figure 6 for one dataset: training (dashed) and test (bold) error (%) against iterations (1e4)."""
+    colors = _colors(groups)
+    residual = [g for g in groups if g.block == "residual"]
+    big = any(g.depth == 1202 for g in residual)
+    panels = [("plain nets", [g for g in groups if g.block == "plain"]),
+              ("residual nets (ResNet)", [g for g in residual if not (big and g.depth == 1202)])]
+    if big:
+        panels.append(("ResNet-110 vs ResNet-1202", [g for g in residual if g.depth in (110, 1202)]))
+    drawn = [[(g, e) for g in gs for e in curve_entries(g)] for _, gs in panels]
+    top = _ylim_top([e for panel in drawn for _, e in panel])
+    right = max(g.max_steps for g in groups) / 1e4
+
+    fig = Figure(figsize=(5.2 * len(panels), 4.4), layout="constrained")
+    axes = fig.subplots(1, len(panels), sharey=True, squeeze=False)[0]
+    for ax, (title, _), panel in zip(axes, panels, drawn):
+        for g, e in panel:
+            color, alpha = colors[(g.depth, g.variant)], 1.0 if e["done"] else 0.6
+            label = e["label"] + (f" (off scale: ends at {e['final']:.0f}%)" if e["final"] > top else "")
+            ax.plot(e["x"], e["train_error"], "--", color=color, lw=1.0, alpha=alpha)
+            ax.plot(e["x"], e["test_error"], "-", color=color, lw=2.0, alpha=alpha, label=label)
+            if e["band"]:
+                for key in ("train_error", "test_error"):
+                    ax.fill_between(e["x"], e[key + "_lo"], e[key + "_hi"], color=color, alpha=0.2, lw=0)
+        ax.set(title=title, xlabel="iter. (1e4)", xlim=(0, right), ylim=(0, top))
+        ax.xaxis.set_major_locator(MaxNLocator(7))
+        ax.xaxis.set_major_formatter(FormatStrFormatter("%g"))
+        ax.grid(alpha=0.3)
+        if panel:
+            ax.legend(loc="upper right", fontsize="small")
+        else:
+            ax.text(0.5, 0.5, "no runs", transform=ax.transAxes, ha="center", va="center", color="gray")
+    axes[0].set_ylabel("error (%)")
+    fig.suptitle(f"{groups[0].dataset}: error vs iterations (dashed: training error, bold: test error)")
+    return fig
+
+
+def excluded_runs(groups: list[Group]) -> list[str]:
+    """'plain-20 seed 1 (diverged at 1200)' for every run that is not done (so not in the means)."""
+    return [f"{g.name} seed {r.seed} ({status_note(r)})" for g in groups for r in g.runs if r.status != "done"]
+
+
+def depth_figure(groups: list[Group]) -> Figure:
+    """Final training and test error (%) against depth: mean ± sample std over done seeds, plain vs ResNet,
+    with the paper's Table 6 ResNet test errors where they apply."""
+    fig = Figure(figsize=(10, 4.4), layout="constrained")
+    ax_train, ax_test = fig.subplots(1, 2)
+    series: dict[tuple, list[Group]] = {}
+    for g in groups:
+        if g.done:
+            series.setdefault((g.block != "plain", g.variant), []).append(g)
+    markers = "osD^v<>"
+    for i, ((is_res, variant), gs) in enumerate(sorted(series.items())):
+        style = {"color": "tab:blue" if is_res else "tab:red", "marker": markers[i // 2 % len(markers)],
+                 "capsize": 3, "ls": "-" if is_res else "--", "label": ("ResNet" if is_res else "plain") + variant}
+        for ax, key in ((ax_train, "final_train_error"), (ax_test, "final_test_error")):
+            stats = [final_errors(g, key) for g in gs]
+            ax.errorbar([g.depth for g in gs], [s[0] for s in stats], yerr=[s[1] for s in stats], **style)
+    ref = sorted({g.depth for g in groups if g.block == "residual" and paper_reference(g)} & set(PAPER_TEST_ERROR))
+    if ref:
+        jpeg = "; ours: JPEG copy" if groups[0].dataset == "cifar10_jpeg" else ""
+        ax_test.plot(ref, [PAPER_TEST_ERROR[d] for d in ref], "x", color="black", ms=9, mew=2, ls="none",
+                     label=f"paper (ResNet, Table 6{jpeg})")
+    depths = sorted({g.depth for g in groups})
+    for ax, what in ((ax_train, "training"), (ax_test, "test")):
+        if depths[-1] >= 10 * depths[0]:
+            ax.set_xscale("log")
+        ax.set_xticks(depths, [str(d) for d in depths])
+        ax.minorticks_off()
+        ax.set(title=f"final {what} error", xlabel="depth (layers)", ylabel=f"{what} error (%)")
+        ax.set_ylim(bottom=0)
+        ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize="small")
+    left_out = excluded_runs(groups)
+    if left_out:
+        more = f" and {len(left_out) - 6} more" if len(left_out) > 6 else ""
+        fig.supxlabel("not in the means: " + "; ".join(left_out[:6]) + more, fontsize=8)
+    fig.suptitle(f"{groups[0].dataset}: error vs depth (mean ± std over seeds)")
+    return fig
+
+
+def responses_figure(groups: list[Group]) -> Figure:
+    """Figure 7: std of the layer responses (after BN, before the addition/ReLU) per 3x3 layer, in layer order
+    (top) and sorted in descending order (bottom); one line per net, the mean over its seeds."""
+    colors = _colors(groups)
+    fig = Figure(figsize=(7.5, 6.5), layout="constrained")
+    top, bottom = fig.subplots(2, 1)
+    for g in groups:
+        stds = [r.responses for r in g.runs if r.responses]
+        if not stds:
+            continue
+        mean = np.mean(np.array(stds, dtype=float), axis=0)
+        idx = np.arange(1, len(mean) + 1)
+        style = {"color": colors[(g.depth, g.variant)], "ls": "--" if g.block == "plain" else "-", "lw": 1.5,
+                 "marker": "o" if len(mean) <= 60 else None, "ms": 2.5}
+        label = g.name + (f" (mean of {len(stds)} seeds)" if len(stds) > 1 else "")
+        top.plot(idx, mean, label=label, **style)
+        bottom.plot(idx, np.sort(mean)[::-1], label=label, **style)
+    top.set(xlabel="layer index (original)", ylabel="std")
+    bottom.set(xlabel="layer index (sorted by magnitude)", ylabel="std")
+    for ax in (top, bottom):
+        ax.grid(alpha=0.3)
+    if top.lines:
+        top.legend(fontsize="small", ncols=2)
+    else:
+        top.text(0.5, 0.5, "no responses.json yet", transform=top.transAxes, ha="center", color="gray")
+    fig.suptitle(f"{groups[0].dataset}: std of layer responses on the test set (dashed: plain, solid: ResNet)")
+    return fig
+
+
+def missing_responses(groups: list[Group]) -> list[str]:
+    """Nets left out of Figure 7 for want of a responses.json, with why."""
+    out = []
+    for g in groups:
+        if not any(r.responses for r in g.runs):
+            why = ", ".join(status_note(r) or "done, no responses.json" for r in g.runs)
+            out.append(f"{g.name} ({why})")
+    return out
+
+
+# -------------------------------------------------------------------------------------------------- tables
+
+def table_rows(groups: list[Group]) -> list[dict]:
+    """One row per (protocol, shortcut, depth): ResNet and plain final errors (%) and params against the paper."""
+    keys: dict[tuple, dict] = {}
+    for g in groups:
+        row = keys.setdefault((g.protocol, g.shortcut, g.depth), {"dataset": g.dataset, "depth": g.depth,
+                                                                  "variant": g.variant, "reference": False})
+        row[g.block] = g
+        row["reference"] = row["reference"] or paper_reference(g)
+    rows = []
+    for row in keys.values():
+        res, plain = row.pop("residual", None), row.pop("plain", None)
+        for name, g in (("resnet", res), ("plain", plain)):
+            for split in ("test", "train"):
+                row[f"{name}_{split}"] = final_errors(g, f"final_{split}_error") if g else (math.nan, math.nan, 0)
+        ours = next((r.result.get("params") for g in (res, plain) if g for r in g.runs), None)
+        paper = PAPER_TEST_ERROR.get(row["depth"]) if row["reference"] else None
+        row.update(params=ours, paper_params=PAPER_PARAMS.get(row["depth"], "-") if row["reference"] else NA,
+                   paper_test=paper, diff=row["resnet_test"][0] - paper if paper is not None else math.nan)
+        notes = [f"{'ResNet' if g is res else 'plain'} seed {r.seed}: {status_note(r)}"
+                 for g in (res, plain) if g for r in g.runs if r.status != "done"]
+        notes += [f"no {b} run" for b, g in (("ResNet", res), ("plain", plain)) if g is None]
+        row["status"] = "; ".join(notes) or "done"
+        rows.append(row)
+    return rows
+
+
+def _pct(stats: tuple[float, float, int]) -> str:
+    m, s, n = stats
+    if n == 0:
+        return "-"
+    return f"{m:.2f} ± {s:.2f} (n={n})" if n > 1 else f"{m:.2f} (n=1)"
+
+
+def _paper(row: dict) -> str:
+    if not row["reference"]:
+        return NA
+    return "-" if row["paper_test"] is None else f"{row['paper_test']:.2f}"
+
+
+def _diff(row: dict) -> str:
+    if not row["reference"]:
+        return NA
+    return "-" if math.isnan(row["diff"]) else f"{row['diff']:+.2f}"
+
+
+def table_markdown(rows: list[dict]) -> str:
+    """Table 6 as Markdown (errors in %); the paper's columns only when its numbers apply to some row."""
+    paper = any(r["reference"] for r in rows)
+    head = ["depth", "ResNet test", *(["paper ResNet test", "ours − paper"] if paper else []), "plain test",
+            "ResNet train", "plain train", "params (ours)", *(["params (paper)"] if paper else []), "status"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] * len(head)) + "|"]
+    for r in rows:
+        params = "-" if r["params"] is None else f"{r['params'] / 1e6:.2f}M ({r['params']:,})"
+        cells = [f"{r['depth']}{r['variant']}", _pct(r["resnet_test"]), *([_paper(r), _diff(r)] if paper else []),
+                 _pct(r["plain_test"]), _pct(r["resnet_train"]), _pct(r["plain_train"]), params,
+                 *([r["paper_params"]] if paper else []), r["status"]]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+CSV_COLUMNS = ("dataset", "depth", "variant", "resnet_test_mean", "resnet_test_std", "resnet_n", "plain_test_mean",
+               "plain_test_std", "plain_n", "paper_resnet_test", "ours_minus_paper", "resnet_train_mean",
+               "resnet_train_std", "plain_train_mean", "plain_train_std", "params", "paper_params", "status")
+
+
+def table_csv(rows: list[dict]) -> str:
+    """Table 6 as CSV: errors in %, 4 decimals; empty where there is no number."""
+    num = lambda v: "" if v is None or math.isnan(v) else f"{v:.4f}"
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(CSV_COLUMNS)
+    for r in rows:
+        (rm, rs, rn), (pm, ps, pn) = r["resnet_test"], r["plain_test"]
+        w.writerow([r["dataset"], r["depth"], r["variant"].strip(), num(rm), num(rs), rn, num(pm), num(ps), pn,
+                    num(r["paper_test"]) if r["reference"] else NA, num(r["diff"]) if r["reference"] else NA,
+                    num(r["resnet_train"][0]), num(r["resnet_train"][1]), num(r["plain_train"][0]),
+                    num(r["plain_train"][1]), "" if r["params"] is None else r["params"], r["paper_params"],
+                    r["status"]])
+    return buf.getvalue()
+
+
+def degradation_sentence(rows: list[dict]) -> str:
+    """One sentence, from the mean final training errors, saying whether the degradation was reproduced and
+    which comparisons held: deepest vs shallowest plain, monotonic plain, deepest vs shallowest ResNet,
+    ResNet below plain at each depth. Uses the variant with the most rows (the default one on a tie)."""
+    variants = [r["variant"] for r in rows]
+    variant = max(dict.fromkeys(variants), key=lambda v: (variants.count(v), v == ""))
+    rows = sorted((r for r in rows if r["variant"] == variant), key=lambda r: r["depth"])
+    plain = {r["depth"]: r["plain_train"][0] for r in rows if r["plain_train"][2]}
+    res = {r["depth"]: r["resnet_train"][0] for r in rows if r["resnet_train"][2]}
+    if len(plain) < 2:
+        return ("Degradation not judged: it needs finished plain runs at two or more depths "
+                f"(finished plain depths: {', '.join(map(str, plain)) or 'none'}).")
+    yes = lambda held: "yes" if held else "no"
+    v = variant
+    d = sorted(plain)
+    plain_worse = plain[d[-1]] > plain[d[0]]
+    monotonic = all(plain[a] < plain[b] for a, b in zip(d, d[1:]))
+    parts = [f"plain-{d[-1]}{v} {plain[d[-1]]:.2f}% > plain-{d[0]}{v} {plain[d[0]]:.2f}%: {yes(plain_worse)}",
+             f"rising at every step of depth {'/'.join(map(str, d))}: {yes(monotonic)}"]
+    res_flat = res_below = None
+    if len(res) >= 2:
+        r = sorted(res)
+        res_flat = res[r[-1]] <= res[r[0]]
+        parts.append(f"ResNet-{r[-1]}{v} {res[r[-1]]:.2f}% <= ResNet-{r[0]}{v} {res[r[0]]:.2f}%: {yes(res_flat)}")
+    both = sorted(set(plain) & set(res))
+    if both:
+        below = [x for x in both if res[x] < plain[x]]
+        res_below = len(below) == len(both)
+        parts.append(f"ResNet below plain at {len(below)} of {len(both)} depths "
+                     f"({', '.join(map(str, below)) or 'none'}): {yes(res_below)}")
+    res_ok = bool(res_flat or res_below)
+    if res_flat is None and res_below is None:
+        verdict, tail = "not judged for residual nets", "residual nets: no finished runs to compare"
+    else:
+        verdict = "reproduced" if plain_worse and res_ok else "not reproduced"
+        tail = f"residual nets {'do not' if res_ok else 'do'}"
+    return (f"Degradation {verdict} (final training error, mean over finished seeds): deeper plain nets "
+            f"{'reach' if plain_worse else 'do not reach'} higher training error than shallower ones and "
+            f"{tail} ({'; '.join(parts)}).")
+
+
+# ------------------------------------------------------------------------------------------------- report
+
+def sweep_command(root: Path) -> str:
+    """The command that made ROOT: from sweep.json, else Hydra's multirun.yaml, else 'unknown'."""
+    root = Path(root)
+    try:
+        return read_json(root / "sweep.json")["command"]
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    try:
+        import yaml
+
+        with open(root / "multirun.yaml") as f:
+            task = yaml.safe_load(f)["hydra"]["overrides"]["task"]
+        return " ".join(["resdepth sweep", *task]).strip()
+    except (OSError, ValueError, KeyError, TypeError, ImportError):
+        return "unknown"
+
+
+def _duration(seconds: float) -> str:
+    h, rest = divmod(int(round(seconds)), 3600)
+    return f"{h} h {rest // 60:02d} min" if h else f"{rest // 60} min {rest % 60:02d} s"
+
+
+def _protocols(groups: list[Group]) -> list[str]:
+    out = []
+    for g in groups:
+        c = g.config
+        o, t, d = c.get("optim", {}), c.get("trainer", {}), c.get("data", {})
+        text = (f"{t.get('max_steps')} iterations of {o.get('batch_size')} images, lr {o.get('lr')} "
+                f"x{o.get('gamma')} at {o.get('milestones')}, weight decay {o.get('weight_decay')}, "
+                f"validation images {d.get('val_size')}; paper protocol: {'yes' if paper_reference(g) else 'no'}")
+        if text not in out:
+            out.append(text)
+    return out
+
+
+def report_markdown(root: Path, groups: list[Group], table_md: str, sentence: str) -> str:
+    """report.md for one dataset; it lives beside the figures it embeds."""
+    runs = [r for g in groups for r in g.runs]
+    dataset = groups[0].dataset
+    statuses = [r.status for r in runs]
+    counts = ", ".join(f"{statuses.count(s)} {s}" for s in sorted(set(statuses)))
+    hardware = sorted({f"{r.result.get('device')} ({r.result.get('precision')}, host "
+                       f"{r.result.get('versions', {}).get('host')})" for r in runs})
+    software = sorted({", ".join(f"{k} {v}" for k, v in sorted(r.result.get("versions", {}).items())
+                                 if k not in ("host", "platform")) for r in runs})
+    platforms = sorted({str(r.result.get("versions", {}).get("platform")) for r in runs})
+    total = sum(r.result.get("wall_time_s") or 0 for r in runs)
+    note = ""
+    if dataset == "cifar10_jpeg":
+        note = (" (the JPEG copy of CIFAR-10: not bit-identical, expect somewhat higher errors than the paper's, "
+                "which are on the original images)")
+    lines = [f"# resdepth: {dataset}", "",
+             f"Runs under `{root}`, drawn by `resdepth plot {root}`. Errors in %; mean ± sample std over the seeds "
+             "that finished (status done).", "",
+             f"- sweep command: `{sweep_command(root)}`",
+             f"- dataset: {dataset}{note}",
+             *[f"- protocol: {p}" for p in _protocols(groups)],
+             f"- hardware: {'; '.join(hardware)}",
+             f"- software: {'; '.join(software)}; platform {'; '.join(platforms)}",
+             f"- compute: {_duration(total)} ({total:.0f} s, the sum of wall_time_s over {len(runs)} runs)",
+             f"- runs by status: {counts}", ""]
+    left_out = excluded_runs(groups)
+    if left_out:
+        lines += ["Not finished (drawn up to where they are, not in the means): " + "; ".join(left_out) + ".", ""]
+    lines += ["## Figure 6: error vs iterations", "", "![Figure 6](fig6_curves.png)", "",
+              "## Table 6", "", table_md, sentence, "",
+              "## Final error vs depth", "", "![error vs depth](depth_vs_error.png)", "",
+              "## Figure 7: std of layer responses", "", "![Figure 7](fig7_responses.png)", ""]
+    missing = missing_responses(groups)
+    if missing:
+        lines += ["Left out of Figure 7 (no responses.json): " + "; ".join(missing) + ".", ""]
+    return "\n".join(lines)
+
+
+def table_note(groups: list[Group]) -> str:
+    if any(paper_reference(g) for g in groups):
+        jpeg = (" Ours are on the JPEG copy of CIFAR-10: expect somewhat higher errors."
+                if groups[0].dataset == "cifar10_jpeg" else "")
+        return f"Paper: Table 6 of He et al. 2016 (ResNet, CIFAR-10 test error, 64k iterations).{jpeg}"
+    return ("No paper reference: it applies to cifar10 / cifar10_jpeg runs on the paper's protocol "
+            "(64000 iterations, lr 0.1, batch 128, milestones 32000, 48000) only.")
+
+
+def _save(fig: Figure, stem: Path) -> list[Path]:
+    """PNG (150 dpi) and PDF without timestamps or version stamps, each written atomically."""
+    out = []
+    for ext, meta in (("png", {"Software": None}), ("pdf", {"CreationDate": None, "Producer": None})):
+        buf = io.BytesIO()
+        fig.savefig(buf, format=ext, dpi=150, metadata=meta)
+        path = stem.with_suffix(f".{ext}")
+        tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+        tmp.write_bytes(buf.getvalue())
+        os.replace(tmp, path)
+        out.append(path)
+    return out
+
+
+def write_outputs(root: Path) -> list[Path]:
+    """Every figure, table and report of ROOT into ROOT/figures (ROOT/figures/<dataset> when several)."""
+    root = Path(root)
+    datasets = by_dataset(group_runs(load_runs(root)))
+    written = []
+    for dataset, groups in datasets.items():
+        out = root / "figures" / (dataset if len(datasets) > 1 else "")
+        out.mkdir(parents=True, exist_ok=True)
+        for name, build in zip(FIGURES, (curves_figure, depth_figure, responses_figure)):
+            written += _save(build(groups), out / name)
+        rows = table_rows(groups)
+        table_md, sentence = table_markdown(rows), degradation_sentence(rows)
+        texts = {"table6.md": f"# Table 6: {dataset}\n\nErrors in %, mean ± sample std over finished seeds (n). "
+                              f"{table_note(groups)}\n\n{table_md}\n{sentence}\n",
+                 "table6.csv": table_csv(rows),
+                 "report.md": report_markdown(root, groups, f"{table_note(groups)}\n\n{table_md}", sentence)}
+        for name, text in texts.items():
+            atomic_write_text(out / name, text)
+            written.append(out / name)
+    return written
+
+
+def plot_cli(argv: list[str]) -> int:
+    """`resdepth plot [ROOT]`: 0 when written; 2 (nothing created) when ROOT holds no runs."""
+    p = argparse.ArgumentParser(prog="resdepth plot", description="Figures 6 and 7, error vs depth, Table 6 and "
+                                "report.md of the runs under ROOT, into ROOT/figures.")
+    p.add_argument("root", nargs="?", default="runs", help="results root (default: runs)")
+    root = Path(p.parse_args(argv).root)
+    if not root.is_dir() or not find_results(root):
+        why = "no such folder" if not root.is_dir() else "no */result.json"
+        print(f"resdepth: error: no runs found under {root} ({why}); run `resdepth sweep` or `resdepth train` "
+              "first, or name the results root", file=sys.stderr)
+        return 2
+    written = write_outputs(root)
+    print(f"wrote {len(written)} files to {root / 'figures'}:")
+    for path in written:
+        print(f"  {path}")
+    return 0

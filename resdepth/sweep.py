@@ -1,0 +1,129 @@
+"""`resdepth sweep`: the depth x block (x seed) grid as a Hydra multirun, resumable and crash-proof.
+
+Before launching, the grid is expanded exactly as Hydra's basic sweeper does (hydra.sweeper.params from the
+config, then the shell's overrides, later ones winning), every config is composed and validated, each distinct
+dataset is loaded once (so a missing dataset stops the sweep at once and an image folder is decoded once, not
+by every job), and the plan is printed: which runs are done (skipped), which resume, which are new. After the
+launcher returns, the grid's statuses are read back from the result.json files (whatever launcher ran them),
+the results table is printed and written, and the exit code is non-zero if any run failed.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import shlex
+import sys
+from pathlib import Path
+from typing import Callable
+
+from hydra import compose, initialize_config_dir
+from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from omegaconf import OmegaConf
+
+from . import results as rec
+from .config import CONF_DIR, to_plain
+
+SWEEP_SIZE_ENV = "RESDEPTH_SWEEP_SIZE"
+
+
+def expand_grid(overrides: list[str]) -> list[list[str]]:
+    """The override list of every job of `resdepth sweep overrides`, as Hydra's basic sweeper makes them."""
+    parser = OverridesParser.create()
+    parsed = parser.parse_overrides(overrides)
+    fixed = [o.input_line for o in parsed if not o.is_sweep_override() and not o.is_hydra_override()]
+    fixed += [o.input_line for o in parsed if o.is_hydra_override()]
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        base = compose("config", overrides=fixed, return_hydra_config=True)
+    params = OmegaConf.to_container(base.hydra.sweeper.params or {}, resolve=False)
+    lines = [f"{k}={v}" for k, v in params.items()] + list(overrides)
+    return BasicSweeper.split_arguments(parser.parse_overrides(lines), None)[0]
+
+
+def compose_jobs(grid: list[list[str]]) -> list[dict]:
+    """The resolved config (plain dict) of each job."""
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        jobs = [to_plain(compose("config", overrides=[o for o in job if not o.startswith("hydra")]))
+                for job in grid]
+    GlobalHydra.instance().clear()
+    return jobs
+
+
+def run_state(run_dir: Path) -> str:
+    """done / diverged (skipped), resume (a checkpoint exists), failed or running (will restart), new."""
+    result = run_dir / "result.json"
+    status = rec.read_json(result).get("status") if result.exists() else None
+    if status in rec.COMPLETE:
+        return status
+    if (run_dir / "last.ckpt").exists():
+        return "resume"
+    return status or "new"
+
+
+def sweep(overrides: list[str], launch: Callable[[list[str]], None]) -> int:
+    """Plan, launch and summarise a sweep; return the process exit code."""
+    from .data import DataModule, DatasetError
+    from .train import validate
+
+    try:
+        grid = expand_grid(overrides)
+        jobs = compose_jobs(grid)
+    except Exception as e:  # Hydra's own messages for bad keys, types and values
+        GlobalHydra.instance().clear()
+        print(f"resdepth: error: {type(e).__name__}: {e}".splitlines()[0], file=sys.stderr)
+        return 2
+    try:
+        for job in jobs:
+            validate(job)
+        seen = set()
+        for job in jobs:
+            key = json.dumps(job["data"], sort_keys=True)
+            if key not in seen:
+                seen.add(key)
+                DataModule(job["data"], batch_size=job["optim"]["batch_size"], seed=0).load()
+    except (ValueError, DatasetError) as e:
+        print(f"resdepth: error: {e}", file=sys.stderr)
+        return 2
+
+    roots = sorted({job["results_root"] for job in jobs})
+    states = [run_state(Path(job["run_dir"])) for job in jobs]
+    counts = {s: states.count(s) for s in dict.fromkeys(states)}
+    print(f"sweep: {len(jobs)} runs under {', '.join(roots)}: "
+          + ", ".join(f"{n} {s}" for s, n in counts.items()), flush=True)
+    for job, state in zip(jobs, states):
+        m = job["model"]
+        print(f"  {m['block']:>8}-{m['depth']:<4} shortcut {m['shortcut']} seed {job['seed']:<3} {state:<9} "
+              f"{job['run_dir']}", flush=True)
+    command = "resdepth sweep " + " ".join(shlex.quote(o) for o in overrides)
+    started = dt.datetime.now().isoformat(timespec="seconds")
+    for root in roots:
+        Path(root).mkdir(parents=True, exist_ok=True)
+        rec.write_json(Path(root) / "sweep.json", {"command": command.strip(), "started": started,
+                                                   "runs": [j["run_dir"] for j in jobs if j["results_root"] == root]})
+
+    os.environ[SWEEP_SIZE_ENV] = str(len(jobs))
+    try:
+        launch(["--multirun", *overrides])
+    except SystemExit as e:  # Hydra exits on its own errors (already printed)
+        if e.code:
+            return int(e.code) if isinstance(e.code, int) else 1
+    finally:
+        GlobalHydra.instance().clear()
+
+    final = [run_state(Path(job["run_dir"])) for job in jobs]
+    for root in roots:
+        rows = rec.write_tables(Path(root))
+        print(f"\nresults under {root} (results.csv, results.md):\n{rec.format_table(rows)}", flush=True)
+    failed = [j["run_dir"] for j, s in zip(jobs, final) if s not in rec.COMPLETE]
+    summary = {s: final.count(s) for s in dict.fromkeys(final)}
+    print("sweep finished: " + ", ".join(f"{n} {s}" for s, n in summary.items()), flush=True)
+    if failed:
+        print(f"resdepth: {len(failed)} run(s) did not finish (failed, interrupted or not run); run the same "
+              f"command again to retry/resume them:", file=sys.stderr)
+        for d in failed:
+            print(f"  {d}: {run_state(Path(d))}", file=sys.stderr)
+        return 1
+    return 0

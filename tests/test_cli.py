@@ -1,0 +1,96 @@
+"""`resdepth` in a real subprocess: the smoke run end to end, and every bad input's one-line message."""
+
+import csv
+import json
+
+import pytest
+
+from .conftest import compose, run_cli
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("runs")
+    proc = run_cli("train", "experiment=smoke", f"results_root={root}")
+    assert proc.returncode == 0, proc.stderr
+    run_dir = compose(["experiment=smoke", f"results_root={root}"])["run_dir"]
+    return root, run_dir, proc
+
+
+def test_smoke_train_end_to_end(smoke_run):
+    root, run_dir, proc = smoke_run
+    assert run_dir.startswith(f"{root}/synthetic/residual-20/seed0-")
+    with open(f"{run_dir}/metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["iteration"]) for r in rows] == [10, 20, 30, 40]
+    assert set(rows[0]) == {"iteration", "lr", "train_loss", "train_error", "val_error", "test_error", "elapsed_s"}
+    result = json.load(open(f"{run_dir}/result.json"))
+    assert result["status"] == "done" and result["steps"] == 40 and result["params"] == 269_722
+    assert result["final_test_error"] == float(rows[-1]["test_error"])
+    assert result["config"]["model"] == {"depth": 20, "block": "residual", "shortcut": "A"}
+    assert result["device"] and result["wall_time_s"] > 0 and result["versions"]["torch"]
+    for name in ("model.pt", "last.ckpt", "responses.json", "config.json", ".hydra/config.yaml"):
+        assert (root / run_dir[len(str(root)) + 1:] / name).exists(), name
+    assert "it     40/40" in proc.stdout and "done: test" in proc.stdout
+
+
+def test_second_run_is_skipped(smoke_run):
+    root, run_dir, _ = smoke_run
+    before = open(f"{run_dir}/result.json").read()
+    proc = run_cli("train", "experiment=smoke", f"results_root={root}")
+    assert proc.returncode == 0 and "done, skipped" in proc.stdout
+    assert open(f"{run_dir}/result.json").read() == before
+
+
+def test_cfg_job_prints_the_composed_config():
+    proc = run_cli("train", "model.depth=110", "model.block=plain", "--cfg", "job")
+    assert proc.returncode == 0
+    assert "depth: 110" in proc.stdout and "block: plain" in proc.stdout and "milestones:" in proc.stdout
+
+
+@pytest.mark.parametrize("override,message", [
+    ("model.block=foo", "Invalid value 'foo', expected one of [plain, residual]"),
+    ("model.depth=abc", "Value 'abc' of type 'str' could not be converted to Integer"),
+    ("optim.lr=fast", "Value 'fast' of type 'str' could not be converted to Float"),
+    ("model.dept=5", "Key 'dept' not in 'ModelConfig'"),
+    ("model.shortcut=C", "Invalid value 'C', expected one of [A, B]"),
+    ("model.depth=21", "model.depth=21 is not a CIFAR ResNet depth: it must be 6n+2"),
+    ("model.depth=-4", "model.depth=-4 is not a CIFAR ResNet depth"),
+    ("optim.warmup=maybe", "optim.warmup='maybe' is not one of auto, true, false"),
+    ("trainer.max_steps=0", "trainer.max_steps=0 must be a positive integer"),
+    ("trainer.precision=fp8", "trainer.precision='fp8' is not one of"),
+    ("data=imagenet", "Could not find 'data/imagenet'"),
+])
+def test_bad_input_fails_clearly_and_keeps_earlier_results(smoke_run, override, message):
+    root, run_dir, _ = smoke_run
+    before = {p: open(f"{run_dir}/{p}").read() for p in ("result.json", "metrics.csv", "config.json")}
+    proc = run_cli("train", "experiment=smoke", f"results_root={root}", override)
+    assert proc.returncode != 0
+    assert message in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert {p: open(f"{run_dir}/{p}").read() for p in before} == before
+    assert not any(p.name.startswith(("residual-21", "plain--4")) for p in (root / "synthetic").iterdir())
+
+
+def test_missing_image_folder_is_a_clear_error(tmp_path):
+    proc = run_cli("train", "experiment=smoke", f"results_root={tmp_path}", "data=image_folder",
+                   f"data.path={tmp_path}/nowhere.tar.gz")
+    assert proc.returncode == 2
+    assert f"data.path='{tmp_path}/nowhere.tar.gz' not found" in proc.stderr
+
+
+def test_run_directory_is_a_pure_function_of_the_config(tmp_path):
+    a = compose(["experiment=smoke", f"results_root={tmp_path}"])["run_dir"]
+    assert compose(["experiment=smoke", f"results_root={tmp_path}"])["run_dir"] == a
+    seed1 = compose(["experiment=smoke", f"results_root={tmp_path}", "seed=1"])["run_dir"]
+    lr = compose(["experiment=smoke", f"results_root={tmp_path}", "optim.lr=0.05"])["run_dir"]
+    assert seed1.replace("seed1-", "seed0-") == a  # seeds of one config share the hash
+    assert lr.rsplit("-", 1)[1] != a.rsplit("-", 1)[1]
+    quiet = compose(["experiment=smoke", f"results_root={tmp_path}", "trainer.progress=false"])["run_dir"]
+    assert quiet == a  # display settings do not change the run
+
+
+def test_usage_and_unknown_command():
+    assert "resdepth train" in run_cli("--help").stdout
+    proc = run_cli("fly")
+    assert proc.returncode == 2 and "unknown command 'fly'" in proc.stderr

@@ -1,0 +1,292 @@
+import hashlib
+import io
+import os
+import pickle
+import tarfile
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torchvision import transforms as T
+from torchvision.datasets import CIFAR10
+
+import resdepth.data as rdata
+from resdepth.data import DataModule, DatasetError, TrainBatches, crop_flip, random_crop_flip_params
+
+from .conftest import SHARED_JPEG, compose
+
+# ------------------------------------------------------------------ cifar10 through torchvision's real code path
+
+
+def _md5(path: Path) -> str:
+    return hashlib.md5(path.read_bytes()).hexdigest()
+
+
+def write_cifar10(root: Path, per_batch: int = 20, n_test: int = 10) -> dict:
+    """Tiny files in the exact cifar-10-batches-py format; returns {file name: md5}."""
+    base = root / "cifar-10-batches-py"
+    base.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    names = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
+    for k, name in enumerate(names):
+        n = n_test if name == "test_batch" else per_batch
+        data = rng.integers(0, 256, (n, 3072), dtype=np.uint8)
+        data[:, 0] = k  # first red pixel says which file a row came from
+        data[:, 1024] = 200  # first green pixel (planes: R, then G, then B)
+        labels = [int(x) for x in rng.integers(0, 10, n)]
+        with open(base / name, "wb") as f:
+            pickle.dump({"batch_label": name, "labels": labels, "data": data, "filenames": [""] * n}, f)
+    with open(base / "batches.meta", "wb") as f:
+        pickle.dump({"label_names": ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse",
+                                     "ship", "truck"], "num_vis": 3072, "num_cases_per_batch": per_batch}, f)
+    return {p.name: _md5(p) for p in base.iterdir()}
+
+
+@pytest.fixture
+def cifar_md5s(monkeypatch):
+    """Make torchvision expect the md5s of the test's own files (only the expected values change; the check runs)."""
+
+    def install(md5s: dict):
+        monkeypatch.setattr(CIFAR10, "train_list", [[f"data_batch_{i}", md5s[f"data_batch_{i}"]] for i in range(1, 6)])
+        monkeypatch.setattr(CIFAR10, "test_list", [["test_batch", md5s["test_batch"]]])
+        monkeypatch.setattr(CIFAR10, "meta", {**CIFAR10.meta, "md5": md5s["batches.meta"]})
+
+    return install
+
+
+def cifar_cfg(root, **kw):
+    cfg = compose(["data=cifar10", f"data.root={root}", "data.download=false"])["data"]
+    cfg.update(kw)
+    return cfg
+
+
+def test_cifar10_loads_through_torchvision(tmp_path, cifar_md5s):
+    cifar_md5s(write_cifar10(tmp_path))
+    dm = DataModule(cifar_cfg(tmp_path), batch_size=8, seed=0).load()
+    assert dm.train.images.shape == (100, 3, 32, 32) and dm.train.images.dtype == torch.uint8
+    assert dm.eval_splits["test"].images.shape == (10, 3, 32, 32)
+    assert dm.num_classes == 10 and dm.in_channels == 3
+    assert sorted(dm.train.images[:, 0, 0, 0].unique().tolist()) == [0, 1, 2, 3, 4]  # all five training files
+    assert (dm.train.images[:, 1, 0, 0] == 200).all()  # row layout: R plane, then G plane
+    assert (dm.eval_splits["test"].images[:, 0, 0, 0] == 5).all()
+
+
+def test_cifar10_missing_file_names_it_and_the_fix(tmp_path, cifar_md5s):
+    cifar_md5s(write_cifar10(tmp_path))
+    (tmp_path / "cifar-10-batches-py" / "data_batch_3").unlink()
+    with pytest.raises(DatasetError) as e:
+        DataModule(cifar_cfg(tmp_path), batch_size=8, seed=0).load()
+    msg = str(e.value)
+    assert "data_batch_3 is missing" in msg and "cifar-10-python.tar.gz" in msg and str(tmp_path) in msg
+    assert "cifar10_jpeg" in msg and "\n" not in msg
+
+
+def test_cifar10_corrupt_file_is_named(tmp_path, cifar_md5s):
+    cifar_md5s(write_cifar10(tmp_path))
+    with open(tmp_path / "cifar-10-batches-py" / "test_batch", "r+b") as f:
+        f.seek(100)
+        f.write(b"garbage")
+    with pytest.raises(DatasetError, match=r"test_batch is corrupt \(md5 mismatch\)"):
+        DataModule(cifar_cfg(tmp_path), batch_size=8, seed=0).load()
+
+
+def test_cifar10_archive_placed_by_hand_is_used_offline(tmp_path, cifar_md5s, monkeypatch):
+    src = tmp_path / "src"
+    md5s = write_cifar10(src)
+    cifar_md5s(md5s)
+    archive = tmp_path / "root" / "cifar-10-python.tar.gz"
+    archive.parent.mkdir()
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(src / "cifar-10-batches-py", arcname="cifar-10-batches-py")
+    monkeypatch.setattr(CIFAR10, "tgz_md5", _md5(archive))
+    monkeypatch.setattr(CIFAR10, "url", "http://0.0.0.0:9/unreachable")  # must not be needed
+    dm = DataModule(cifar_cfg(tmp_path / "root", download=True), batch_size=8, seed=0).load()
+    assert len(dm.train) == 100
+
+
+# ------------------------------------------------------------------------------------------ image folders
+
+
+def test_cifar10_jpeg_archive_loads_and_its_cache_is_reused(tmp_cache, monkeypatch):
+    if not SHARED_JPEG.exists():
+        pytest.skip(f"{SHARED_JPEG} not present")
+    cfg = compose(["data=cifar10_jpeg"])["data"]
+    dm = DataModule(cfg, batch_size=128, seed=0).load()
+    train, test = dm.train, dm.eval_splits["test"]
+    assert train.images.shape == (50_000, 3, 32, 32) and test.images.shape == (10_000, 3, 32, 32)
+    assert dm.classes[:3] == ["airplane", "automobile", "bird"] and dm.num_classes == 10
+    assert train.labels.bincount().tolist() == [5000] * 10 and test.labels.bincount().tolist() == [1000] * 10
+    means = train.images.double().mean((0, 2, 3)) / 255
+    assert means.tolist() == pytest.approx([0.4913, 0.4821, 0.4465], abs=2e-3)  # CIFAR-10's, as the README says
+    assert len(list(tmp_cache.rglob("*.pt"))) == 1
+
+    def no_decoding(*a, **k):
+        raise AssertionError("decoded again instead of using the cache")
+
+    monkeypatch.setattr(rdata, "_decode", no_decoding)
+    again = DataModule(cfg, batch_size=128, seed=0).load()
+    assert torch.equal(again.train.images, train.images) and torch.equal(again.train.labels, train.labels)
+
+
+def _png(colour) -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (32, 32), colour).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _add(tar: tarfile.TarFile, name: str, data: bytes = b"", **kw) -> None:
+    info = tarfile.TarInfo(name)
+    for k, v in kw.items():
+        setattr(info, k, v)
+    info.size = len(data)
+    tar.addfile(info, io.BytesIO(data))
+
+
+def test_hostile_archive_never_writes_outside_and_never_crashes(tmp_path, tmp_cache, monkeypatch):
+    archive = tmp_path / "hostile.tar"
+    with tarfile.open(archive, "w") as tar:
+        _add(tar, "train/cat/a.png", _png((255, 0, 0)))
+        _add(tar, "train/dog/b.png", _png((0, 255, 0)))
+        _add(tar, "test/cat/c.png", _png((255, 0, 0)))
+        _add(tar, "test/dog/d.png", _png((0, 255, 0)))
+        _add(tar, "/abs/train/cat/x.png", _png((1, 1, 1)))
+        _add(tar, "../evil/train/cat/y.png", _png((2, 2, 2)))
+        _add(tar, "train/cat/link.png", type=tarfile.SYMTYPE, linkname="/etc/passwd")
+        _add(tar, "train/cat/hard.png", type=tarfile.LNKTYPE, linkname="train/cat/a.png")
+        _add(tar, "train/cat/readme.txt", b"not an image")
+        _add(tar, "train/cat/broken.png", b"\x89PNG definitely not")
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    before = set(tmp_path.rglob("*"))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        train, test, classes = rdata.load_image_folder(str(archive), str(tmp_cache))
+    assert classes == ["cat", "dog"] and len(train) == 2 and len(test) == 2
+    assert train.images[train.labels == 0][0, :, 0, 0].tolist() == [255, 0, 0]
+    assert any("broken.png" in str(w.message) for w in caught)
+    new = {p for p in set(tmp_path.rglob("*")) - before if tmp_cache not in p.parents and p != tmp_cache}
+    assert new == set(), f"written outside the cache: {new}"
+    assert not Path("/abs").exists() and not (tmp_path / "evil").exists()
+
+
+def test_archive_without_train_or_test_says_so(tmp_path, tmp_cache):
+    archive = tmp_path / "flat.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        _add(tar, "images/cat/a.png", _png((255, 0, 0)))
+    with pytest.raises(DatasetError, match="no train/<class>/<image> files"):
+        rdata.load_image_folder(str(archive), str(tmp_cache))
+
+
+def test_image_folder_from_a_directory(tmp_path, tmp_cache):
+    for split in ("train", "test"):
+        for cls, colour in (("a", (10, 20, 30)), ("b", (40, 50, 60))):
+            d = tmp_path / "imgs" / split / cls
+            d.mkdir(parents=True)
+            (d / "0.png").write_bytes(_png(colour))
+    train, test, classes = rdata.load_image_folder(str(tmp_path / "imgs"), str(tmp_cache))
+    assert classes == ["a", "b"] and train.images[1, :, 5, 5].tolist() == [40, 50, 60]
+
+
+def test_missing_image_folder_path(tmp_path, tmp_cache):
+    with pytest.raises(DatasetError, match="not found"):
+        rdata.load_image_folder(str(tmp_path / "nope.tar.gz"), str(tmp_cache))
+
+
+# ------------------------------------------------------------------------------------------- augmentation
+
+
+def test_crop_flip_equals_pad_slice_and_mirror():
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(64, 3, 32, 32, generator=g)
+    dy, dx, flip = random_crop_flip_params(64, g, "cpu")
+    out = crop_flip(x, dy, dx, flip)
+    padded = F.pad(x, (4, 4, 4, 4))
+    for i in range(64):
+        ref = padded[i, :, dy[i]:dy[i] + 32, dx[i]:dx[i] + 32]
+        assert torch.equal(out[i], ref.flip(-1) if flip[i] else ref)
+
+
+def test_each_image_gets_its_own_crop_and_flip_uniformly():
+    g = torch.Generator().manual_seed(2)
+    dy, dx, flip = random_crop_flip_params(81_000, g, "cpu")
+    counts = torch.bincount(dy * 9 + dx, minlength=81).double()
+    assert counts.numel() == 81 and (counts - 1000).abs().max() < 150  # uniform over the 9x9 positions
+    assert abs(flip.double().mean().item() - 0.5) < 0.01
+    assert dy[:128].unique().numel() == 9 and flip[:128].any() and not flip[:128].all()
+
+
+def _decode_params(out: torch.Tensor) -> tuple[int, int, bool]:
+    """Recover (dy, dx, flip) from a crop of the code image (pixel (r, c) = 1 + r * 32 + c, zero padding)."""
+    v = out[0]
+    r, c = (v > 0).nonzero()[0].tolist()
+    code = int(v[r, c].item()) - 1
+    row, col = divmod(code, 32)
+    flipped = v[r].gt(0).sum() > 1 and v[r, c + 1] < v[r, c] if c + 1 < 32 else False
+    dy = 4 + row - r
+    dx = 4 + (col - (31 - c)) if flipped else 4 + col - c
+    return dy, dx, bool(flipped)
+
+
+def test_same_augmentation_statistics_as_torchvision_transforms():
+    code = (1 + torch.arange(32 * 32, dtype=torch.float32)).reshape(1, 1, 32, 32).repeat(1, 3, 1, 1)
+    reference = T.Compose([T.RandomCrop(32, padding=4), T.RandomHorizontalFlip()])
+    torch.manual_seed(0)
+    n = 8000
+    ref = [_decode_params(reference(code[0])) for _ in range(n)]
+    g = torch.Generator().manual_seed(3)
+    dy, dx, flip = random_crop_flip_params(n, g, "cpu")
+    ours_out = crop_flip(code.expand(n, -1, -1, -1), dy, dx, flip)
+    ours = [_decode_params(o) for o in ours_out[:n]]
+    assert ours[:50] == list(zip(dy[:50].tolist(), dx[:50].tolist(), flip[:50].tolist()))  # decoder is right
+    for i in (0, 1, 2):
+        a = np.bincount([p[i] for p in ref], minlength=9) / n
+        b = np.bincount([p[i] for p in ours], minlength=9) / n
+        assert np.abs(a - b).max() < 0.03, (i, a, b)
+    # and for the same parameters, the same pixels as torchvision's crop + flip
+    for (py, px, pf), o in list(zip(ours, ours_out))[:20]:
+        ref_img = T.functional.crop(F.pad(code[0], (4, 4, 4, 4)), py, px, 32, 32)
+        assert torch.equal(o, ref_img.flip(-1) if pf else ref_img)
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="no CUDA GPU on this machine"))])
+def test_augmentation_runs_on_the_batch_device(device):
+    dm = DataModule(compose(["data=synthetic"])["data"], batch_size=32, seed=0).load().to(torch.device(device))
+    batch = next(iter(dm.train_dataloader()))
+    x, y = dm.on_after_batch_transfer(batch, 0)
+    assert x.device.type == device and x.dtype == torch.float32 and x.shape == (32, 3, 32, 32)
+    assert y.device.type == device
+
+
+def test_train_batches_are_a_pure_function_of_seed_and_iteration():
+    dm = DataModule(compose(["data=synthetic"])["data"], batch_size=100, seed=7).load()
+    stream = iter(TrainBatches(dm.train, 100, seed=7))
+    first = [next(stream) for _ in range(45)]  # crosses an epoch boundary (20 batches per epoch)
+    resumed = next(iter(TrainBatches(dm.train, 100, seed=7, start=33)))
+    assert all(torch.equal(a, b) for a, b in zip(first[33], resumed))
+    epoch0 = torch.cat([b[0] for b in first[:20]])
+    assert epoch0.shape[0] == 2000  # each image at most once per epoch (last incomplete batch dropped)
+    other_seed = next(iter(TrainBatches(dm.train, 100, seed=8)))
+    assert not torch.equal(other_seed[1], first[0][1])
+
+
+def test_validation_split_and_training_mean():
+    cfg = compose(["data=synthetic", "data.val_size=100", "data.test_subset=64"])["data"]
+    dm = DataModule(cfg, batch_size=32, seed=0).load()
+    assert len(dm.train) == 1948 and len(dm.eval_splits["val"]) == 100 and len(dm.eval_splits["test"]) == 64
+    assert torch.allclose(dm.mean, dm.train.images.double().mean(0).div(255).float())
+    x = dm.normalize(dm.train.images)
+    assert x.mean(0).abs().max() < 1e-5  # per-pixel mean subtracted
+    other_seed = DataModule(cfg, batch_size=32, seed=5).load()  # the split does not depend on the run's seed
+    assert torch.equal(other_seed.eval_splits["val"].images, dm.eval_splits["val"].images)
+
+
+def test_bad_split_sizes(tmp_path):
+    with pytest.raises(DatasetError, match="data.val_size=5000"):
+        DataModule(compose(["data=synthetic", "data.val_size=5000"])["data"], batch_size=32, seed=0).load()
