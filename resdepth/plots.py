@@ -232,15 +232,12 @@ def curve_entries(group: Group) -> list[dict]:
     return entries
 
 
-def _ylim_top(entries: list[dict]) -> float:
-    """Top of the error axis: 1.5 x the worst final error of finished curves + 5 (%), on a multiple of 5.
+def error_top(values: list[float]) -> float:
+    """Top of an error axis (%): 1.5 x the largest value below OFF_SCALE + 5, up to a multiple of 5, at most 100.
 
-    Curves ending above OFF_SCALE % and unfinished runs set it only when there is nothing else."""
-    finals = [e["final"] for e in entries if not math.isnan(e["final"])]
-    usable = [v for e, v in zip(entries, finals) if e["done"] and v < OFF_SCALE] or [v for v in finals if v < OFF_SCALE]
-    if not usable:
-        return 100.0
-    return min(100.0, 5 * math.ceil((1.5 * max(usable) + 5) / 5))
+    So a net stuck at 90% shows as off scale instead of squashing the differences of a few % that matter."""
+    usable = [v for v in values if v < OFF_SCALE]
+    return min(100.0, 5 * math.ceil((1.5 * max(usable) + 5) / 5)) if usable else 100.0
 
 
 def curves_figure(groups: list[Group]) -> Figure:
@@ -253,7 +250,9 @@ def curves_figure(groups: list[Group]) -> Figure:
     if big:
         panels.append(("ResNet-110 vs ResNet-1202", [g for g in residual if g.depth in (110, 1202)]))
     drawn = [[(g, e) for g in gs for e in curve_entries(g)] for _, gs in panels]
-    top = _ylim_top([e for panel in drawn for _, e in panel])
+    entries = [e for panel in drawn for _, e in panel if not math.isnan(e["final"])]
+    done = [e["final"] for e in entries if e["done"] and e["final"] < OFF_SCALE]
+    top = error_top(done or [e["final"] for e in entries])  # unfinished runs count only when nothing finished
     right = max(g.max_steps for g in groups) / 1e4
 
     fig = Figure(figsize=(5.2 * len(panels), 4.4), layout="constrained")
@@ -261,18 +260,21 @@ def curves_figure(groups: list[Group]) -> Figure:
     for ax, (title, _), panel in zip(axes, panels, drawn):
         for g, e in panel:
             color, alpha = colors[(g.depth, g.variant)], 1.0 if e["done"] else 0.6
-            label = e["label"] + (f" (off scale: ends at {e['final']:.0f}%)" if e["final"] > top else "")
+            label = e["label"]
+            if e["final"] > top:
+                note = f"off scale: ends at {e['final']:.0f}%"
+                label = label[:-1] + f"; {note})" if label.endswith(")") else f"{label} ({note})"
             ax.plot(e["x"], e["train_error"], "--", color=color, lw=1.0, alpha=alpha)
             ax.plot(e["x"], e["test_error"], "-", color=color, lw=2.0, alpha=alpha, label=label)
             if e["band"]:
                 for key in ("train_error", "test_error"):
                     ax.fill_between(e["x"], e[key + "_lo"], e[key + "_hi"], color=color, alpha=0.2, lw=0)
         ax.set(title=title, xlabel="iter. (1e4)", xlim=(0, right), ylim=(0, top))
-        ax.xaxis.set_major_locator(MaxNLocator(7))
+        ax.xaxis.set_major_locator(MaxNLocator(7, steps=[1, 2, 5, 10]))
         ax.xaxis.set_major_formatter(FormatStrFormatter("%g"))
         ax.grid(alpha=0.3)
         if panel:
-            ax.legend(loc="upper right", fontsize="small")
+            ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.16), ncols=2, fontsize="small", frameon=False)
         else:
             ax.text(0.5, 0.5, "no runs", transform=ax.transAxes, ha="center", va="center", color="gray")
     axes[0].set_ylabel("error (%)")
@@ -289,34 +291,42 @@ def depth_figure(groups: list[Group]) -> Figure:
     """Final training and test error (%) against depth: mean ± sample std over done seeds, plain vs ResNet,
     with the paper's Table 6 ResNet test errors where they apply."""
     fig = Figure(figsize=(10, 4.4), layout="constrained")
-    ax_train, ax_test = fig.subplots(1, 2)
+    ax_train, ax_test = fig.subplots(1, 2, sharex=True)
     series: dict[tuple, list[Group]] = {}
     for g in groups:
         if g.done:
             series.setdefault((g.block != "plain", g.variant), []).append(g)
     markers = "osD^v<>"
+    points = {ax_train: [], ax_test: []}  # (depth, mean, std, colour, net name) per panel
     for i, ((is_res, variant), gs) in enumerate(sorted(series.items())):
         style = {"color": "tab:blue" if is_res else "tab:red", "marker": markers[i // 2 % len(markers)],
                  "capsize": 3, "ls": "-" if is_res else "--", "label": ("ResNet" if is_res else "plain") + variant}
         for ax, key in ((ax_train, "final_train_error"), (ax_test, "final_test_error")):
             stats = [final_errors(g, key) for g in gs]
             ax.errorbar([g.depth for g in gs], [s[0] for s in stats], yerr=[s[1] for s in stats], **style)
+            points[ax] += [(g.depth, m, sd, style["color"], g.name) for g, (m, sd, _) in zip(gs, stats)]
     ref = sorted({g.depth for g in groups if g.block == "residual" and paper_reference(g)} & set(PAPER_TEST_ERROR))
     if ref:
         jpeg = "; ours: JPEG copy" if groups[0].dataset == "cifar10_jpeg" else ""
         ax_test.plot(ref, [PAPER_TEST_ERROR[d] for d in ref], "x", color="black", ms=9, mew=2, ls="none",
                      label=f"paper (ResNet, Table 6{jpeg})")
+        points[ax_test] += [(d, PAPER_TEST_ERROR[d], 0.0, "black", "paper") for d in ref]
     depths = sorted({g.depth for g in groups})
     for ax, what in ((ax_train, "training"), (ax_test, "test")):
         if depths[-1] >= 10 * depths[0]:
             ax.set_xscale("log")
         ax.set_xticks(depths, [str(d) for d in depths])
         ax.minorticks_off()
-        ax.set(title=f"final {what} error", xlabel="depth (layers)", ylabel=f"{what} error (%)")
-        ax.set_ylim(bottom=0)
+        top = error_top([m + sd for _, m, sd, _, _ in points[ax]])
+        off = [(d, m, c, name) for d, m, _, c, name in points[ax] if m > top]
+        title = f"final {what} error" + ("\noff scale: " + ", ".join(f"{n} {m:.0f}%" for _, m, _, n in off)
+                                          if off else "")
+        ax.set(title=title, xlabel="depth (layers)", ylabel=f"{what} error (%)", ylim=(0, top))
+        for d, _, c, _ in off:
+            ax.plot([d], [top], "^", color=c, ms=8, clip_on=False)
         ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize="small")
+            ax.legend(loc="upper left", fontsize="small")
     left_out = excluded_runs(groups)
     if left_out:
         more = f" and {len(left_out) - 6} more" if len(left_out) > 6 else ""
@@ -329,16 +339,16 @@ def responses_figure(groups: list[Group]) -> Figure:
     """Figure 7: std of the layer responses (after BN, before the addition/ReLU) per 3x3 layer, in layer order
     (top) and sorted in descending order (bottom); one line per net, the mean over its seeds."""
     colors = _colors(groups)
-    fig = Figure(figsize=(7.5, 6.5), layout="constrained")
+    fig = Figure(figsize=(9, 6.5), layout="constrained")
     top, bottom = fig.subplots(2, 1)
-    for g in groups:
-        stds = [r.responses for r in g.runs if r.responses]
-        if not stds:
-            continue
+    nets = [(g, [r.responses for r in g.runs if r.responses]) for g in groups]
+    nets = [(g, stds) for g, stds in nets if stds]
+    dots = max((len(stds[0]) for _, stds in nets), default=0) <= 60  # dots only where they stay readable
+    for g, stds in nets:
         mean = np.mean(np.array(stds, dtype=float), axis=0)
         idx = np.arange(1, len(mean) + 1)
         style = {"color": colors[(g.depth, g.variant)], "ls": "--" if g.block == "plain" else "-", "lw": 1.5,
-                 "marker": "o" if len(mean) <= 60 else None, "ms": 2.5}
+                 "marker": "o" if dots else None, "ms": 2.5}
         label = g.name + (f" (mean of {len(stds)} seeds)" if len(stds) > 1 else "")
         top.plot(idx, mean, label=label, **style)
         bottom.plot(idx, np.sort(mean)[::-1], label=label, **style)
@@ -347,10 +357,10 @@ def responses_figure(groups: list[Group]) -> Figure:
     for ax in (top, bottom):
         ax.grid(alpha=0.3)
     if top.lines:
-        top.legend(fontsize="small", ncols=2)
+        fig.legend(*top.get_legend_handles_labels(), loc="outside right upper", fontsize="small")
     else:
         top.text(0.5, 0.5, "no responses.json yet", transform=top.transAxes, ha="center", color="gray")
-    fig.suptitle(f"{groups[0].dataset}: std of layer responses on the test set (dashed: plain, solid: ResNet)")
+    top.set_title(f"{groups[0].dataset}: std of layer responses on the test set (dashed: plain, solid: ResNet)")
     return fig
 
 

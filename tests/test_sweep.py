@@ -1,0 +1,187 @@
+"""`resdepth sweep` and `resdepth results`: the grid end to end in real subprocesses, skip, resume after SIGKILL,
+divergence and failure isolation, the results table, and the joblib and submitit_local launchers."""
+
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from resdepth import results as rec
+
+from .conftest import REPO, compose, run_cli
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def smoke_sweep(tmp_path_factory):
+    root = tmp_path_factory.mktemp("sweep")
+    proc = run_cli("sweep", "experiment=smoke", f"results_root={root}")
+    return root, proc
+
+
+def test_smoke_sweep_runs_the_grid(smoke_sweep):
+    root, proc = smoke_sweep
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    found = {(r["block"], r["depth"]): r for _, r in rec.find_results(root)}
+    assert set(found) == {("plain", 8), ("plain", 14), ("residual", 8), ("residual", 14)}
+    assert all(r["status"] == "done" and r["steps"] == 40 for r in found.values())
+    assert "sweep: 4 runs" in proc.stdout and "4 new" in proc.stdout
+    for i in range(1, 5):
+        assert f"=== run {i}/4 ===" in proc.stdout
+    assert "sweep finished: 4 done" in proc.stdout
+    table = (root / "results.md").read_text()
+    assert all(net in table for net in ("plain-8", "plain-14", "ResNet-8", "ResNet-14"))
+    assert json.loads((root / "sweep.json").read_text())["command"] == f"resdepth sweep experiment=smoke results_root={root}"
+    assert "\r" not in proc.stdout  # line-based output when not on a terminal
+
+
+def test_running_it_again_skips_everything(smoke_sweep):
+    root, _ = smoke_sweep
+    stamps = {p: p.stat().st_mtime_ns for p in root.rglob("result.json")}
+    proc = run_cli("sweep", "experiment=smoke", f"results_root={root}")
+    assert proc.returncode == 0
+    assert "4 done" in proc.stdout.splitlines()[0] and proc.stdout.count("done, skipped") == 4
+    assert {p: p.stat().st_mtime_ns for p in root.rglob("result.json")} == stamps
+
+
+def test_changing_an_axis_from_the_shell(smoke_sweep, tmp_path):
+    proc = run_cli("sweep", "experiment=smoke", f"results_root={tmp_path}", "model.depth=8", "seed=0,1",
+                   "model.block=plain", "trainer.max_steps=10", "trainer.eval_every=5")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    runs = [r for _, r in rec.find_results(tmp_path)]
+    assert sorted((r["block"], r["depth"], r["seed"]) for r in runs) == [("plain", 8, 0), ("plain", 8, 1)]
+    rows = rec.summarize(tmp_path)
+    assert len(rows) == 1 and rows[0]["seeds"] == 2  # two seeds of one configuration, aggregated
+
+
+def test_bad_grid_is_refused_before_anything_runs(tmp_path):
+    proc = run_cli("sweep", "experiment=smoke", f"results_root={tmp_path}", "model.depth=8,21")
+    assert proc.returncode == 2 and "model.depth=21 is not a CIFAR ResNet depth" in proc.stderr
+    assert not list(tmp_path.rglob("result.json"))
+
+
+def _wait_for(predicate, timeout=120):
+    t = time.time()
+    while time.time() - t < timeout:
+        if predicate():
+            return True
+        time.sleep(0.2)
+    return False
+
+
+def test_sigkill_mid_training_resumes_exactly(tmp_path):
+    args = ["experiment=smoke", "model.depth=8", "trainer.max_steps=120", "trainer.eval_every=10",
+            "optim.milestones=[60,90]", "trainer.progress=false"]
+    killed_root, clean_root = tmp_path / "killed", tmp_path / "clean"
+    run_dir = Path(compose([*args, f"results_root={killed_root}"])["run_dir"])
+    proc = subprocess.Popen([sys.executable, "-m", "resdepth.cli", "train", *args, f"results_root={killed_root}"],
+                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    metrics = run_dir / "metrics.csv"
+    assert _wait_for(lambda: (run_dir / "last.ckpt").exists() and len(rec.read_metrics(metrics)) >= 5)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    killed_at = len(rec.read_metrics(metrics))
+    assert 5 <= killed_at < 12 and json.loads((run_dir / "result.json").read_text())["status"] == "running"
+
+    again = run_cli("train", *args, f"results_root={killed_root}")
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "resuming at iteration" in again.stdout
+    rows = rec.read_metrics(metrics)
+    assert [r["iteration"] for r in rows] == list(range(10, 121, 10))  # no gap, no duplicate
+    result = json.loads((run_dir / "result.json").read_text())
+    assert result["status"] == "done" and result["steps"] == 120 and result["resumed_from"] >= 40
+
+    clean = run_cli("train", *args, f"results_root={clean_root}")
+    assert clean.returncode == 0
+    clean_rows = rec.read_metrics(Path(compose([*args, f"results_root={clean_root}"])["run_dir"]) / "metrics.csv")
+    for a, b in zip(rows, clean_rows):  # the resumed run saw the same batches, lr and state as an uninterrupted one
+        assert a["lr"] == b["lr"]
+        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-4, abs=1e-5)
+        assert a["test_error"] == pytest.approx(b["test_error"], abs=0.01)
+
+
+def test_divergence_is_recorded_and_the_sweep_goes_on(tmp_path):
+    proc = run_cli("sweep", "experiment=smoke", f"results_root={tmp_path}", "model.depth=8", "model.block=plain",
+                   "optim.lr=0.05,1e12")
+    assert proc.returncode == 0, proc.stderr[-2000:]  # diverged is a result, not a failure
+    runs = {r["config"]["optim"]["lr"]: r for _, r in rec.find_results(tmp_path)}
+    assert runs[0.05]["status"] == "done"
+    bad = runs[1e12]
+    assert bad["status"] == "diverged" and 1 <= bad["diverged_at"] <= 10 and bad["steps"] == 10
+    assert "DIVERGED at iteration" in proc.stdout
+    assert "1 diverged" in rec.format_table(rec.summarize(tmp_path))
+
+
+def test_a_failing_run_is_recorded_and_the_sweep_goes_on(tmp_path, monkeypatch, capsys):
+    from resdepth import cli, system
+    from resdepth.sweep import sweep
+
+    original = system.System.training_step
+
+    def flaky(self, batch, batch_idx):
+        if self.cfg["model"]["depth"] == 14 and self.trainer.global_step == 3:
+            raise RuntimeError("simulated CUDA error")
+        return original(self, batch, batch_idx)
+
+    monkeypatch.setattr(system.System, "training_step", flaky)
+    monkeypatch.chdir(tmp_path)
+    code = sweep(["experiment=smoke", f"results_root={tmp_path}", "model.block=plain", "trainer.max_steps=10",
+                  "trainer.eval_every=5"], launch=cli._hydra)
+    out = capsys.readouterr()
+    assert code == 1
+    runs = {r["depth"]: r for _, r in rec.find_results(tmp_path)}
+    assert runs[8]["status"] == "done"
+    assert runs[14]["status"] == "failed" and "simulated CUDA error" in runs[14]["error"]
+    d14 = Path(compose(["experiment=smoke", f"results_root={tmp_path}", "model.block=plain", "model.depth=14",
+                        "trainer.max_steps=10", "trainer.eval_every=5"])["run_dir"])
+    assert "simulated CUDA error" in (d14 / "error.txt").read_text()
+    assert "1 run(s) did not finish" in out.err
+
+
+def test_results_table_mean_and_std_on_known_files(tmp_path, capsys):
+    base = compose(["experiment=smoke", f"results_root={tmp_path}", "model.depth=20"])
+    for seed, (test, train) in enumerate([(0.07, 0.01), (0.08, 0.02), (0.09, 0.06)]):
+        d = tmp_path / f"synthetic/residual-20/seed{seed}-x"
+        d.mkdir(parents=True)
+        rec.write_json(d / "result.json", {
+            "status": "done", "dataset": "synthetic", "depth": 20, "block": "residual", "shortcut": "A",
+            "seed": seed, "params": 269_722, "steps": 40, "max_steps": 40, "wall_time_s": 60.0,
+            "final_test_error": test, "final_train_error": train, "config": {**base, "seed": seed}})
+    d = tmp_path / "synthetic/residual-20/seed3-x"
+    d.mkdir()
+    rec.write_json(d / "result.json", {**json.loads((tmp_path / "synthetic/residual-20/seed2-x/result.json")
+                                                    .read_text()), "status": "running", "final_test_error": 0.5})
+    assert rec.results_cli([str(tmp_path)]) == 0
+    row, = rec.summarize(tmp_path)
+    assert row["seeds"] == 3 and row["test_error_mean"] == pytest.approx(0.08)
+    assert row["test_error_std"] == pytest.approx(statistics.stdev([0.07, 0.08, 0.09]))
+    assert row["train_error_mean"] == pytest.approx(0.03) and row["status"] == "3 done, 1 running"
+    out = capsys.readouterr().out
+    assert "8.00 ± 1.00" in out and "3.00 ± 2.65" in out and "4.0 min" in out
+    assert "8.00 ± 1.00" in (tmp_path / "results.md").read_text()
+    assert "0.08" in (tmp_path / "results.csv").read_text()
+
+
+def test_results_of_an_empty_root_is_a_clear_error(tmp_path):
+    proc = run_cli("results", str(tmp_path / "none"))
+    assert proc.returncode == 2 and "no runs found under" in proc.stderr
+    assert not (tmp_path / "none").exists()
+
+
+@pytest.mark.parametrize("launcher", [["hydra/launcher=parallel", "hydra.launcher.n_jobs=2"],
+                                      ["hydra/launcher=submitit_local", "hydra.launcher.timeout_min=10"]])
+def test_launchers_run_a_tiny_sweep(tmp_path, launcher):
+    proc = run_cli("sweep", "experiment=smoke", f"results_root={tmp_path}", "model.depth=8",
+                   "trainer.max_steps=10", "trainer.eval_every=5", *launcher)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    runs = [r for _, r in rec.find_results(tmp_path)]
+    assert sorted(r["block"] for r in runs) == ["plain", "residual"]
+    assert all(r["status"] == "done" and r["steps"] == 10 for r in runs)
+    assert "sweep finished: 2 done" in proc.stdout
