@@ -36,7 +36,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import FormatStrFormatter, MaxNLocator
 
 from .config import semantic_config
-from .results import atomic_write_text, find_results, read_json, read_metrics
+from .results import atomic_write_text, find_results, net_name, read_json, read_metrics
 
 # Table 6 of the paper: ResNet test error (%) on CIFAR-10; parameter counts as the paper prints them.
 PAPER_TEST_ERROR = {20: 8.75, 32: 7.51, 44: 7.17, 56: 6.97, 110: 6.43, 1202: 7.93}
@@ -95,11 +95,6 @@ class Group:
         return self.runs[0].result.get("max_steps") or 0
 
 
-def net_name(block: str, depth: int) -> str:
-    """The paper's names: plain-20, ResNet-56."""
-    return f"{'ResNet' if block == 'residual' else 'plain'}-{depth}"
-
-
 def load_runs(root: Path) -> list[Run]:
     """Every run under root with a readable result.json, sorted by path."""
     runs = []
@@ -151,11 +146,10 @@ def by_dataset(groups: list[Group]) -> dict[str, list[Group]]:
 
 def paper_reference(group: Group) -> bool:
     """The paper's numbers apply: CIFAR-10 (or its JPEG copy) trained on the paper's protocol."""
-    c = group.config
-    o, t = c.get("optim", {}), c.get("trainer", {})
-    return (group.dataset in PAPER_DATASETS and t.get("max_steps") == PAPER_PROTOCOL["max_steps"]
-            and list(o.get("milestones", [])) == PAPER_PROTOCOL["milestones"] and o.get("lr") == PAPER_PROTOCOL["lr"]
-            and o.get("batch_size") == PAPER_PROTOCOL["batch_size"])
+    o, t = group.config.get("optim", {}), group.config.get("trainer", {})
+    ours = {"max_steps": t.get("max_steps"), "milestones": list(o.get("milestones", [])), "lr": o.get("lr"),
+            "batch_size": o.get("batch_size")}
+    return group.dataset in PAPER_DATASETS and ours == PAPER_PROTOCOL
 
 
 def last_iteration(run: Run) -> int:
@@ -253,7 +247,7 @@ def curves_figure(groups: list[Group]) -> Figure:
     entries = [e for panel in drawn for _, e in panel if not math.isnan(e["final"])]
     done = [e["final"] for e in entries if e["done"] and e["final"] < OFF_SCALE]
     top = error_top(done or [e["final"] for e in entries])  # unfinished runs count only when nothing finished
-    right = max(g.max_steps for g in groups) / 1e4
+    right = max(g.max_steps for g in groups) / 1e4 or None
 
     fig = Figure(figsize=(5.2 * len(panels), 4.4), layout="constrained")
     axes = fig.subplots(1, len(panels), sharey=True, squeeze=False)[0]
@@ -296,10 +290,10 @@ def depth_figure(groups: list[Group]) -> Figure:
     for g in groups:
         if g.done:
             series.setdefault((g.block != "plain", g.variant), []).append(g)
-    markers = "osD^v<>"
+    variants = sorted({v for _, v in series})
     points = {ax_train: [], ax_test: []}  # (depth, mean, std, colour, net name) per panel
-    for i, ((is_res, variant), gs) in enumerate(sorted(series.items())):
-        style = {"color": "tab:blue" if is_res else "tab:red", "marker": markers[i // 2 % len(markers)],
+    for (is_res, variant), gs in sorted(series.items()):
+        style = {"color": "tab:blue" if is_res else "tab:red", "marker": "osD^v<>"[variants.index(variant) % 7],
                  "capsize": 3, "ls": "-" if is_res else "--", "label": ("ResNet" if is_res else "plain") + variant}
         for ax, key in ((ax_train, "final_train_error"), (ax_test, "final_test_error")):
             stats = [final_errors(g, key) for g in gs]
@@ -384,8 +378,9 @@ def table_rows(groups: list[Group]) -> list[dict]:
                                                                   "variant": g.variant, "reference": False})
         row[g.block] = g
         row["reference"] = row["reference"] or paper_reference(g)
+    order = list(dict.fromkeys(g.protocol for g in groups))  # groups come sorted by iterations, then protocol
     rows = []
-    for row in keys.values():
+    for _, row in sorted(keys.items(), key=lambda kv: (order.index(kv[0][0]), kv[0][1], kv[0][2])):
         res, plain = row.pop("residual", None), row.pop("plain", None)
         for name, g in (("resnet", res), ("plain", plain)):
             for split in ("test", "train"):

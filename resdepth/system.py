@@ -48,7 +48,8 @@ class System(pl.LightningModule):
         self.channels_last = bool(t["channels_last"])
         if self.channels_last:
             self.net = self.net.to(memory_format=torch.channels_last)
-        self.forward_net = torch.compile(self.net, mode=t["compile_mode"]) if t["compile"] else self.net
+        # Kept out of the module registry (plain __dict__ entry) so checkpoints hold the weights once.
+        self.__dict__["forward_net"] = torch.compile(self.net, mode=t["compile_mode"]) if t["compile"] else self.net
         self.eval_every = int(t["eval_every"])
         self.warming_up = warmup_enabled(self.optim_cfg, m["depth"])
         self.warmup_steps = 0  # iterations spent warming up

@@ -112,6 +112,9 @@ class Recorder(pl.Callback):
         self.max_steps, self.eval_every = t["max_steps"], t["eval_every"]
         self.checkpoint_every = t["checkpoint_every"] or t["eval_every"]
         self.progress = t["progress"]
+        # On a terminal, one line redrawn in place between records; in logs and CI, only whole lines.
+        self.live = self.progress and sys.stdout.isatty()
+        self.last_draw, self.last_row = 0.0, None
         self.t0, self.step0 = time.perf_counter(), None
 
     def on_train_start(self, trainer, pl_module) -> None:
@@ -120,6 +123,8 @@ class Recorder(pl.Callback):
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
         step = trainer.global_step
+        if self.live and time.perf_counter() - self.last_draw > 1.0:
+            self._draw(step)
         if step % self.eval_every == 0 or step >= self.max_steps:
             row = pl_module.take_record()
             rec.append_metrics(self.run_dir / "metrics.csv", row)
@@ -150,10 +155,26 @@ class Recorder(pl.Callback):
                         r[f"best_{split}_error"], r[f"best_{split}_iteration"] = e, row["iteration"]
         rec.write_json(self.run_dir / "result.json", r)
 
+    def _rate_left(self, step: int) -> tuple[float, float]:
+        rate = (step - (self.step0 or 0)) / max(time.perf_counter() - self.t0, 1e-9)
+        return rate, (self.max_steps - step) / rate if rate else float("nan")
+
+    def _draw(self, step: int) -> None:
+        """The live line: iteration, the last record's errors, speed, time left (no device sync)."""
+        rate, left = self._rate_left(step)
+        last = self.last_row
+        errs = (f"train {100 * last['train_error']:.2f}% test {100 * last['test_error']:.2f}% (it {last['iteration']})"
+                if last else "first record at it " + str(self.eval_every))
+        sys.stdout.write(f"\r\033[K  [{label(self.cfg)}] it {step}/{self.max_steps}  {errs}  {rate:.1f} it/s  "
+                         f"left {fmt_time(left)}")
+        sys.stdout.flush()
+        self.last_draw = time.perf_counter()
+
     def _print(self, step: int, row: dict) -> None:
-        done = step - (self.step0 or 0)
-        rate = done / max(time.perf_counter() - self.t0, 1e-9)
-        left = (self.max_steps - step) / rate if rate else float("nan")
+        self.last_row = row
+        rate, left = self._rate_left(step)
+        if self.live:
+            sys.stdout.write("\r\033[K")
         errs = f"train {100 * row['train_error']:5.2f}%"
         if not math.isnan(row["val_error"]):
             errs += f"  val {100 * row['val_error']:5.2f}%"
@@ -228,13 +249,28 @@ def quiet_lightning() -> None:
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")
 
 
-def _train_locked(cfg: dict, run_dir: Path, semantic: dict, chash: str) -> dict:
+def build(cfg: dict) -> tuple[DataModule, System, dict]:
+    """The data, the LightningModule and the Trainer arguments of a run: shared by train() and the benchmark."""
     quiet_lightning()
     accelerator, precision = resolve_device(cfg["trainer"])
     data = DataModule(cfg["data"], batch_size=cfg["optim"]["batch_size"], seed=cfg["seed"]).load()
     pl.seed_everything(cfg["seed"], workers=False, verbose=False)
     system = System(cfg, in_channels=data.in_channels, num_classes=data.num_classes)
     system.datamodule = data
+    devices = 1
+    if accelerator == "gpu" and torch.cuda.device_count() > 1:
+        devices = [job_number() % torch.cuda.device_count()]  # one GPU per job of a multirun
+    trainer_kwargs = dict(
+        accelerator=accelerator, devices=devices, precision=precision, max_steps=cfg["trainer"]["max_steps"],
+        max_epochs=-1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+        enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0, benchmark=accelerator == "gpu",
+    )
+    return data, system, trainer_kwargs
+
+
+def _train_locked(cfg: dict, run_dir: Path, semantic: dict, chash: str) -> dict:
+    data, system, trainer_kwargs = build(cfg)
+    accelerator, precision, devices = (trainer_kwargs[k] for k in ("accelerator", "precision", "devices"))
     ckpt = run_dir / "last.ckpt"
     resume_step = torch.load(ckpt, map_location="cpu", weights_only=False)["global_step"] if ckpt.exists() else 0
     if not (run_dir / "config.json").exists():
@@ -242,9 +278,6 @@ def _train_locked(cfg: dict, run_dir: Path, semantic: dict, chash: str) -> dict:
     previous = rec.read_json(run_dir / "result.json") if (run_dir / "result.json").exists() else {}
     rec.truncate_metrics(run_dir / "metrics.csv", resume_step)
 
-    devices = 1
-    if accelerator == "gpu" and torch.cuda.device_count() > 1:
-        devices = [job_number() % torch.cuda.device_count()]  # one GPU per job of a multirun
     device_name = torch.cuda.get_device_name(devices[0] if isinstance(devices, list) else 0) \
         if accelerator == "gpu" else (platform.processor() or platform.machine()) + f" ({os.cpu_count()} cores)"
     m = cfg["model"]
@@ -267,12 +300,7 @@ def _train_locked(cfg: dict, run_dir: Path, semantic: dict, chash: str) -> dict:
           f"{cfg['trainer']['max_steps']} iterations of {cfg['optim']['batch_size']}, {device_name}, {precision} "
           f"-> {run_dir}", flush=True)
     recorder = Recorder(run_dir, cfg, result)
-    trainer = pl.Trainer(
-        accelerator=accelerator, devices=devices, precision=precision, max_steps=cfg["trainer"]["max_steps"],
-        max_epochs=-1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-        enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0, callbacks=[recorder],
-        benchmark=accelerator == "gpu", default_root_dir=str(run_dir),
-    )
+    trainer = pl.Trainer(**trainer_kwargs, callbacks=[recorder], default_root_dir=str(run_dir))
     t0 = time.perf_counter()
     try:
         trainer.fit(system, datamodule=data, ckpt_path=str(ckpt) if resume_step else None)
@@ -285,7 +313,10 @@ def _train_locked(cfg: dict, run_dir: Path, semantic: dict, chash: str) -> dict:
         raise
 
     if result["status"] != "diverged":
-        data.to(system.device)
+        device = torch.device("cuda", devices[0] if isinstance(devices, list) else 0) \
+            if accelerator == "gpu" else torch.device("cpu")
+        system.to(device)  # Lightning's teardown may have moved it to the CPU
+        data.to(device)
         result["status"] = "done"
         responses = system.layer_responses(data.eval_splits["test"])
         rec.write_json(run_dir / "responses.json", {"layer_std": responses, "split": "test",

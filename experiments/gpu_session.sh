@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# One GPU session (the device tool runs it from the repository root, with .whl/ and .carry/ carried):
+#   1. resdepth bench (eager): depths 20/56/110, ours vs minimal loop vs the usual DataLoader pipeline, k=1,2,4
+#   2. the paper's sweep at 1/8 of its iterations on the JPEG CIFAR-10 (experiment=eighth), 10 runs at once
+#   3. resdepth bench with torch.compile (reduce-overhead), depth 20 and 56
+# Each step has a time cap, so whatever finished comes back in $OUT. SMALL=1 shrinks everything for a CPU dry run.
+set -u
+OUT=${OUT:-/tmp/resdepth-out}; mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1 MPLBACKEND=Agg
+PY=${PY:-python3}
+if ! $PY -c "import hydra, omegaconf, hydra_plugins.hydra_joblib_launcher" 2>/dev/null; then
+  $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+    && export PYTHONPATH=/tmp/site:$PWD || exit 1
+fi
+if [ -f .carry/cifar10-jpeg.tar.gz ] && [ ! -f ../shared/data/cifar10-jpeg.tar.gz ]; then
+  mkdir -p ../shared/data && cp .carry/cifar10-jpeg.tar.gz ../shared/data/  # the path data=cifar10_jpeg expects
+fi
+RD="$PY -m resdepth.cli"
+{ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>&1; nproc;
+  $PY -c "import torch, pytorch_lightning as pl, hydra, sys; print(sys.version.split()[0], torch.__version__, pl.__version__, hydra.__version__)"; } > "$OUT/env.txt"
+cat "$OUT/env.txt"
+if [ "${SMALL:-0}" = 1 ]; then
+  B="--depths 8,14 --steps 4 --warmup 2 --concurrent 1,2 --data synthetic"; S="experiment=smoke model.depth=8,14"; C="--depths 8 --steps 4 --warmup 2 --data synthetic"
+  T1=300; T2=300; T3=5; J=2
+else
+  B="--depths 20,56,110 --steps 200 --warmup 30 --concurrent 1,2,4"; S="experiment=eighth data=cifar10_jpeg"; C="--depths 20,56 --steps 200 --warmup 30"
+  T1=150; T2=290; T3=80; J=10
+fi
+echo "== bench (eager) $(date +%T)"
+timeout $T1 $RD bench $B --out "$OUT/bench.json" 2>&1 | tee "$OUT/bench.log"
+echo "== sweep $(date +%T)"
+R=runs-gpu
+timeout $T2 $RD sweep $S results_root=$R hydra/launcher=parallel hydra.launcher.n_jobs=$J > "$OUT/sweep.log" 2>&1
+echo "sweep exit $? $(date +%T)"; tail -25 "$OUT/sweep.log"
+$RD results $R > /dev/null; $RD plot $R 2>&1 | tail -3
+tar czf "$OUT/runs.tgz" --exclude='*.ckpt' --exclude='model.pt' --exclude='.submitit' "$R"
+echo "== bench (compile, reduce-overhead) $(date +%T)"
+timeout $T3 $RD bench $C --pipelines ours,minimal --concurrent 0 --compile true --compile-mode reduce-overhead \
+  --out "$OUT/bench_compile.json" > "$OUT/bench_compile.log" 2>&1
+tail -5 "$OUT/bench_compile.log"; echo "== end $(date +%T)"

@@ -1,0 +1,362 @@
+"""`resdepth bench`: how fast the training path is, measured three ways on the current device, in one process.
+
+  ours          the real path as `resdepth train` runs it: device-resident uint8 data, batched crop/flip,
+                the LightningModule and Lightning's fit loop (records and checkpoints excluded)
+  minimal       the same network, data tensors and augmentation in a hand-written PyTorch loop
+                (ours / minimal = Lightning's overhead)
+  conventional  what popular CIFAR reproductions do: a torchvision-style dataset of PIL images with
+                RandomCrop(32, padding=4) + RandomHorizontalFlip + ToTensor + Normalize, a DataLoader with
+                workers, fp32, a loss.item() and an accuracy read every step (conventional / ours = speed-up)
+
+Each is timed after warm-up, between two device synchronisations. With --concurrent 1,2,4 it also runs k copies
+of `ours` at once on this device and reports the aggregate images/s. The projected full paper sweep (5 depths x
+plain/residual x 64k iterations) uses the measured ms/step (unmeasured depths interpolated linearly in depth).
+Prints a table and writes bench.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+PAPER_DEPTHS = (20, 32, 44, 56, 110)
+PAPER_STEPS = 64_000
+PAPER_RECORDS = 64
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def bench_config(args, depth: int, block: str, steps: int) -> dict:
+    """A run config for the benchmark, composed from conf/ like any run."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from .config import CONF_DIR, to_plain
+
+    overrides = [f"data={args.data}", f"model.depth={depth}", f"model.block={block}",
+                 f"optim.batch_size={args.batch_size}", f"trainer.max_steps={steps}",
+                 f"trainer.eval_every={steps}", f"trainer.precision={args.precision}",
+                 f"trainer.compile={str(args.compile).lower()}", f"trainer.compile_mode={args.compile_mode}",
+                 f"trainer.accelerator={args.accelerator}", "trainer.progress=false"]
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return to_plain(compose("config", overrides=overrides))
+
+
+def _barrier(spec: str | None) -> None:
+    """'DIR:K': announce readiness in DIR and wait until K processes have (so concurrent timings overlap)."""
+    if not spec:
+        return
+    folder, k = spec.rsplit(":", 1)
+    Path(folder, f"ready-{os.getpid()}").touch()
+    deadline = time.time() + 600
+    while len(list(Path(folder).glob("ready-*"))) < int(k) and time.time() < deadline:
+        time.sleep(0.01)
+
+
+def time_ours(cfg: dict, warmup: int, steps: int, barrier: str | None = None) -> dict:
+    """ms/step of the real training path (Lightning's fit loop) between iterations warmup and warmup + steps."""
+    import pytorch_lightning as pl
+
+    from .train import build
+
+    data, system, kwargs = build(cfg)
+    marks = {}
+
+    class StepTimer(pl.Callback):
+        def on_train_batch_start(self, trainer, module, batch, batch_idx):
+            if trainer.global_step == warmup:
+                _sync(module.device)
+                _barrier(barrier)
+                if module.device.type == "cuda":
+                    torch.cuda.reset_peak_memory_stats(module.device)
+                marks["t0"] = time.perf_counter()
+
+        def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+            if trainer.global_step == warmup + steps:
+                _sync(module.device)
+                marks["t1"] = time.perf_counter()
+                marks["device"] = module.device
+
+    kwargs["max_steps"] = warmup + steps
+    trainer = pl.Trainer(**kwargs, callbacks=[StepTimer()])
+    trainer.fit(system, datamodule=data)
+    device = marks["device"]
+    t_eval = time.perf_counter()
+    system.evaluate(data.eval_splits["test"])
+    t_eval = time.perf_counter() - t_eval
+    return {"ms_per_step": 1e3 * (marks["t1"] - marks["t0"]) / steps, "eval_s": t_eval,
+            "peak_mem_mb": torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None,
+            "device": device}
+
+
+def time_minimal(cfg: dict, warmup: int, steps: int, device: torch.device) -> dict:
+    """The same network, data and augmentation in a hand-written loop: no Lightning, no metrics."""
+    from .data import DataModule, TrainBatches
+    from .models import cifar_resnet
+
+    data = DataModule(cfg["data"], batch_size=cfg["optim"]["batch_size"], seed=0).load().to(device)
+    m, o, t = cfg["model"], cfg["optim"], cfg["trainer"]
+    torch.manual_seed(0)
+    net = cifar_resnet(depth=m["depth"], block=m["block"], shortcut=m["shortcut"],
+                       num_classes=data.num_classes).to(device, memory_format=torch.channels_last)
+    forward = torch.compile(net, mode=t["compile_mode"]) if t["compile"] else net
+    fused = device.type == "cuda"
+    opt = torch.optim.SGD(net.parameters(), lr=o["lr"], momentum=o["momentum"], weight_decay=o["weight_decay"],
+                          fused=fused, foreach=None if fused else True)
+    bf16 = "bf16" in str(t["precision"]) or (t["precision"] == "auto" and device.type == "cuda")
+    batches = iter(TrainBatches(data.train, o["batch_size"], seed=0))
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    for i in range(warmup + steps):
+        if i == warmup:
+            _sync(device)
+            t0 = time.perf_counter()
+        images, labels, dy, dx, flip = next(batches)
+        x = data.augment(images, dy, dx, flip).contiguous(memory_format=torch.channels_last)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            loss = F.cross_entropy(forward(x), labels)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    _sync(device)
+    return {"ms_per_step": 1e3 * (time.perf_counter() - t0) / steps,
+            "peak_mem_mb": torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None}
+
+
+class PILDataset(torch.utils.data.Dataset):
+    """torchvision's CIFAR10 __getitem__: a uint8 HWC array -> PIL image -> transforms."""
+
+    def __init__(self, images: np.ndarray, labels: list[int], transform) -> None:
+        self.images, self.labels, self.transform = images, labels, transform
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int):
+        from PIL import Image
+
+        return self.transform(Image.fromarray(self.images[i])), self.labels[i]
+
+
+def time_conventional(cfg: dict, warmup: int, steps: int, device: torch.device, workers: int) -> dict:
+    """The usual pipeline: PIL transforms per image in DataLoader workers, fp32, per-step .item()."""
+    from torchvision import transforms as T
+
+    from .data import DataModule
+    from .models import cifar_resnet
+
+    data = DataModule(cfg["data"], batch_size=cfg["optim"]["batch_size"], seed=0).load()
+    m, o = cfg["model"], cfg["optim"]
+    mean = data.train.images.double().mean((0, 2, 3)).div(255).tolist()
+    std = data.train.images.double().div(255).std((0, 2, 3)).tolist()
+    transform = T.Compose([T.RandomCrop(32, padding=4), T.RandomHorizontalFlip(), T.ToTensor(),
+                           T.Normalize(mean, std)])
+    dataset = PILDataset(data.train.images.permute(0, 2, 3, 1).numpy(), data.train.labels.tolist(), transform)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=o["batch_size"], shuffle=True, num_workers=workers,
+                                         pin_memory=device.type == "cuda", drop_last=True,
+                                         persistent_workers=workers > 0)
+    torch.manual_seed(0)
+    net = cifar_resnet(depth=m["depth"], block=m["block"], shortcut=m["shortcut"],
+                       num_classes=data.num_classes).to(device)
+    opt = torch.optim.SGD(net.parameters(), lr=o["lr"], momentum=o["momentum"], weight_decay=o["weight_decay"])
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    i, correct, seen = 0, 0, 0
+    while i < warmup + steps:
+        for x, y in loader:
+            if i == warmup:
+                _sync(device)
+                t0 = time.perf_counter()
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            out = net(x)
+            loss = F.cross_entropy(out, y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            _ = loss.item()  # the running-average meters of the usual training scripts
+            correct += (out.argmax(1) == y).sum().item()
+            seen += len(y)
+            i += 1
+            if i == warmup + steps:
+                break
+    _sync(device)
+    return {"ms_per_step": 1e3 * (time.perf_counter() - t0) / steps,
+            "peak_mem_mb": torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None}
+
+
+def concurrent(args, k: int, depth: int) -> dict:
+    """Aggregate images/s of k copies of `ours` training at once on this device (child processes)."""
+    tmp = Path(args.out).with_suffix(f".k{k}")
+    tmp.mkdir(parents=True, exist_ok=True)
+    for f in tmp.glob("*"):
+        f.unlink()
+    cmd = [sys.executable, "-m", "resdepth.cli", "bench", "--depths", str(depth), "--blocks", "residual",
+           "--pipelines", "ours", "--concurrent", "0", "--steps", str(args.steps), "--warmup", str(args.warmup),
+           "--batch-size", str(args.batch_size), "--precision", args.precision, "--data", args.data,
+           "--compile", str(args.compile).lower(), "--compile-mode", args.compile_mode,
+           "--accelerator", args.accelerator, "--quiet", "--barrier", f"{tmp}:{k}"]
+    procs = [subprocess.Popen([*cmd, "--out", str(tmp / f"{i}.json")], stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE, text=True) for i in range(k)]
+    errors = [p.communicate()[1] for p in procs]
+    rates = []
+    for i, p in enumerate(procs):
+        if p.returncode:
+            return {"k": k, "error": errors[i].strip().splitlines()[-1] if errors[i].strip() else "failed"}
+        rates.append(json.loads((tmp / f"{i}.json").read_text())["rows"][0]["ours_images_per_s"])
+    return {"k": k, "depth": depth, "images_per_s": sum(rates), "per_run_images_per_s": rates}
+
+
+def _linear(d: int, xs: list[int], ys: list[float]) -> float:
+    """Piecewise-linear in depth through the measured points, extended linearly past either end."""
+    if len(xs) == 1:
+        return ys[0] * d / xs[0]
+    i = 0 if d <= xs[0] else len(xs) - 2 if d >= xs[-1] else int(np.searchsorted(xs, d)) - 1
+    return ys[i] + (ys[i + 1] - ys[i]) * (d - xs[i]) / (xs[i + 1] - xs[i])
+
+
+def project_sweep(ms: dict[int, float], eval_s: dict[int, float]) -> float:
+    """Seconds for the paper's sweep (both blocks, 64k iterations, 64 test evaluations each), one run at a time."""
+    xs = sorted(ms)
+    total = 0.0
+    for d in PAPER_DEPTHS:
+        step_s = _linear(d, xs, [ms[x] for x in xs]) / 1e3
+        eval_once = _linear(d, xs, [eval_s[x] for x in xs]) if eval_s else 0.0
+        total += 2 * (PAPER_STEPS * step_s + PAPER_RECORDS * eval_once)
+    return total
+
+
+def bench_cli(argv: list[str]) -> int:
+    cuda = torch.cuda.is_available()
+    p = argparse.ArgumentParser(prog="resdepth bench", description=__doc__.split("\n\n")[0])
+    p.add_argument("--depths", default="20,56,110" if cuda else "20,56", help="comma list of depths 6n+2")
+    p.add_argument("--blocks", default="residual", help="comma list: plain,residual")
+    p.add_argument("--pipelines", default="ours,minimal,conventional")
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--steps", type=int, default=200 if cuda else 20, help="timed iterations per measurement")
+    p.add_argument("--warmup", type=int, default=30 if cuda else 5, help="untimed iterations first")
+    p.add_argument("--precision", default="auto", help="auto | 32-true | bf16-mixed")
+    p.add_argument("--compile", default="false", choices=["true", "false"])
+    p.add_argument("--compile-mode", default="default")
+    p.add_argument("--accelerator", default="auto")
+    p.add_argument("--data", default="cifar10_jpeg", help="data preset (default cifar10_jpeg; synthetic needs no files)")
+    p.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1), help="conventional DataLoader workers")
+    p.add_argument("--concurrent", default="1,2,4" if cuda else "0", help="k runs at once on this device; 0: skip")
+    p.add_argument("--out", default="bench.json")
+    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--barrier", default=None, help=argparse.SUPPRESS)  # DIR:K, set for the concurrent children
+    args = p.parse_args(argv)
+    args.compile = args.compile == "true"
+    from .models import check_depth
+
+    try:
+        depths = [int(d) for d in args.depths.split(",")]
+        for d in depths:
+            check_depth(d)
+        blocks = args.blocks.split(",")
+        if any(b not in ("plain", "residual") for b in blocks):
+            raise ValueError(f"--blocks={args.blocks!r}: each must be plain or residual")
+        pipelines = args.pipelines.split(",")
+        if any(x not in ("ours", "minimal", "conventional") for x in pipelines):
+            raise ValueError(f"--pipelines={args.pipelines!r}: each must be ours, minimal or conventional")
+        ks = [int(k) for k in args.concurrent.split(",") if int(k) > 0]
+        if args.steps < 1 or args.warmup < 1 or args.batch_size < 1:
+            raise ValueError("--steps, --warmup and --batch-size must be positive")
+    except ValueError as e:
+        print(f"resdepth: error: {e}", file=sys.stderr)
+        return 2
+    say = (lambda *a: None) if args.quiet else (lambda *a: print(*a, flush=True))
+
+    rows = []
+    device = None
+    for depth in depths:
+        for block in blocks:
+            cfg = bench_config(args, depth, block, args.warmup + args.steps)
+            row = {"depth": depth, "block": block, "batch_size": args.batch_size}
+            if "ours" in pipelines:
+                r = time_ours(cfg, args.warmup, args.steps, args.barrier)
+                device = r.pop("device")
+                row.update({f"ours_{k}": v for k, v in r.items()})
+            device = device or torch.device("cuda" if cuda and args.accelerator != "cpu" else "cpu")
+            if "minimal" in pipelines:
+                row.update({f"minimal_{k}": v for k, v in time_minimal(cfg, args.warmup, args.steps, device).items()})
+            if "conventional" in pipelines:
+                row.update({f"conventional_{k}": v for k, v in
+                            time_conventional(cfg, args.warmup, args.steps, device, args.workers).items()})
+            for name in ("ours", "minimal", "conventional"):
+                if f"{name}_ms_per_step" in row:
+                    row[f"{name}_images_per_s"] = args.batch_size * 1e3 / row[f"{name}_ms_per_step"]
+            if "ours_ms_per_step" in row and "minimal_ms_per_step" in row:
+                row["lightning_overhead"] = row["ours_ms_per_step"] / row["minimal_ms_per_step"] - 1
+            if "ours_ms_per_step" in row and "conventional_ms_per_step" in row:
+                row["speedup_vs_conventional"] = row["conventional_ms_per_step"] / row["ours_ms_per_step"]
+            rows.append(row)
+            say(_row_line(row))
+            _write(args, device, argv, rows)  # after every row, so an interrupted bench keeps what it measured
+
+    out = _write(args, device, argv, rows)
+    ours = {r["depth"]: r["ours_ms_per_step"] for r in rows if "ours_ms_per_step" in r and r["block"] == blocks[0]}
+    evals = {r["depth"]: r["ours_eval_s"] for r in rows if "ours_eval_s" in r and r["block"] == blocks[0]}
+    if ours:
+        out["projected_paper_sweep_s"] = project_sweep(ours, evals)
+    if ks and ours:
+        depth = 56 if 56 in depths else depths[0]
+        out["concurrent"] = [concurrent(args, k, depth) for k in ks]
+        base = next((c["images_per_s"] for c in out["concurrent"] if c.get("k") == 1 and "images_per_s" in c), None)
+        for c in out["concurrent"]:
+            if base and "images_per_s" in c:
+                c["speedup_vs_k1"] = c["images_per_s"] / base
+                if "projected_paper_sweep_s" in out:
+                    c["projected_paper_sweep_s"] = out["projected_paper_sweep_s"] / c["speedup_vs_k1"]
+            Path(args.out).write_text(json.dumps(out, indent=2, default=str) + "\n")
+            say(f"  k={c['k']} concurrent runs of depth {c.get('depth')}: "
+                + (f"{c['images_per_s']:,.0f} images/s in all ({c.get('speedup_vs_k1', 1):.2f}x k=1)"
+                   if "images_per_s" in c else f"error: {c['error']}"))
+    Path(args.out).write_text(json.dumps(out, indent=2, default=str) + "\n")
+    if "projected_paper_sweep_s" in out:
+        say(f"projected full paper sweep (10 nets x 64k iterations, one at a time) on {out['device']}: "
+            f"{out['projected_paper_sweep_s'] / 3600:.2f} h")
+    say(f"wrote {args.out}")
+    return 0
+
+
+def _write(args, device, argv: list[str], rows: list[dict]) -> dict:
+    out = {"device": _device_name(device), "torch": torch.__version__, "python": platform.python_version(),
+           "precision": args.precision, "compile": args.compile, "compile_mode": args.compile_mode,
+           "data": args.data, "workers": args.workers, "steps": args.steps, "warmup": args.warmup,
+           "batch_size": args.batch_size, "command": "resdepth bench " + " ".join(argv), "rows": rows}
+    Path(args.out).write_text(json.dumps(out, indent=2, default=str) + "\n")
+    return out
+
+
+def _device_name(device) -> str:
+    if device is not None and device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"{platform.processor() or platform.machine()} CPU, {os.cpu_count()} cores, {torch.get_num_threads()} threads"
+
+
+def _row_line(row: dict) -> str:
+    parts = [f"{row['block']:>8}-{row['depth']:<4}"]
+    for name in ("ours", "minimal", "conventional"):
+        if f"{name}_ms_per_step" in row:
+            parts.append(f"{name} {row[f'{name}_ms_per_step']:8.1f} ms/step ({row[f'{name}_images_per_s']:7.0f} img/s)")
+    if "lightning_overhead" in row:
+        parts.append(f"Lightning overhead {100 * row['lightning_overhead']:+.1f}%")
+    if "speedup_vs_conventional" in row:
+        parts.append(f"{row['speedup_vs_conventional']:.2f}x conventional")
+    if row.get("ours_peak_mem_mb"):
+        parts.append(f"peak {row['ours_peak_mem_mb']:.0f} MB (conv. {row.get('conventional_peak_mem_mb') or 0:.0f})")
+    return "  ".join(parts)
