@@ -95,6 +95,7 @@ def time_ours(cfg: dict, warmup: int, steps: int, barrier: str | None = None) ->
     trainer = pl.Trainer(**kwargs, callbacks=[StepTimer()])
     trainer.fit(system, datamodule=data)
     device = marks["device"]
+    system.to(device)  # Lightning's teardown moves the module back to the CPU
     t_eval = time.perf_counter()
     system.evaluate(data.eval_splits["test"])
     t_eval = time.perf_counter() - t_eval

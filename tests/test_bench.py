@@ -1,0 +1,73 @@
+"""`resdepth bench` end to end on a tiny configuration, and compiled vs eager steps."""
+
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from resdepth.bench import _linear, project_sweep
+from resdepth.system import System
+
+from .conftest import compose, run_cli
+
+
+@pytest.mark.slow
+def test_bench_runs_end_to_end_and_writes_json(tmp_path):
+    out = tmp_path / "bench.json"
+    proc = run_cli("bench", "--depths", "8,14", "--steps", "2", "--warmup", "1", "--batch-size", "32",
+                   "--data", "synthetic", "--workers", "1", "--concurrent", "1,2", "--out", str(out))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    b = json.loads(out.read_text())
+    assert [r["depth"] for r in b["rows"]] == [8, 14]
+    for r in b["rows"]:
+        for name in ("ours", "minimal", "conventional"):
+            assert r[f"{name}_ms_per_step"] > 0 and r[f"{name}_images_per_s"] == pytest.approx(
+                32e3 / r[f"{name}_ms_per_step"])
+        assert r["lightning_overhead"] == pytest.approx(r["ours_ms_per_step"] / r["minimal_ms_per_step"] - 1)
+        assert r["speedup_vs_conventional"] == pytest.approx(r["conventional_ms_per_step"] / r["ours_ms_per_step"])
+    assert [c["k"] for c in b["concurrent"]] == [1, 2] and all(c["images_per_s"] > 0 for c in b["concurrent"])
+    assert b["projected_paper_sweep_s"] > 0 and b["device"]
+    assert "Lightning overhead" in proc.stdout and "x conventional" in proc.stdout
+
+
+def test_bench_rejects_bad_options(tmp_path):
+    proc = run_cli("bench", "--depths", "21", "--out", str(tmp_path / "b.json"))
+    assert proc.returncode == 2 and "model.depth=21 is not a CIFAR ResNet depth" in proc.stderr
+    proc = run_cli("bench", "--pipelines", "ours,fast", "--out", str(tmp_path / "b.json"))
+    assert proc.returncode == 2 and "--pipelines='ours,fast'" in proc.stderr
+    assert not (tmp_path / "b.json").exists()
+
+
+def test_projection_is_linear_in_depth():
+    assert _linear(56, [20, 110], [2.0, 11.0]) == pytest.approx(5.6)
+    assert _linear(8, [20, 56], [2.0, 5.6]) == pytest.approx(0.8)  # extended past the measured depths
+    # 2 blocks x (64k steps x 1 ms + 64 evals x 0 s) per depth, 5 depths, ms proportional to depth
+    assert project_sweep({20: 1.0}, {}) == pytest.approx(2 * 64 * sum(d / 20 for d in (20, 32, 44, 56, 110)))
+
+
+@pytest.mark.slow
+def test_compiled_and_eager_steps_give_the_same_loss():
+    try:
+        torch.compile(torch.nn.Linear(2, 2))(torch.zeros(1, 2))
+    except Exception as e:  # no C++ toolchain for Inductor on this machine
+        pytest.skip(f"torch.compile unavailable on this CPU: {type(e).__name__}: {e}")
+    losses = {}
+    for compiled in (False, True):
+        cfg = compose(["experiment=smoke", "model.depth=8", f"trainer.compile={str(compiled).lower()}",
+                       "trainer.channels_last=false"])
+        torch.manual_seed(0)
+        system = System(cfg)
+        g = torch.Generator().manual_seed(1)
+        x, y = torch.randn(16, 3, 32, 32, generator=g), torch.randint(0, 10, (16,), generator=g)
+        opt = torch.optim.SGD(system.net.parameters(), lr=0.1, momentum=0.9)
+        out = []
+        for _ in range(2):  # the loss before and after one SGD step
+            loss = F.cross_entropy(system.forward_net(x), y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            out.append(loss.item())
+        losses[compiled] = out
+    assert losses[True] == pytest.approx(losses[False], rel=1e-4, abs=1e-5)
+    assert losses[False][1] != losses[False][0]
