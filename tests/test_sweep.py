@@ -185,3 +185,10 @@ def test_launchers_run_a_tiny_sweep(tmp_path, launcher):
     assert sorted(r["block"] for r in runs) == ["plain", "residual"]
     assert all(r["status"] == "done" and r["steps"] == 10 for r in runs)
     assert "sweep finished: 2 done" in proc.stdout
+
+
+def test_slurm_launcher_config_composes():
+    proc = run_cli("train", "hydra/launcher=slurm", "hydra.launcher.partition=gpu", "--cfg", "hydra")
+    assert proc.returncode == 0, proc.stderr
+    assert "SlurmLauncher" in proc.stdout and "max_num_timeout: 20" in proc.stdout
+    assert "partition: gpu" in proc.stdout and "gpus_per_node: 1" in proc.stdout
