@@ -1,6 +1,7 @@
 """`resdepth` in a real subprocess: the smoke run end to end, and every bad input's one-line message."""
 
 import csv
+from pathlib import Path
 import json
 
 import pytest
@@ -94,3 +95,24 @@ def test_usage_and_unknown_command():
     assert "resdepth train" in run_cli("--help").stdout
     proc = run_cli("fly")
     assert proc.returncode == 2 and "unknown command 'fly'" in proc.stderr
+
+
+def test_a_changed_config_is_refused_in_an_existing_run_directory(smoke_run):
+    root, run_dir, _ = smoke_run
+    before = {p: open(f"{run_dir}/{p}").read() for p in ("result.json", "metrics.csv", "config.json")}
+    proc = run_cli("train", "experiment=smoke", f"results_root={root}", f"run_dir={run_dir}", "optim.lr=0.05")
+    assert proc.returncode == 2
+    assert "holds a run of another config (differs in optim.lr)" in proc.stderr and "refusing to mix" in proc.stderr
+    assert {p: open(f"{run_dir}/{p}").read() for p in before} == before
+
+
+def test_a_run_being_trained_elsewhere_is_left_alone(tmp_path):
+    import fcntl
+
+    run_dir = compose(["experiment=smoke", f"results_root={tmp_path}"])["run_dir"]
+    Path(run_dir).mkdir(parents=True)
+    with open(f"{run_dir}/.lock", "w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        proc = run_cli("train", "experiment=smoke", f"results_root={tmp_path}")
+    assert proc.returncode == 2 and "is being trained by another process right now" in proc.stderr
+    assert not Path(f"{run_dir}/result.json").exists()
