@@ -41,19 +41,14 @@ def _sync(device: torch.device) -> None:
 
 def bench_config(args, depth: int, block: str, steps: int) -> dict:
     """A run config for the benchmark, composed from conf/ like any run."""
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-
-    from .config import CONF_DIR, to_plain
+    from .config import compose
 
     overrides = [f"data={args.data}", f"model.depth={depth}", f"model.block={block}",
                  f"optim.batch_size={args.batch_size}", f"trainer.max_steps={steps}",
                  f"trainer.eval_every={steps}", f"trainer.precision={args.precision}",
                  f"trainer.compile={str(args.compile).lower()}", f"trainer.compile_mode={args.compile_mode}",
                  f"trainer.accelerator={args.accelerator}", "trainer.progress=false"]
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return to_plain(compose("config", overrides=overrides))
+    return compose(overrides)[0]
 
 
 def _barrier(spec: str | None) -> None:

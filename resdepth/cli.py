@@ -22,7 +22,6 @@ from omegaconf import DictConfig
 from . import config as _config  # noqa: F401  (registers the schema and the run-name resolver)
 
 USAGE = __doc__.split("\n\n", 1)[1]
-SWEEP_SIZE_ENV = "RESDEPTH_SWEEP_SIZE"
 
 
 def _fail(message: str, code: int = 2):
@@ -44,6 +43,7 @@ def _remove_if_only_hydra(run_dir: Path) -> None:
 @hydra.main(version_base="1.3", config_path=str(_config.CONF_DIR), config_name="config")
 def hydra_task(cfg: DictConfig):
     from .data import DatasetError
+    from .sweep import SWEEP_SIZE_ENV
     from .train import RunBusy, RunConflict, train
 
     multirun = HydraConfig.get().mode == RunMode.MULTIRUN

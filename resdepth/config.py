@@ -120,10 +120,11 @@ def semantic_config(cfg: DictConfig | dict) -> dict:
     return out
 
 
-def config_hash(cfg: DictConfig | dict, without_seed: bool = True) -> str:
+def config_hash(cfg: DictConfig | dict, without: tuple[str, ...] = ("seed",)) -> str:
+    """8 hex digits naming the semantic config minus the top-level keys in `without`."""
     sem = semantic_config(cfg)
-    if without_seed:
-        sem.pop("seed", None)
+    for key in without:
+        sem.pop(key, None)
     return hashlib.sha256(json.dumps(sem, sort_keys=True).encode()).hexdigest()[:8]
 
 
@@ -142,6 +143,17 @@ def register() -> None:
 
 
 register()
+
+
+def compose(*override_lists: list[str]) -> list[dict]:
+    """The resolved config (plain dict) of each override list, as `resdepth train` would see it."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return [to_plain(hydra_compose("config", overrides=list(o))) for o in override_lists]
 
 
 def to_plain(cfg: DictConfig) -> dict[str, Any]:

@@ -106,7 +106,7 @@ def load_cifar(kind: str, root: str, download: bool) -> tuple[Split, Split, list
 # --------------------------------------------------------------------------------------------- image folder
 
 
-def _decode(data: bytes, name: str) -> torch.Tensor:
+def _decode(data: bytes) -> torch.Tensor:
     """Decode one image file's bytes to uint8 (3, H, W)."""
     from torchvision.io import ImageReadMode, decode_image
 
@@ -129,16 +129,18 @@ def _place(parts: tuple[str, ...]) -> tuple[str, str] | None:
     return split, cls
 
 
-def _iter_folder(root: Path) -> Iterator[tuple[tuple[str, ...], str, bytes]]:
+def _iter_folder(root: Path) -> Iterator[tuple[tuple[str, ...], str, bytes | None]]:
+    """(path parts, name, bytes) of the files under root; bytes only for those that could be images."""
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames.sort()
         for f in sorted(filenames):
             p = Path(dirpath) / f
             if p.is_file():
-                yield p.relative_to(root).parts, str(p), None  # bytes read lazily by the caller
+                parts = p.relative_to(root).parts
+                yield parts, str(p), p.read_bytes() if _place(parts) else None
 
 
-def _iter_tar(path: Path) -> Iterator[tuple[tuple[str, ...], str, tarfile.TarInfo]]:
+def _iter_tar(path: Path) -> Iterator[tuple[tuple[str, ...], str, bytes | None]]:
     """Members that could be images; never extracts anything to disk (links, devices, '..', absolute: skipped)."""
     with tarfile.open(path, "r:*") as tar:
         for m in tar:
@@ -170,7 +172,7 @@ def load_image_folder(path: str, cache_dir: str) -> tuple[Split, Split, list[str
     if is_archive and not tarfile.is_tarfile(src):
         raise DatasetError(f"image_folder: {src} is neither a folder nor a .tar/.tar.gz archive")
     print(f"decoding {src} once (cached afterwards in {cache.parent}) ...", file=sys.stderr, flush=True)
-    images: dict[str, list[tuple[str, torch.Tensor]]] = {"train": [], "test": []}
+    images: dict[str, list[tuple[str, torch.Tensor, str]]] = {"train": [], "test": []}  # (class, image, name)
     skipped: list[str] = []
     try:
         items = _iter_tar(src) if is_archive else _iter_folder(src)
@@ -179,7 +181,7 @@ def load_image_folder(path: str, cache_dir: str) -> tuple[Split, Split, list[str
             if place is None:
                 continue
             try:
-                img = _decode(data if is_archive else Path(name).read_bytes(), name)
+                img = _decode(data)
             except Exception:
                 skipped.append(name)
                 continue

@@ -153,13 +153,16 @@ class ResponseStd:
 
     def __init__(self, model: CifarResNet) -> None:
         self.layers = model.response_layers()
-        self.sums = torch.zeros(len(self.layers), 3, dtype=torch.float64)  # count, sum, sum of squares
+        device = next(model.parameters()).device  # sums stay there: read once, in std()
+        self.sums = torch.zeros(len(self.layers), 3, dtype=torch.float64, device=device)  # count, sum, sum of squares
         self.handles: list = []
 
     def _hook(self, index: int):
         def hook(module, inputs, output):
             y = output.detach().double()
-            self.sums[index] += torch.stack([torch.tensor(float(y.numel())), y.sum().cpu(), y.square().sum().cpu()])
+            self.sums[index, 0] += y.numel()
+            self.sums[index, 1] += y.sum()
+            self.sums[index, 2] += y.square().sum()
 
         return hook
 
@@ -172,7 +175,7 @@ class ResponseStd:
             h.remove()
 
     def std(self) -> list[float]:
-        n, s, ss = self.sums.unbind(1)
+        n, s, ss = self.sums.cpu().unbind(1)
         var = (ss - s * s / n) / (n - 1)
         return var.clamp_min(0).sqrt().tolist()
 

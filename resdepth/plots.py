@@ -20,12 +20,8 @@ from __future__ import annotations
 
 import argparse
 import csv
-import hashlib
 import io
-import json
 import math
-import os
-import statistics
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,8 +31,8 @@ from matplotlib import colormaps
 from matplotlib.figure import Figure
 from matplotlib.ticker import FormatStrFormatter, MaxNLocator
 
-from .config import semantic_config
-from .results import atomic_write_text, find_results, net_name, read_json, read_metrics
+from .config import config_hash
+from .results import atomic_write_bytes, atomic_write_text, find_results, mean_std, net_name, read_json, read_metrics
 
 # Table 6 of the paper: ResNet test error (%) on CIFAR-10; parameter counts as the paper prints them.
 PAPER_TEST_ERROR = {20: 8.75, 32: 7.51, 44: 7.17, 56: 6.97, 110: 6.43, 1202: 7.93}
@@ -110,10 +106,7 @@ def load_runs(root: Path) -> list[Run]:
 
 def protocol_hash(config: dict) -> str:
     """8 hex digits naming every setting of a run except the model and the seed."""
-    sem = semantic_config(config) if config else {}
-    sem.pop("seed", None)
-    sem.pop("model", None)
-    return hashlib.sha256(json.dumps(sem, sort_keys=True).encode()).hexdigest()[:8]
+    return config_hash(config or {}, without=("seed", "model"))
 
 
 def group_runs(runs: list[Run]) -> list[Group]:
@@ -166,13 +159,6 @@ def status_note(run: Run) -> str:
     if s == "diverged":
         return f"diverged at {run.result.get('diverged_at') or last_iteration(run)}"
     return f"{s} at it {last_iteration(run)}"
-
-
-def mean_std(values: list[float]) -> tuple[float, float, int]:
-    """(mean, sample std (0 for one value), n); (nan, nan, 0) for none."""
-    if not values:
-        return math.nan, math.nan, 0
-    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0), len(values)
 
 
 def final_errors(group: Group, key: str) -> tuple[float, float, int]:
@@ -592,9 +578,7 @@ def _save(fig: Figure, stem: Path) -> list[Path]:
         buf = io.BytesIO()
         fig.savefig(buf, format=ext, dpi=150, metadata=meta)
         path = stem.with_suffix(f".{ext}")
-        tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-        tmp.write_bytes(buf.getvalue())
-        os.replace(tmp, path)
+        atomic_write_bytes(path, buf.getvalue())
         out.append(path)
     return out
 

@@ -19,21 +19,24 @@ import os
 import statistics
 import sys
 from pathlib import Path
-from typing import Iterable
 
 METRICS = ("iteration", "lr", "train_loss", "train_error", "val_error", "test_error", "elapsed_s")
 COMPLETE = ("done", "diverged")  # a run with one of these statuses is skipped by a sweep
 
 
-def atomic_write_text(path: Path, text: str) -> None:
+def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write via a temp file in the same folder + os.replace: readers see the old or the new file, never half."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "w") as f:
-        f.write(text)
+    with open(tmp, "wb") as f:
+        f.write(data)
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode())
 
 
 def write_json(path: Path, obj) -> None:
@@ -97,10 +100,11 @@ TABLE_COLUMNS = ("dataset", "net", "depth", "block", "shortcut", "seeds", "test_
                  "train_error_mean", "train_error_std", "params", "steps", "wall_time_s", "status", "config_hash")
 
 
-def _mean_std(values: list[float]) -> tuple[float, float]:
+def mean_std(values: list[float]) -> tuple[float, float, int]:
+    """(mean, sample std (0 for one value), n); (nan, nan, 0) for none."""
     if not values:
-        return math.nan, math.nan
-    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+        return math.nan, math.nan, 0
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0), len(values)
 
 
 def net_name(block: str, depth: int) -> str:
@@ -123,12 +127,12 @@ def summarize(root: Path) -> list[dict]:
         key = (r["dataset"], r["block"], r["depth"], r["shortcut"], config_hash(r["config"]))
         groups.setdefault(key, []).append(r)
     rows = []
-    for (dataset, block, depth, shortcut, chash), runs in sorted(groups.items(), key=lambda kv: (
-            kv[0][0], kv[0][1], kv[0][2], kv[0][3], kv[0][4])):
+    for (dataset, block, depth, shortcut, chash), runs in sorted(groups.items(), key=lambda kv: kv[0]):
         done = [r for r in runs if r.get("status") == "done"]
         statuses = [r.get("status", "?") for r in runs]
-        test_m, test_s = _mean_std([r["final_test_error"] for r in done if r.get("final_test_error") is not None])
-        train_m, train_s = _mean_std([r["final_train_error"] for r in done if r.get("final_train_error") is not None])
+        test_m, test_s, _ = mean_std([r["final_test_error"] for r in done if r.get("final_test_error") is not None])
+        train_m, train_s, _ = mean_std([r["final_train_error"] for r in done
+                                        if r.get("final_train_error") is not None])
         rows.append({
             "dataset": dataset, "net": net_name(block, depth), "depth": depth, "block": block, "shortcut": shortcut,
             "seeds": len(done), "test_error_mean": test_m, "test_error_std": test_s, "train_error_mean": train_m,

@@ -25,7 +25,8 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
 
 from . import results as rec
-from .config import CONF_DIR, to_plain
+from .config import CONF_DIR
+from .config import compose as compose_configs
 
 SWEEP_SIZE_ENV = "RESDEPTH_SWEEP_SIZE"
 
@@ -34,8 +35,8 @@ def expand_grid(overrides: list[str]) -> list[list[str]]:
     """The override list of every job of `resdepth sweep overrides`, as Hydra's basic sweeper makes them."""
     parser = OverridesParser.create()
     parsed = parser.parse_overrides(overrides)
-    fixed = [o.input_line for o in parsed if not o.is_sweep_override() and not o.is_hydra_override()]
-    fixed += [o.input_line for o in parsed if o.is_hydra_override()]
+    fixed = [o.input_line for o in parsed if not o.is_sweep_override()]
+    GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         base = compose("config", overrides=fixed, return_hydra_config=True)
     params = OmegaConf.to_container(base.hydra.sweeper.params or {}, resolve=False)
@@ -44,10 +45,8 @@ def expand_grid(overrides: list[str]) -> list[list[str]]:
 
 
 def compose_jobs(grid: list[list[str]]) -> list[dict]:
-    """The resolved config (plain dict) of each job."""
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        jobs = [to_plain(compose("config", overrides=[o for o in job if not o.startswith("hydra")]))
-                for job in grid]
+    """The resolved config (plain dict) of each job (Hydra's own settings left out: they change no run)."""
+    jobs = compose_configs(*([o for o in job if not o.startswith("hydra")] for job in grid))
     GlobalHydra.instance().clear()
     return jobs
 

@@ -103,6 +103,13 @@ class System(pl.LightningModule):
         return loss
 
     # ------------------------------------------------------------------------------------------- records
+    def _inputs(self, split, batch_size: int):
+        """(normalised images, labels) of a Split in chunks, without augmentation."""
+        for s in range(0, len(split), batch_size):
+            x = self.datamodule.normalize(split.images[s:s + batch_size])
+            yield x.contiguous(memory_format=torch.channels_last) if self.channels_last else x, \
+                split.labels[s:s + batch_size]
+
     @torch.no_grad()
     def evaluate(self, split, batch_size: int = 1000) -> float:
         """Error (fraction) of the current network on a Split, in eval mode, in the trainer's precision."""
@@ -111,11 +118,8 @@ class System(pl.LightningModule):
         wrong = torch.zeros((), device=split.labels.device)
         ctx = self.trainer.precision_plugin.forward_context if self._trainer is not None else torch.no_grad
         with ctx():
-            for s in range(0, len(split), batch_size):
-                x = self.datamodule.normalize(split.images[s:s + batch_size])
-                if self.channels_last:
-                    x = x.contiguous(memory_format=torch.channels_last)
-                wrong += (self.forward_net(x).argmax(1) != split.labels[s:s + batch_size]).sum()
+            for x, y in self._inputs(split, batch_size):
+                wrong += (self.forward_net(x).argmax(1) != y).sum()
         self.net.train(was_training)
         return wrong.item() / len(split)
 
@@ -146,9 +150,8 @@ class System(pl.LightningModule):
         """Figure 7: std of every 3x3 layer's response (after BN, before ReLU/addition) over a whole split, fp32."""
         self.net.eval()
         with ResponseStd(self.net) as responses:
-            for s in range(0, len(split), batch_size):
-                x = self.datamodule.normalize(split.images[s:s + batch_size])
-                self.net(x.contiguous(memory_format=torch.channels_last) if self.channels_last else x)
+            for x, _ in self._inputs(split, batch_size):
+                self.net(x)
         return responses.std()
 
     # ------------------------------------------------------------------------------------------ resume

@@ -98,8 +98,7 @@ def fmt_time(seconds: float) -> str:
 def label(cfg: dict) -> str:
     """'plain-20', 'ResNet-56' (the paper's names), with the seed and option B when used."""
     m = cfg["model"]
-    name = f"{'ResNet' if m['block'] == 'residual' else 'plain'}-{m['depth']}"
-    return f"{name}{'-B' if m['shortcut'] == 'B' else ''} seed {cfg['seed']}"
+    return f"{rec.net_name(m['block'], m['depth'])}{'-B' if m['shortcut'] == 'B' else ''} seed {cfg['seed']}"
 
 
 class Recorder(pl.Callback):
@@ -210,7 +209,7 @@ def train(cfg: DictConfig | dict) -> dict:
     cfg = to_plain(cfg) if isinstance(cfg, DictConfig) else cfg
     validate(cfg)
     run_dir = Path(cfg["run_dir"])
-    semantic, chash = semantic_config(cfg), config_hash(cfg, without_seed=False)
+    semantic, chash = semantic_config(cfg), config_hash(cfg, without=())
     result_path, config_path = run_dir / "result.json", run_dir / "config.json"
     if config_path.exists():
         old = rec.read_json(config_path)
@@ -272,7 +271,9 @@ def _train_locked(cfg: dict, run_dir: Path, semantic: dict, chash: str) -> dict:
     data, system, trainer_kwargs = build(cfg)
     accelerator, precision, devices = (trainer_kwargs[k] for k in ("accelerator", "precision", "devices"))
     ckpt = run_dir / "last.ckpt"
-    resume_step = torch.load(ckpt, map_location="cpu", weights_only=False)["global_step"] if ckpt.exists() else 0
+    # mmap: read the iteration without loading the whole checkpoint (Lightning loads it in fit).
+    resume_step = torch.load(ckpt, map_location="cpu", weights_only=False, mmap=True)["global_step"] \
+        if ckpt.exists() else 0
     if not (run_dir / "config.json").exists():
         rec.write_json(run_dir / "config.json", {"hash": chash, "semantic": semantic, "config": cfg})
     previous = rec.read_json(run_dir / "result.json") if (run_dir / "result.json").exists() else {}

@@ -11,13 +11,9 @@ SHARED_JPEG = REPO.parent / "shared" / "data" / "cifar10-jpeg.tar.gz"
 
 def compose(overrides=()):
     """The resolved config (plain dict) for these overrides, as `resdepth train` would see it."""
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
+    from resdepth.config import compose as compose_all
 
-    from resdepth.config import CONF_DIR, to_plain
-
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return to_plain(hydra_compose("config", overrides=list(overrides)))
+    return compose_all(list(overrides))[0]
 
 
 def run_cli(*args, cwd=None, timeout=600, env=None):

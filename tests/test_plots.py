@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from resdepth import plots
-from resdepth.results import find_results, read_json, read_metrics, truncate_metrics, write_json
+from resdepth.results import find_results, read_json, truncate_metrics, write_json
 from resdepth.train import train
 
 from .conftest import compose

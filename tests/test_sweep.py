@@ -2,7 +2,6 @@
 divergence and failure isolation, the results table, and the joblib and submitit_local launchers."""
 
 import json
-import os
 import signal
 import statistics
 import subprocess
