@@ -47,7 +47,8 @@ def bench_config(args, depth: int, block: str, steps: int) -> dict:
                  f"optim.batch_size={args.batch_size}", f"trainer.max_steps={steps}",
                  f"trainer.eval_every={steps}", f"trainer.precision={args.precision}",
                  f"trainer.compile={str(args.compile).lower()}", f"trainer.compile_mode={args.compile_mode}",
-                 f"trainer.accelerator={args.accelerator}", "trainer.progress=false"]
+                 f"trainer.cuda_graph={args.cuda_graph}", f"trainer.accelerator={args.accelerator}",
+                 "trainer.progress=false"]
     return compose(overrides)[0]
 
 
@@ -96,13 +97,15 @@ def time_ours(cfg: dict, warmup: int, steps: int, barrier: str | None = None) ->
     t_eval = time.perf_counter() - t_eval
     return {"ms_per_step": 1e3 * (marks["t1"] - marks["t0"]) / steps, "eval_s": t_eval,
             "peak_mem_mb": torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None,
-            "device": device}
+            "cuda_graph": system.whole_step, "device": device}
 
 
 def time_minimal(cfg: dict, warmup: int, steps: int, device: torch.device) -> dict:
     """The same network, data and augmentation in a hand-written loop: no Lightning, no metrics."""
     from .data import DataModule, TrainBatches
     from .models import cifar_resnet
+    from .system import WholeStep
+    from .train import use_cuda_graph
 
     data = DataModule(cfg["data"], batch_size=cfg["optim"]["batch_size"], seed=0).load().to(device)
     m, o, t = cfg["model"], cfg["optim"], cfg["trainer"]
@@ -114,6 +117,8 @@ def time_minimal(cfg: dict, warmup: int, steps: int, device: torch.device) -> di
     opt = torch.optim.SGD(net.parameters(), lr=o["lr"], momentum=o["momentum"], weight_decay=o["weight_decay"],
                           fused=fused, foreach=None if fused else True)
     bf16 = "bf16" in str(t["precision"]) or (t["precision"] == "auto" and device.type == "cuda")
+    graphed = use_cuda_graph(t, "gpu" if device.type == "cuda" else "cpu", "bf16-mixed" if bf16 else "32-true")
+    whole = WholeStep(forward, opt, bf16) if graphed else None
     batches = iter(TrainBatches(data.train, o["batch_size"], seed=0))
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -123,6 +128,9 @@ def time_minimal(cfg: dict, warmup: int, steps: int, device: torch.device) -> di
             t0 = time.perf_counter()
         images, labels, dy, dx, flip = next(batches)
         x = data.augment(images, dy, dx, flip).contiguous(memory_format=torch.channels_last)
+        if whole is not None:
+            whole(x, labels)
+            continue
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
             loss = F.cross_entropy(forward(x), labels)
         opt.zero_grad(set_to_none=True)
@@ -130,7 +138,8 @@ def time_minimal(cfg: dict, warmup: int, steps: int, device: torch.device) -> di
         opt.step()
     _sync(device)
     return {"ms_per_step": 1e3 * (time.perf_counter() - t0) / steps,
-            "peak_mem_mb": torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None}
+            "peak_mem_mb": torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None,
+            "cuda_graph": graphed}
 
 
 class PILDataset(torch.utils.data.Dataset):
@@ -204,7 +213,7 @@ def concurrent(args, k: int, depth: int) -> dict:
            "--pipelines", "ours", "--concurrent", "0", "--steps", str(args.steps), "--warmup", str(args.warmup),
            "--batch-size", str(args.batch_size), "--precision", args.precision, "--data", args.data,
            "--compile", str(args.compile).lower(), "--compile-mode", args.compile_mode,
-           "--accelerator", args.accelerator, "--quiet", "--barrier", f"{tmp}:{k}"]
+           "--cuda-graph", args.cuda_graph, "--accelerator", args.accelerator, "--quiet", "--barrier", f"{tmp}:{k}"]
     procs = [subprocess.Popen([*cmd, "--out", str(tmp / f"{i}.json")], stdout=subprocess.DEVNULL,
                               stderr=subprocess.PIPE, text=True) for i in range(k)]
     errors = [p.communicate()[1] for p in procs]
@@ -247,6 +256,8 @@ def bench_cli(argv: list[str]) -> int:
     p.add_argument("--precision", default="auto", help="auto | 32-true | bf16-mixed")
     p.add_argument("--compile", default="false", choices=["true", "false"])
     p.add_argument("--compile-mode", default="default")
+    p.add_argument("--cuda-graph", default="auto", choices=["auto", "true", "false"],
+                   help="trainer.cuda_graph for ours and minimal (auto: on a CUDA GPU)")
     p.add_argument("--accelerator", default="auto")
     p.add_argument("--data", default="cifar10_jpeg", help="data preset (default cifar10_jpeg; synthetic needs no files)")
     p.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1), help="conventional DataLoader workers")
@@ -269,6 +280,8 @@ def bench_cli(argv: list[str]) -> int:
         if any(x not in ("ours", "minimal", "conventional") for x in pipelines):
             raise ValueError(f"--pipelines={args.pipelines!r}: each must be ours, minimal or conventional")
         ks = [int(k) for k in args.concurrent.split(",") if int(k) > 0]
+        if args.cuda_graph == "true" and not (cuda and args.accelerator != "cpu"):
+            raise ValueError("--cuda-graph=true needs a CUDA GPU; none is used here (use auto or false)")
         if args.steps < 1 or args.warmup < 1 or args.batch_size < 1:
             raise ValueError("--steps, --warmup and --batch-size must be positive")
     except ValueError as e:
@@ -332,7 +345,8 @@ def bench_cli(argv: list[str]) -> int:
 def _write(args, device, argv: list[str], rows: list[dict]) -> dict:
     out = {"device": _device_name(device), "torch": torch.__version__, "python": platform.python_version(),
            "precision": args.precision, "compile": args.compile, "compile_mode": args.compile_mode,
-           "data": args.data, "workers": args.workers, "steps": args.steps, "warmup": args.warmup,
+           "cuda_graph": args.cuda_graph, "data": args.data, "workers": args.workers, "steps": args.steps,
+           "warmup": args.warmup,
            "batch_size": args.batch_size, "command": "resdepth bench " + " ".join(argv), "rows": rows}
     Path(args.out).write_text(json.dumps(out, indent=2, default=str) + "\n")
     return out
@@ -345,7 +359,7 @@ def _device_name(device) -> str:
 
 
 def _row_line(row: dict) -> str:
-    parts = [f"{row['block']:>8}-{row['depth']:<4}"]
+    parts = [f"{row['block']:>8}-{row['depth']:<4}" + (" CUDA graph" if row.get("ours_cuda_graph") else "")]
     for name in ("ours", "minimal", "conventional"):
         if f"{name}_ms_per_step" in row:
             parts.append(f"{name} {row[f'{name}_ms_per_step']:8.1f} ms/step ({row[f'{name}_images_per_s']:7.0f} img/s)")

@@ -84,6 +84,7 @@ class TrainerConfig:
     channels_last: bool = MISSING
     compile: bool = MISSING
     compile_mode: str = MISSING
+    cuda_graph: str = MISSING  # auto | true | false
     progress: bool = MISSING
 
 
@@ -99,8 +100,10 @@ class Config:
     experiment_name: str = MISSING
 
 
-# Keys that change where and how a run is shown, never what it computes: they are left out of the run's hash.
+# Keys that change where and how a run is shown or executed, never what it computes: left out of the run's hash.
+# (trainer.cuda_graph replays the very same operations.)
 NON_SEMANTIC = ("results_root", "run_dir", "experiment_name", "trainer.progress", "trainer.checkpoint_every",
+                "trainer.cuda_graph",
                 "data.cache_dir", "data.download", "data.root")
 
 

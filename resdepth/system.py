@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from .models import ResponseStd, cifar_resnet
 
 WARMUP_DEPTH = 110  # optim.warmup=auto turns the warm-up on from this depth (the paper's ResNet-110)
+GRAPH_WARMUP = 3  # eager iterations (real ones) before a CUDA graph is captured: cuDNN autotuning, SGD state
 
 
 def lr_at(step: int, optim: dict, warming_up: bool = False) -> float:
@@ -33,6 +34,67 @@ def warmup_enabled(optim: dict, depth: int) -> bool:
     if value not in ("auto", "true", "false"):
         raise ValueError(f"optim.warmup={optim['warmup']!r} is not one of auto, true, false")
     return depth >= WARMUP_DEPTH if value == "auto" else value == "true"
+
+
+class WholeStep:
+    """One training iteration (forward, loss, backward, SGD update) as a single call returning (loss, error).
+
+    On a CUDA device it runs GRAPH_WARMUP iterations eagerly on a side stream, then captures the iteration in a
+    CUDA graph and replays it: one launch instead of several hundred kernels, so these thin networks stop waiting
+    for the host. The learning rate is a constant of the captured update: a new lr (warm-up end, milestones)
+    captures again. Elsewhere it runs eagerly. The caller copies nothing back: the results are device tensors
+    that the next call overwrites.
+    """
+
+    def __init__(self, forward, optimizer: torch.optim.Optimizer, bf16: bool) -> None:
+        self.forward, self.optimizer, self.bf16 = forward, optimizer, bf16
+        self.graph: torch.cuda.CUDAGraph | None = None
+        self.graph_lr = None
+        self.eager_steps = 0
+        self.static: tuple[torch.Tensor, ...] = ()
+
+    def _step(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        # cache_enabled=False: autocast's weight cache must not outlive a capture
+        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=self.bf16, cache_enabled=False):
+            logits = self.forward(x)
+            loss = F.cross_entropy(logits, y)
+        loss.backward()
+        self.optimizer.step()
+        with torch.no_grad():
+            return loss.detach().float(), (logits.argmax(1) != y).float().mean()
+
+    def __call__(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        lr = self.optimizer.param_groups[0]["lr"]
+        if self.graph is not None and lr != self.graph_lr:
+            self.release()
+        if x.device.type != "cuda" or (self.graph is None and self.eager_steps < GRAPH_WARMUP):
+            self.eager_steps += 1
+            self.optimizer.zero_grad(set_to_none=True)
+            if x.device.type != "cuda":
+                return self._step(x, y)
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                out = self._step(x, y)
+            torch.cuda.current_stream().wait_stream(side)
+            return out
+        if self.graph is None:
+            static_x, static_y = x.clone(), y.clone()
+            self.optimizer.zero_grad(set_to_none=True)  # the captured backward writes fresh gradients
+            self.graph, self.graph_lr = torch.cuda.CUDAGraph(), lr
+            with torch.cuda.graph(self.graph):
+                loss, err = self._step(static_x, static_y)
+            self.static = (static_x, static_y, loss, err)
+        static_x, static_y, loss, err = self.static
+        static_x.copy_(x)
+        static_y.copy_(y)
+        self.graph.replay()
+        return loss, err
+
+    def release(self) -> None:
+        """Drop the graph and its memory (the gradients live in it): the next call captures again."""
+        self.graph, self.static = None, ()
+        self.optimizer.zero_grad(set_to_none=True)
 
 
 class System(pl.LightningModule):
@@ -60,12 +122,30 @@ class System(pl.LightningModule):
         self.elapsed_before = 0.0  # training seconds of earlier sessions of this run (resume)
         self.session_start = time.perf_counter()
         self.datamodule = None  # set by train.py; records evaluate on its test/val splits
+        # True: each iteration is one WholeStep call (a CUDA graph on a GPU) instead of Lightning's
+        # zero_grad/backward/step; set by train.build from trainer.cuda_graph.
+        self.whole_step = False
+        self._whole: WholeStep | None = None
 
     # ------------------------------------------------------------------------------------------ training
     def configure_optimizers(self):
         fused = self.device.type == "cuda"
         return torch.optim.SGD(self.net.parameters(), lr=self.optim_cfg["lr"], momentum=self.optim_cfg["momentum"],
                                weight_decay=self.optim_cfg["weight_decay"], fused=fused, foreach=None if fused else True)
+
+    def optimizer_step(self, epoch, batch_idx, optimizer, optimizer_closure=None) -> None:
+        if not self.whole_step:
+            return super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)
+        optimizer_closure()  # training_step: the whole iteration, update included
+
+    def optimizer_zero_grad(self, epoch, batch_idx, optimizer) -> None:
+        if not self.whole_step:  # the whole step sets its own gradients
+            super().optimizer_zero_grad(epoch, batch_idx, optimizer)
+
+    def on_train_end(self) -> None:
+        if self._whole is not None:
+            self._whole.release()
+            self._whole = None
 
     def on_train_batch_start(self, batch, batch_idx: int) -> None:
         step = self.trainer.global_step
@@ -88,19 +168,27 @@ class System(pl.LightningModule):
                            f"< {100 * float(self.optim_cfg['warmup_until_error']):.0f}%, lr back to "
                            f"{self.optim_cfg['lr']}")
 
-    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor | None:
         x, y = batch
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        logits = self.forward_net(x)
-        loss = F.cross_entropy(logits, y)
+        if self.whole_step:
+            if self._whole is None:
+                self._whole = WholeStep(self.forward_net, self.trainer.optimizers[0],
+                                        bf16=self.trainer.precision == "bf16-mixed")
+            loss, err = self._whole(x, y)
+        else:
+            logits = self.forward_net(x)
+            loss = F.cross_entropy(logits, y)
+            with torch.no_grad():
+                err = (logits.argmax(1) != y).float().mean()
         with torch.no_grad():
             i = (self.trainer.global_step - self.window_start) % self.eval_every
             self.window[i, 0] = loss.detach().float()
-            self.window[i, 1] = (logits.argmax(1) != y).float().mean()
+            self.window[i, 1] = err
             if self.warming_up:
-                self.warm_window[self.trainer.global_step % len(self.warm_window)] = self.window[i, 1]
-        return loss
+                self.warm_window[self.trainer.global_step % len(self.warm_window)] = err
+        return None if self.whole_step else loss  # None: Lightning has no backward/step left to do
 
     # ------------------------------------------------------------------------------------------- records
     def _inputs(self, split, batch_size: int):

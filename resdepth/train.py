@@ -33,6 +33,7 @@ from .system import System, warmup_enabled
 PRECISIONS = ("auto", "32-true", "32", "bf16-mixed", "16-mixed")
 ACCELERATORS = ("auto", "cpu", "gpu", "cuda")
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+GRAPHING_COMPILE_MODES = ("reduce-overhead", "max-autotune")  # these capture CUDA graphs themselves
 
 
 class RunConflict(RuntimeError):
@@ -60,11 +61,13 @@ def validate(cfg: dict) -> None:
         raise ValueError(f"optim.milestones={o['milestones']} must be iterations >= 0")
     for key, value, allowed in (("trainer.precision", t["precision"], PRECISIONS),
                                 ("trainer.accelerator", t["accelerator"], ACCELERATORS),
-                                ("trainer.compile_mode", t["compile_mode"], COMPILE_MODES)):
+                                ("trainer.compile_mode", t["compile_mode"], COMPILE_MODES),
+                                ("trainer.cuda_graph", str(t["cuda_graph"]).lower(), ("auto", "true", "false"))):
         if str(value) not in allowed:
             raise ValueError(f"{key}={value!r} is not one of {', '.join(allowed)}")
     if d["val_size"] < 0 or d["test_subset"] < 0:
         raise ValueError("data.val_size and data.test_subset must be >= 0")
+    use_cuda_graph(t, *resolve_device(t))
 
 
 def resolve_device(t: dict) -> tuple[str, str]:
@@ -77,6 +80,20 @@ def resolve_device(t: dict) -> tuple[str, str]:
     if precision == "auto":
         precision = "bf16-mixed" if use_gpu and torch.cuda.is_bf16_supported() else "32-true"
     return ("gpu" if use_gpu else "cpu"), precision
+
+
+def use_cuda_graph(t: dict, accelerator: str, precision: str) -> bool:
+    """trainer.cuda_graph: auto (on for a CUDA GPU in bf16-mixed or fp32, unless torch.compile captures graphs
+    itself) | true (the same, but an error where it cannot) | false."""
+    value = str(t["cuda_graph"]).lower()
+    graphing_compile = bool(t["compile"]) and t["compile_mode"] in GRAPHING_COMPILE_MODES
+    problem = ("no CUDA GPU is used" if accelerator != "gpu" else
+               f"trainer.precision={precision} scales the loss (use bf16-mixed or 32-true)"
+               if precision == "16-mixed" else
+               f"trainer.compile_mode={t['compile_mode']} captures CUDA graphs itself" if graphing_compile else None)
+    if value == "true" and problem:
+        raise ValueError(f"trainer.cuda_graph=true cannot be used: {problem}; use trainer.cuda_graph=auto or false")
+    return value != "false" and problem is None
 
 
 def job_number() -> int:
@@ -246,6 +263,7 @@ def quiet_lightning() -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", message=".*LeafSpec.*")
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+    warnings.filterwarnings("ignore", message="`training_step` returned `None`")  # the whole-step path's update
 
 
 def build(cfg: dict) -> tuple[DataModule, System, dict]:
@@ -256,6 +274,7 @@ def build(cfg: dict) -> tuple[DataModule, System, dict]:
     pl.seed_everything(cfg["seed"], workers=False, verbose=False)
     system = System(cfg, in_channels=data.in_channels, num_classes=data.num_classes)
     system.datamodule = data
+    system.whole_step = use_cuda_graph(cfg["trainer"], accelerator, precision)
     devices = 1
     if accelerator == "gpu" and torch.cuda.device_count() > 1:
         devices = [job_number() % torch.cuda.device_count()]  # one GPU per job of a multirun
@@ -287,7 +306,7 @@ def _train_locked(cfg: dict, run_dir: Path, semantic: dict, chash: str) -> dict:
         "dataset": cfg["data"]["name"], "depth": m["depth"], "block": m["block"], "shortcut": m["shortcut"],
         "seed": cfg["seed"], "params": count_parameters(system.net), "max_steps": cfg["trainer"]["max_steps"],
         "steps": resume_step, "device": device_name, "accelerator": accelerator, "precision": precision,
-        "started": previous.get("started") or dt.datetime.now().isoformat(timespec="seconds"),
+        "cuda_graph": system.whole_step, "started": previous.get("started") or dt.datetime.now().isoformat(timespec="seconds"),
         "resumed_from": resume_step or None, "diverged_at": None, "error": None, "versions": versions(),
         "classes": data.num_classes, "train_images": len(data.train), "warmup": system.warming_up,
     }
@@ -298,8 +317,8 @@ def _train_locked(cfg: dict, run_dir: Path, semantic: dict, chash: str) -> dict:
 
     what = f"resuming at iteration {resume_step}" if resume_step else "starting"
     print(f"[{label(cfg)}] {what}: {cfg['data']['name']}, {result['params']:,} params, "
-          f"{cfg['trainer']['max_steps']} iterations of {cfg['optim']['batch_size']}, {device_name}, {precision} "
-          f"-> {run_dir}", flush=True)
+          f"{cfg['trainer']['max_steps']} iterations of {cfg['optim']['batch_size']}, {device_name}, {precision}"
+          f"{', CUDA graph' if system.whole_step else ''} -> {run_dir}", flush=True)
     recorder = Recorder(run_dir, cfg, result)
     trainer = pl.Trainer(**trainer_kwargs, callbacks=[recorder], default_root_dir=str(run_dir))
     t0 = time.perf_counter()

@@ -28,6 +28,7 @@ def test_bench_runs_end_to_end_and_writes_json(tmp_path):
         assert r["speedup_vs_conventional"] == pytest.approx(r["conventional_ms_per_step"] / r["ours_ms_per_step"])
     assert [c["k"] for c in b["concurrent"]] == [1, 2] and all(c["images_per_s"] > 0 for c in b["concurrent"])
     assert b["projected_paper_sweep_s"] > 0 and b["device"]
+    assert all(r["ours_cuda_graph"] == r["minimal_cuda_graph"] == torch.cuda.is_available() for r in b["rows"])
     assert "Lightning overhead" in proc.stdout and "x conventional" in proc.stdout
 
 
@@ -36,6 +37,9 @@ def test_bench_rejects_bad_options(tmp_path):
     assert proc.returncode == 2 and "model.depth=21 is not a CIFAR ResNet depth" in proc.stderr
     proc = run_cli("bench", "--pipelines", "ours,fast", "--out", str(tmp_path / "b.json"))
     assert proc.returncode == 2 and "--pipelines='ours,fast'" in proc.stderr
+    if not torch.cuda.is_available():
+        proc = run_cli("bench", "--cuda-graph", "true", "--out", str(tmp_path / "b.json"))
+        assert proc.returncode == 2 and "--cuda-graph=true needs a CUDA GPU" in proc.stderr
     assert not (tmp_path / "b.json").exists()
 
 

@@ -5,6 +5,7 @@ from pathlib import Path
 import json
 
 import pytest
+import torch
 
 from .conftest import compose, run_cli
 
@@ -60,6 +61,9 @@ def test_cfg_job_prints_the_composed_config():
     ("optim.warmup=maybe", "optim.warmup='maybe' is not one of auto, true, false"),
     ("trainer.max_steps=0", "trainer.max_steps=0 must be a positive integer"),
     ("trainer.precision=fp8", "trainer.precision='fp8' is not one of"),
+    ("trainer.cuda_graph=maybe", "trainer.cuda_graph='maybe' is not one of auto, true, false"),
+    pytest.param("trainer.cuda_graph=true", "trainer.cuda_graph=true cannot be used: no CUDA GPU is used",
+                 marks=pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA GPU is used here")),
     ("data=imagenet", "Could not find 'data/imagenet'"),
 ])
 def test_bad_input_fails_clearly_and_keeps_earlier_results(smoke_run, override, message):

@@ -1,9 +1,11 @@
 import math
 
 import pytest
+import torch
 
 from resdepth.results import read_json, read_metrics
 from resdepth.system import lr_at, warmup_enabled
+import resdepth.train
 from resdepth.train import train
 
 from .conftest import compose
@@ -72,3 +74,80 @@ def test_records_and_result(tmp_path):
     assert saved["final_val_error"] == rows[-1]["val_error"] and saved["config"]["seed"] == 0
     responses = read_json(f"{cfg['run_dir']}/responses.json")["layer_std"]
     assert len(responses) == 7 and all(s > 0 and math.isfinite(s) for s in responses)
+
+
+def _train_both_ways(tmp_path, monkeypatch, *extra):
+    """metrics.csv of one run trained by Lightning's zero_grad/backward/step and by the whole-step path."""
+    rows = {}
+    for whole in (False, True):
+        monkeypatch.setattr(resdepth.train, "use_cuda_graph", lambda *a, whole=whole: whole)
+        cfg = _tiny(tmp_path / str(whole), *extra)
+        result = train(cfg)
+        assert result["status"] == "done" and result["cuda_graph"] is whole
+        rows[whole] = read_metrics(f"{cfg['run_dir']}/metrics.csv")
+    return rows
+
+
+def test_whole_step_path_trains_like_lightnings_own_step(tmp_path, monkeypatch):
+    """The path a CUDA graph replays (training_step does forward, backward and the SGD update itself, Lightning's
+    optimizer_step only counts) gives the same numbers as Lightning's step; on the CPU it runs eagerly."""
+    rows = _train_both_ways(tmp_path, monkeypatch)
+    assert [r["iteration"] for r in rows[True]] == [10, 20, 30, 40]
+    for key in ("train_loss", "train_error", "test_error", "lr"):
+        assert [r[key] for r in rows[True]] == pytest.approx([r[key] for r in rows[False]], rel=1e-6, abs=1e-7), key
+    assert rows[True][-1]["train_loss"] < rows[True][0]["train_loss"]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA GPU")
+@pytest.mark.parametrize("precision", ["32-true", "bf16-mixed"])
+def test_cuda_graph_trains_like_eager(tmp_path, monkeypatch, precision):
+    """Captured once, re-captured at each lr change (warm-up end, milestones), the graph's run follows the eager
+    one; fp32 without TF32 closely, bf16 within its rounding."""
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    rows = _train_both_ways(tmp_path, monkeypatch, "trainer.accelerator=gpu", f"trainer.precision={precision}",
+                            "trainer.max_steps=60", "optim.milestones=[25,45]", "optim.warmup=true",
+                            "optim.warmup_window=5", "optim.warmup_until_error=0.89")
+    tol = 1e-2 if precision == "32-true" else 5e-2  # cuDNN autotunes each run on its own; bf16 rounds
+    for key in ("train_loss", "lr"):
+        assert [r[key] for r in rows[True]] == pytest.approx([r[key] for r in rows[False]], rel=tol, abs=tol), key
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA GPU")
+def test_whole_step_graph_replays_the_eager_updates_and_follows_lr_changes():
+    """Step by step against a plain eager loop (deterministic cuDNN, fp32): same losses and weights, through
+    the eager warm-up, the capture, and a re-capture when the lr changes."""
+    import torch.nn.functional as F
+
+    from resdepth.models import cifar_resnet
+    from resdepth.system import GRAPH_WARMUP, WholeStep
+
+    torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    g = torch.Generator().manual_seed(0)
+    batches = [(torch.randn(32, 3, 32, 32, generator=g).cuda(), torch.randint(0, 10, (32,), generator=g).cuda())
+               for _ in range(10)]
+    lrs = [0.1] * 6 + [0.01] * 4
+    nets, losses = [], {}
+    for graphed in (False, True):
+        torch.manual_seed(0)
+        net = cifar_resnet(depth=8, block="residual", shortcut="A").cuda()
+        opt = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4, fused=True)
+        step = WholeStep(net, opt, bf16=False)
+        out = []
+        for (x, y), lr in zip(batches, lrs):
+            opt.param_groups[0]["lr"] = lr
+            if graphed:
+                loss, _ = step(x, y)
+            else:
+                opt.zero_grad(set_to_none=True)
+                loss = F.cross_entropy(net(x), y)
+                loss.backward()
+                opt.step()
+            out.append(loss.item())
+        assert graphed is False or (step.graph is not None and step.graph_lr == 0.01)
+        nets.append(net)
+        losses[graphed] = out
+    assert GRAPH_WARMUP < 6
+    assert losses[True] == pytest.approx(losses[False], rel=1e-5, abs=1e-6)
+    for a, b in zip(nets[0].state_dict().values(), nets[1].state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
