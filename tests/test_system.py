@@ -91,7 +91,7 @@ def _train_both_ways(tmp_path, monkeypatch, *extra):
 def test_whole_step_path_trains_like_lightnings_own_step(tmp_path, monkeypatch):
     """The path a CUDA graph replays (training_step does forward, backward and the SGD update itself, Lightning's
     optimizer_step only counts) gives the same numbers as Lightning's step; on the CPU it runs eagerly."""
-    rows = _train_both_ways(tmp_path, monkeypatch)
+    rows = _train_both_ways(tmp_path, monkeypatch, "trainer.accelerator=cpu")
     assert [r["iteration"] for r in rows[True]] == [10, 20, 30, 40]
     for key in ("train_loss", "train_error", "test_error", "lr"):
         assert [r[key] for r in rows[True]] == pytest.approx([r[key] for r in rows[False]], rel=1e-6, abs=1e-7), key
@@ -103,7 +103,8 @@ def test_whole_step_path_trains_like_lightnings_own_step(tmp_path, monkeypatch):
 def test_cuda_graph_trains_like_eager(tmp_path, monkeypatch, precision):
     """Captured once, re-captured at each lr change (warm-up end, milestones), the graph's run follows the eager
     one; fp32 without TF32 closely, bf16 within its rounding."""
-    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
     rows = _train_both_ways(tmp_path, monkeypatch, "trainer.accelerator=gpu", f"trainer.precision={precision}",
                             "trainer.max_steps=60", "optim.milestones=[25,45]", "optim.warmup=true",
                             "optim.warmup_window=5", "optim.warmup_until_error=0.89")
@@ -113,7 +114,7 @@ def test_cuda_graph_trains_like_eager(tmp_path, monkeypatch, precision):
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA GPU")
-def test_whole_step_graph_replays_the_eager_updates_and_follows_lr_changes():
+def test_whole_step_graph_replays_the_eager_updates_and_follows_lr_changes(monkeypatch):
     """Step by step against a plain eager loop (deterministic cuDNN, fp32): same losses and weights, through
     the eager warm-up, the capture, and a re-capture when the lr changes."""
     import torch.nn.functional as F
@@ -121,8 +122,10 @@ def test_whole_step_graph_replays_the_eager_updates_and_follows_lr_changes():
     from resdepth.models import cifar_resnet
     from resdepth.system import GRAPH_WARMUP, WholeStep
 
-    torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
-    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    for module, name, value in ((torch.backends.cudnn, "deterministic", True), (torch.backends.cudnn, "benchmark", False),
+                                (torch.backends.cudnn, "allow_tf32", False),
+                                (torch.backends.cuda.matmul, "allow_tf32", False)):
+        monkeypatch.setattr(module, name, value)
     g = torch.Generator().manual_seed(0)
     batches = [(torch.randn(32, 3, 32, 32, generator=g).cuda(), torch.randint(0, 10, (32,), generator=g).cuda())
                for _ in range(10)]
