@@ -368,5 +368,6 @@ def _row_line(row: dict) -> str:
     if "speedup_vs_conventional" in row:
         parts.append(f"{row['speedup_vs_conventional']:.2f}x conventional")
     if row.get("ours_peak_mem_mb"):
-        parts.append(f"peak {row['ours_peak_mem_mb']:.0f} MB (conv. {row.get('conventional_peak_mem_mb') or 0:.0f})")
+        conv = row.get("conventional_peak_mem_mb")
+        parts.append(f"peak {row['ours_peak_mem_mb']:.0f} MB" + (f" (conv. {conv:.0f})" if conv else ""))
     return "  ".join(parts)

@@ -254,7 +254,9 @@ def curves_figure(groups: list[Group]) -> Figure:
         ax.xaxis.set_major_formatter(FormatStrFormatter("%g"))
         ax.grid(alpha=0.3)
         if panel:
-            ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.16), ncols=2, fontsize="small", frameon=False)
+            labels = ax.get_legend_handles_labels()[1]
+            ncols = 2 if max(map(len, labels)) <= 24 else 1  # long notes (running, off scale) would overlap
+            ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.16), ncols=ncols, fontsize="small", frameon=False)
         else:
             ax.text(0.5, 0.5, "no runs", transform=ax.transAxes, ha="center", va="center", color="gray")
     axes[0].set_ylabel("error (%)")
