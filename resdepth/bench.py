@@ -1,9 +1,10 @@
 """`resdepth bench`: how fast the training path is, measured three ways on the current device, in one process.
 
   ours          the real path as `resdepth train` runs it: device-resident uint8 data, batched crop/flip,
-                the LightningModule and Lightning's fit loop (records and checkpoints excluded)
-  minimal       the same network, data tensors and augmentation in a hand-written PyTorch loop
-                (ours / minimal = Lightning's overhead)
+                the LightningModule and Lightning's fit loop (records and checkpoints excluded); on a CUDA GPU
+                each iteration is one CUDA-graph replay unless --cuda-graph false
+  minimal       the same network, data tensors, augmentation and step (graph or not) in a hand-written
+                PyTorch loop (ours / minimal = Lightning's overhead)
   conventional  what popular CIFAR reproductions do: a torchvision-style dataset of PIL images with
                 RandomCrop(32, padding=4) + RandomHorizontalFlip + ToTensor + Normalize, a DataLoader with
                 workers, fp32, a loss.item() and an accuracy read every step (conventional / ours = speed-up)
