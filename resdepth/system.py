@@ -42,8 +42,8 @@ class WholeStep:
     On a CUDA device it runs GRAPH_WARMUP iterations eagerly on a side stream, then captures the iteration in a
     CUDA graph and replays it: one launch instead of several hundred kernels, so these thin networks stop waiting
     for the host. The learning rate is a constant of the captured update: a new lr (warm-up end, milestones)
-    captures again. Elsewhere it runs eagerly. The caller copies nothing back: the results are device tensors
-    that the next call overwrites.
+    captures again. Elsewhere it runs eagerly. The returned loss and error are device tensors that the next call
+    overwrites: copy them (on the device) before calling again.
     """
 
     def __init__(self, forward, optimizer: torch.optim.Optimizer, bf16: bool) -> None:
