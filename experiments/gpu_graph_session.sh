@@ -11,21 +11,8 @@
 set -u
 OUT=${OUT:-/tmp/resdepth-out}; mkdir -p "$OUT"
 W=$(mktemp -d); pack() { tar czf "$OUT/results.tgz" -C "$W" .; }
-export PYTHONUNBUFFERED=1 MPLBACKEND=Agg
-PY=${PY:-python3}
-if ! $PY -c "import hydra, omegaconf, hydra_plugins.hydra_joblib_launcher" 2>/dev/null; then
-  $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
-    || exit 1
-  export PYTHONPATH=/tmp/site
-fi
-export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}  # joblib's worker processes import resdepth from here too
-if [ -f .carry/cifar10-jpeg.tar.gz ] && [ ! -f ../shared/data/cifar10-jpeg.tar.gz ]; then
-  mkdir -p ../shared/data && cp .carry/cifar10-jpeg.tar.gz ../shared/data/  # the path data=cifar10_jpeg expects
-fi
-RD="$PY -m resdepth.cli"
-{ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>&1; nproc; lscpu | grep 'Model name';
-  $PY -c "import torch, pytorch_lightning as pl, hydra, sys; print(sys.version.split()[0], torch.__version__, pl.__version__, hydra.__version__)"; } > "$W/env.txt"
-cat "$W/env.txt"; pack
+source "$(dirname "$0")/gpu_env.sh"
+gpu_env_report "$W/env.txt"; pack
 if [ "${SMALL:-0}" = 1 ]; then
   B="--depths 8,14 --steps 4 --warmup 2 --concurrent 1,2 --data synthetic"; E="--depths 8 --steps 4 --warmup 2 --data synthetic"
   S="experiment=smoke model.depth=8,14"; T0=200; T1=300; T2=300; T3=60; T4=60; J=2

@@ -9,21 +9,8 @@
 set -u
 OUT=${OUT:-/tmp/resdepth-out}; mkdir -p "$OUT"
 W=$(mktemp -d); pack() { tar czf "$OUT/results.tgz" -C "$W" .; }
-export PYTHONUNBUFFERED=1 MPLBACKEND=Agg
-PY=${PY:-python3}
-if ! $PY -c "import hydra, omegaconf, hydra_plugins.hydra_joblib_launcher" 2>/dev/null; then
-  $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
-    || exit 1
-  export PYTHONPATH=/tmp/site
-fi
-export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
-if [ -f .carry/cifar10-jpeg.tar.gz ] && [ ! -f ../shared/data/cifar10-jpeg.tar.gz ]; then
-  mkdir -p ../shared/data && cp .carry/cifar10-jpeg.tar.gz ../shared/data/
-fi
-RD="$PY -m resdepth.cli"
-{ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>&1; nproc; lscpu | grep 'Model name';
-  $PY -c "import torch, pytorch_lightning as pl, hydra, sys; print(sys.version.split()[0], torch.__version__, pl.__version__, hydra.__version__)"; } > "$W/env.txt"
-cat "$W/env.txt"; pack
+source "$(dirname "$0")/gpu_env.sh"
+gpu_env_report "$W/env.txt"; pack
 if [ "${SMALL:-0}" = 1 ]; then
   C="--depths 8 --steps 4 --warmup 2 --data synthetic"; S="experiment=smoke model.depth=8,14"; T1=120; T2=120; J=2
 else
