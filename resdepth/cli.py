@@ -16,8 +16,10 @@ from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.errors import HydraException
 from hydra.types import RunMode
 from omegaconf import DictConfig
+from omegaconf.errors import OmegaConfBaseException
 
 from . import config as _config  # noqa: F401  (registers the schema and the run-name resolver)
 
@@ -64,8 +66,21 @@ def hydra_task(cfg: DictConfig):
 
 
 def _hydra(argv: list[str]) -> None:
+    """Run the Hydra app. Hydra prints its own errors (a bad key, type or group option) over several lines; here
+    Hydra raises them instead (HYDRA_FULL_ERROR) and they become one line, exit 2. A user who sets
+    HYDRA_FULL_ERROR=1 gets Hydra's full traceback as usual."""
     sys.argv = ["resdepth", *argv]
-    hydra_task()
+    if os.environ.get("HYDRA_FULL_ERROR"):
+        return hydra_task()
+    os.environ["HYDRA_FULL_ERROR"] = "1"
+    try:
+        hydra_task()
+    except (HydraException, OmegaConfBaseException) as e:  # a bad key, type, value or group option
+        _fail(_config.one_line_error(e))
+    except Exception as e:  # anything else (a launcher's own failure): say how to see the traceback
+        _fail(f"{type(e).__name__}: {_config.one_line_error(e)} (HYDRA_FULL_ERROR=1 shows the traceback)")
+    finally:
+        os.environ.pop("HYDRA_FULL_ERROR", None)
 
 
 def main(argv: list[str] | None = None) -> None:

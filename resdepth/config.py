@@ -2,7 +2,7 @@
 
 The schema is stored in Hydra's ConfigStore as `resdepth_schema` and named first in conf/config.yaml's defaults,
 so a misspelt key (`model.dept=5`) or a wrong type (`model.depth=abc`, `optim.lr=fast`, `model.block=foo`) fails
-with Hydra's own message before anything is trained.
+in Hydra before anything is trained (the CLI turns the message into one line: `one_line_error`).
 """
 
 from __future__ import annotations
@@ -157,6 +157,33 @@ def compose(*override_lists: list[str]) -> list[dict]:
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         return [to_plain(hydra_compose("config", overrides=list(o))) for o in override_lists]
+
+
+_NOISE = ("full_key:", "object_type=", "reference_type=", "Config search path", "provider=", "To append")
+
+
+def one_line_error(e: BaseException) -> str:
+    """Hydra's and OmegaConf's multi-line messages (the error and its cause) as one line: what was wrong, why,
+    and what is allowed. `Available options in 'experiment':` + an indented list becomes `available: a, b`."""
+    parts, seen = [], set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        options = None
+        for line in str(e).splitlines():
+            text = line.strip()
+            if not text or text.startswith(_NOISE):
+                continue
+            if text.startswith("Available options"):
+                options = []
+                parts.append(options)
+            elif options is not None and line[:1].isspace():
+                options.append(text)
+            else:
+                options = None
+                parts.append(text)
+        e = e.__cause__
+    words = [f"available: {', '.join(p)}" if isinstance(p, list) else p.rstrip(".:") for p in parts]
+    return "; ".join(dict.fromkeys(w for w in words if w)) or "invalid configuration"
 
 
 def to_plain(cfg: DictConfig) -> dict[str, Any]:

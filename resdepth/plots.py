@@ -32,7 +32,8 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import FormatStrFormatter, MaxNLocator
 
 from .config import config_hash
-from .results import atomic_write_bytes, atomic_write_text, find_results, mean_std, net_name, read_json, read_metrics
+from .results import (atomic_write_bytes, atomic_write_text, differing_settings, find_results, mean_std, net_name,
+                      read_json, read_metrics)
 
 # Table 6 of the paper: ResNet test error (%) on CIFAR-10; parameter counts as the paper prints them.
 PAPER_TEST_ERROR = {20: 8.75, 32: 7.51, 44: 7.17, 56: 6.97, 110: 6.43, 1202: 7.93}
@@ -122,11 +123,12 @@ def group_runs(runs: list[Run]) -> list[Group]:
     for dataset in {g.dataset for g in out}:
         mine = [g for g in out if g.dataset == dataset]
         steps = {g.protocol: g.max_steps for g in mine}
-        for g in mine:
+        unique = len(set(steps.values())) == len(steps)
+        settings = differing_settings([g.config for g in mine])
+        for g, differ in zip(mine, settings):
             g.variant = "-B" if g.shortcut == "B" else ""
-            if len(steps) > 1:  # several protocols: say which, by iterations when that tells them apart
-                unique = len(set(steps.values())) == len(steps)
-                g.variant += f" ({g.max_steps} it)" if unique else f" [{g.protocol}]"
+            if len(steps) > 1:  # several protocols: say which (by iterations when that tells them apart)
+                g.variant += f" ({g.max_steps} it)" if unique else f" ({differ or g.protocol})"
     return out
 
 

@@ -97,7 +97,8 @@ def find_results(root: Path) -> list[tuple[Path, dict]]:
 # ------------------------------------------------------------------------------------------ results table
 
 TABLE_COLUMNS = ("dataset", "net", "depth", "block", "shortcut", "seeds", "test_error_mean", "test_error_std",
-                 "train_error_mean", "train_error_std", "params", "steps", "wall_time_s", "status", "config_hash")
+                 "train_error_mean", "train_error_std", "params", "steps", "wall_time_s", "status", "settings",
+                 "config_hash")
 
 
 def mean_std(values: list[float]) -> tuple[float, float, int]:
@@ -110,6 +111,24 @@ def mean_std(values: list[float]) -> tuple[float, float, int]:
 def net_name(block: str, depth: int) -> str:
     """The paper's names: plain-20, ResNet-56."""
     return f"{'ResNet' if block == 'residual' else 'plain'}-{depth}"
+
+
+def _flat(node, prefix: str = "") -> dict:
+    if isinstance(node, dict):
+        return {k: v for key, sub in node.items() for k, v in _flat(sub, f"{prefix}{key}.").items()}
+    return {prefix[:-1]: node}
+
+
+def differing_settings(configs: list[dict], shown: tuple[str, ...] = ("seed", "model.", "data.name")) -> list[str]:
+    """For each config, `key=value ...` of the settings (those that define a result) whose values are not the
+    same in all of them, leaving out what a table or legend already shows (the net, the dataset, the seed)."""
+    from .config import semantic_config
+
+    flat = [_flat(semantic_config(c or {})) for c in configs]
+    keys = sorted({k for f in flat for k in f if not k.startswith(shown)})
+    differ = [k for k in keys if len({json.dumps(f.get(k), sort_keys=True) for f in flat}) > 1]
+    return [" ".join(f"{k}={json.dumps(f[k]).replace(' ', '')}".replace('"', "") for k in differ if k in f)
+            for f in flat]
 
 
 def summarize(root: Path) -> list[dict]:
@@ -140,8 +159,12 @@ def summarize(root: Path) -> list[dict]:
             "steps": max(r.get("steps") or 0 for r in runs), "max_steps": runs[0].get("max_steps"),
             "wall_time_s": sum(r.get("wall_time_s") or 0 for r in runs),
             "status": ", ".join(f"{statuses.count(s)} {s}" for s in dict.fromkeys(statuses)),
-            "config_hash": chash, "seed_list": sorted(r.get("seed") for r in runs),
+            "config_hash": chash, "seed_list": sorted(r.get("seed") for r in runs), "config": runs[0]["config"],
         })
+    for dataset in {r["dataset"] for r in rows}:  # what tells apart configs of the same net: shown, not hashed
+        mine = [r for r in rows if r["dataset"] == dataset]
+        for row, settings in zip(mine, differing_settings([r["config"] for r in mine])):
+            row["settings"] = settings
     return rows
 
 
@@ -158,6 +181,10 @@ def _display(rows: list[dict]) -> tuple[list[str], list[list[str]]]:
              _pct(r["test_error_mean"], r["test_error_std"], r["seeds"]),
              _pct(r["train_error_mean"], r["train_error_std"], r["seeds"]), f"{r['params']:,}",
              f"{r['steps']}/{r['max_steps']}", f"{r['wall_time_s'] / 60:.1f} min", r["status"]] for r in rows]
+    if any(r.get("settings") for r in rows):  # only where configs of a dataset differ beyond the net and seed
+        head.append("settings")
+        for cells, r in zip(body, rows):
+            cells.append(r.get("settings", ""))
     return head, body
 
 
@@ -167,7 +194,9 @@ def format_table(rows: list[dict]) -> str:
         return "(no runs)"
     head, body = _display(rows)
     widths = [max(len(x) for x in col) for col in zip(head, *body)]
-    line = lambda cells: "  ".join(c.rjust(w) if i >= 3 else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths)))
+    right = range(3, 10)  # the numbers and the status; names and settings stay left
+    line = lambda cells: "  ".join(c.rjust(w) if i in right else c.ljust(w)
+                                   for i, (c, w) in enumerate(zip(cells, widths))).rstrip()
     return "\n".join([line(head), line(["-" * w for w in widths]), *map(line, body)])
 
 

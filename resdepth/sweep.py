@@ -27,6 +27,7 @@ from omegaconf import OmegaConf
 from . import results as rec
 from .config import CONF_DIR
 from .config import compose as compose_configs
+from .config import one_line_error
 
 SWEEP_SIZE_ENV = "RESDEPTH_SWEEP_SIZE"
 
@@ -72,7 +73,7 @@ def sweep(overrides: list[str], launch: Callable[[list[str]], None]) -> int:
         jobs = compose_jobs(grid)
     except Exception as e:  # Hydra's own messages for bad keys, types and values
         GlobalHydra.instance().clear()
-        print(f"resdepth: error: {type(e).__name__}: {e}".splitlines()[0], file=sys.stderr)
+        print(f"resdepth: error: {one_line_error(e)}", file=sys.stderr)
         return 2
     try:
         for job in jobs:

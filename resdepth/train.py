@@ -7,6 +7,7 @@ run as such, and writes every file atomically. It wires things together and comp
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import fcntl
 import logging
@@ -25,7 +26,7 @@ import torch
 from omegaconf import DictConfig
 
 from . import results as rec
-from .config import config_hash, semantic_config, to_plain
+from .config import Config, config_hash, semantic_config, to_plain
 from .data import DataModule
 from .models import check_depth, count_parameters
 from .system import System, warmup_enabled
@@ -47,6 +48,10 @@ class RunBusy(RuntimeError):
 def validate(cfg: dict) -> None:
     """Raise ValueError with a one-line message naming the bad value and what is allowed."""
     m, o, t, d = cfg["model"], cfg["optim"], cfg["trainer"], cfg["data"]
+    known = [f.name for f in dataclasses.fields(Config)]
+    for key in cfg:
+        if key not in known:  # `+key=value` adds a top-level key that nothing reads but the run's hash
+            raise ValueError(f"unknown setting {key!r} (added with +{key}=...); the config has {', '.join(known)}")
     check_depth(m["depth"])
     warmup_enabled(o, m["depth"])
     for key, value in (("trainer.max_steps", t["max_steps"]), ("trainer.eval_every", t["eval_every"]),
@@ -57,8 +62,17 @@ def validate(cfg: dict) -> None:
         raise ValueError(f"trainer.checkpoint_every={t['checkpoint_every']} must be >= 0 (0: same as eval_every)")
     if not o["lr"] > 0:
         raise ValueError(f"optim.lr={o['lr']} must be > 0")
-    if any(s < 0 for s in o["milestones"]):
-        raise ValueError(f"optim.milestones={o['milestones']} must be iterations >= 0")
+    if any(s < 0 for s in o["milestones"]) or any(a >= b for a, b in zip(o["milestones"], o["milestones"][1:])):
+        raise ValueError(f"optim.milestones={o['milestones']} must be increasing iterations >= 0")
+    for key, value, ok, allowed in (
+            ("optim.momentum", o["momentum"], 0 <= o["momentum"] < 1, "in [0, 1)"),
+            ("optim.weight_decay", o["weight_decay"], o["weight_decay"] >= 0, ">= 0"),
+            ("optim.gamma", o["gamma"], 0 < o["gamma"] <= 1, "in (0, 1]: the lr is multiplied by it at each milestone"),
+            ("optim.warmup_lr", o["warmup_lr"], o["warmup_lr"] > 0, "> 0"),
+            ("optim.warmup_until_error", o["warmup_until_error"], 0 <= o["warmup_until_error"] <= 1,
+             "a fraction in [0, 1] (0: warm up until the first milestone)")):
+        if not ok:  # `not ok` also catches nan
+            raise ValueError(f"{key}={value} must be {allowed}")
     for key, value, allowed in (("trainer.precision", t["precision"], PRECISIONS),
                                 ("trainer.accelerator", t["accelerator"], ACCELERATORS),
                                 ("trainer.compile_mode", t["compile_mode"], COMPILE_MODES),

@@ -64,17 +64,33 @@ def test_cfg_job_prints_the_composed_config():
     ("trainer.cuda_graph=maybe", "trainer.cuda_graph='maybe' is not one of auto, true, false"),
     pytest.param("trainer.cuda_graph=true", "trainer.cuda_graph=true cannot be used: no CUDA GPU is used",
                  marks=pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA GPU is used here")),
-    ("data=imagenet", "Could not find 'data/imagenet'"),
+    ("data=imagenet", "Could not find 'data/imagenet'; available: cifar10, cifar100, cifar10_jpeg"),
+    ("experiment=nope", "Could not find 'experiment/nope'; available: demo, eighth, paper, sixteenth, smoke"),
+    ("seed=abc", "Value 'abc' of type 'str' could not be converted to Integer"),
+    ("model.depth=[", "no viable alternative at input '['"),
+    ("+foo=1", "unknown setting 'foo' (added with +foo=...)"),
+    ("optim.momentum=1.5", "optim.momentum=1.5 must be in [0, 1)"),
+    ("optim.weight_decay=-1", "optim.weight_decay=-1.0 must be >= 0"),
+    ("optim.gamma=0", "optim.gamma=0.0 must be in (0, 1]"),
+    ("optim.warmup_lr=0", "optim.warmup_lr=0.0 must be > 0"),
+    ("optim.warmup_until_error=2", "optim.warmup_until_error=2.0 must be a fraction in [0, 1]"),
+    ("optim.milestones=[30,10]", "optim.milestones=[30, 10] must be increasing iterations >= 0"),
 ])
 def test_bad_input_fails_clearly_and_keeps_earlier_results(smoke_run, override, message):
     root, run_dir, _ = smoke_run
     before = {p: open(f"{run_dir}/{p}").read() for p in ("result.json", "metrics.csv", "config.json")}
     proc = run_cli("train", "experiment=smoke", f"results_root={root}", override)
-    assert proc.returncode != 0
-    assert message in proc.stderr, proc.stderr
-    assert "Traceback" not in proc.stderr
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()  # one line, Hydra's own errors included
+    assert len(lines) == 1 and lines[0].startswith("resdepth: error: ") and message in lines[0], proc.stderr
     assert {p: open(f"{run_dir}/{p}").read() for p in before} == before
     assert not any(p.name.startswith(("residual-21", "plain--4")) for p in (root / "synthetic").iterdir())
+
+
+def test_hydra_errors_keep_their_traceback_on_request(tmp_path):
+    proc = run_cli("train", "experiment=smoke", f"results_root={tmp_path}", "model.block=foo",
+                   env={"HYDRA_FULL_ERROR": "1"})
+    assert proc.returncode != 0 and "Traceback" in proc.stderr and "expected one of [plain, residual]" in proc.stderr
 
 
 def test_missing_image_folder_is_a_clear_error(tmp_path):

@@ -222,6 +222,11 @@ def test_protocols_and_datasets_are_never_averaged_together(sweep, tmp_path):
     write_json(other / "result.json", r)
     labels = legend_texts(plots.curves_figure(figures(root)).axes[0])
     assert "plain-14 (40 it)" in labels and "plain-14 (80 it)" in labels
+    r["config"]["trainer"]["max_steps"], r["max_steps"] = 40, 40  # same length, another lr: named by the setting
+    r["config"]["optim"]["lr"] = 0.05
+    write_json(other / "result.json", r)
+    labels = legend_texts(plots.curves_figure(figures(root)).axes[0])
+    assert "plain-14 (optim.lr=0.1)" in labels and "plain-14 (optim.lr=0.05)" in labels
 
     moved = run_dir(root, "residual", 8)
     write_json(moved / "result.json", {**read_json(moved / "result.json"), "dataset": "cifar100"})

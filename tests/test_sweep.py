@@ -2,6 +2,7 @@
 divergence and failure isolation, the results table, and the joblib and submitit_local launchers."""
 
 import json
+import shutil
 import signal
 import statistics
 import subprocess
@@ -60,9 +61,15 @@ def test_changing_an_axis_from_the_shell(smoke_sweep, tmp_path):
     assert len(rows) == 1 and rows[0]["seeds"] == 2  # two seeds of one configuration, aggregated
 
 
-def test_bad_grid_is_refused_before_anything_runs(tmp_path):
-    proc = run_cli("sweep", "experiment=smoke", f"results_root={tmp_path}", "model.depth=8,21")
-    assert proc.returncode == 2 and "model.depth=21 is not a CIFAR ResNet depth" in proc.stderr
+@pytest.mark.parametrize("axis,message", [
+    ("model.depth=8,21", "model.depth=21 is not a CIFAR ResNet depth"),
+    ("model.block=plain,foo", "Invalid value 'foo', expected one of [plain, residual]"),
+    ("optim.momentum=0.9,1.5", "optim.momentum=1.5 must be in [0, 1)"),
+])
+def test_bad_grid_is_refused_before_anything_runs(tmp_path, axis, message):
+    proc = run_cli("sweep", "experiment=smoke", f"results_root={tmp_path}", axis)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1 and message in lines[0], proc.stderr
     assert not list(tmp_path.rglob("result.json"))
 
 
@@ -166,6 +173,29 @@ def test_results_table_mean_and_std_on_known_files(tmp_path, capsys):
     assert "8.00 ± 1.00" in out and "3.00 ± 2.65" in out and "4.0 min" in out
     assert "8.00 ± 1.00" in (tmp_path / "results.md").read_text()
     assert "0.08" in (tmp_path / "results.csv").read_text()
+
+
+def test_results_table_names_the_settings_that_tell_configs_apart(tmp_path, capsys):
+    for lr, momentum, test in [(0.1, 0.9, 0.07), (0.05, 0.9, 0.08), (0.1, 0.8, 0.09)]:
+        cfg = compose(["experiment=smoke", f"results_root={tmp_path}", f"optim.lr={lr}", f"optim.momentum={momentum}"])
+        d = tmp_path / f"synthetic/residual-20/seed0-{lr}-{momentum}"
+        d.mkdir(parents=True)
+        rec.write_json(d / "result.json", {
+            "status": "done", "dataset": "synthetic", "depth": 20, "block": "residual", "shortcut": "A", "seed": 0,
+            "params": 269_722, "steps": 40, "max_steps": 40, "wall_time_s": 6.0, "final_test_error": test,
+            "final_train_error": 0.01, "config": cfg})
+    assert rec.results_cli([str(tmp_path)]) == 0
+    settings = {round(r["test_error_mean"], 2): r["settings"] for r in rec.summarize(tmp_path)}
+    assert settings == {0.07: "optim.lr=0.1 optim.momentum=0.9", 0.08: "optim.lr=0.05 optim.momentum=0.9",
+                        0.09: "optim.lr=0.1 optim.momentum=0.8"}
+    out = capsys.readouterr().out
+    assert "settings" in out.splitlines()[0] and "optim.lr=0.05 optim.momentum=0.9" in out
+    assert "optim.lr=0.05 optim.momentum=0.9" in (tmp_path / "results.md").read_text()
+    # one configuration per net: no settings column
+    one = tmp_path / "one"
+    (one / "a").mkdir(parents=True)
+    shutil.copy(next(tmp_path.rglob("result.json")), one / "a" / "result.json")
+    assert rec.summarize(one)[0]["settings"] == "" and "settings" not in rec.format_table(rec.summarize(one))
 
 
 def test_results_of_an_empty_root_is_a_clear_error(tmp_path):
