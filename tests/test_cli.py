@@ -31,17 +31,21 @@ def test_smoke_train_end_to_end(smoke_run):
     assert result["final_test_error"] == float(rows[-1]["test_error"])
     assert result["config"]["model"] == {"depth": 20, "block": "residual", "shortcut": "A"}
     assert result["device"] and result["wall_time_s"] > 0 and result["versions"]["torch"]
-    for name in ("model.pt", "last.ckpt", "responses.json", "config.json", ".hydra/config.yaml"):
+    for name in ("model.pt", "last.ckpt", "responses.json", "config.json"):
         assert (root / run_dir[len(str(root)) + 1:] / name).exists(), name
+    assert len(list(Path(run_dir).glob(".hydra/*/config.yaml"))) >= 1  # Hydra's record of the invocation
     assert "it     40/40" in proc.stdout and "done: test" in proc.stdout
 
 
-def test_second_run_is_skipped(smoke_run):
+def test_second_run_is_skipped_and_keeps_the_first_invocations_record(smoke_run):
     root, run_dir, _ = smoke_run
-    before = open(f"{run_dir}/result.json").read()
-    proc = run_cli("train", "experiment=smoke", f"results_root={root}")
+    before = {p: p.read_bytes() for p in Path(run_dir).rglob("*") if p.is_file()}
+    # the same run (trainer.cuda_graph does not change what is computed), invoked again in another way
+    proc = run_cli("train", "experiment=smoke", f"results_root={root}", "trainer.cuda_graph=false")
     assert proc.returncode == 0 and "done, skipped" in proc.stdout
-    assert open(f"{run_dir}/result.json").read() == before
+    assert {p: p.read_bytes() for p in before} == before  # nothing rewritten, Hydra's records included
+    new = [p for p in Path(run_dir).glob(".hydra/*/overrides.yaml") if p not in before]
+    assert len(new) == 1 and "trainer.cuda_graph=false" in new[0].read_text()
 
 
 def test_cfg_job_prints_the_composed_config():
