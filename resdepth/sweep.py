@@ -22,6 +22,7 @@ from hydra import compose, initialize_config_dir
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.override_parser.types import ChoiceSweep
 from omegaconf import OmegaConf
 
 from . import results as rec
@@ -43,6 +44,19 @@ def expand_grid(overrides: list[str]) -> list[list[str]]:
     params = OmegaConf.to_container(base.hydra.sweeper.params or {}, resolve=False)
     lines = [f"{k}={v}" for k, v in params.items()] + list(overrides)
     return BasicSweeper.split_arguments(parser.parse_overrides(lines), None)[0]
+
+
+def longest_first(overrides: list[str]) -> list[str]:
+    """A shell depth axis (`model.depth=20,56`) in decreasing depth, as the presets list theirs: Hydra's launchers
+    start jobs in grid order, so with fewer workers (or GPU slots) than runs the longest runs start first and the
+    short ones fill in at the end, instead of one deep run finishing alone. Other overrides are left as given."""
+    out = []
+    for line, o in zip(overrides, OverridesParser.create().parse_overrides(overrides)):
+        value = o.value() if o.key_or_group == "model.depth" and o.is_sweep_override() else None
+        if isinstance(value, ChoiceSweep) and all(isinstance(v, int) for v in value.list):
+            line = f"{line.split('=', 1)[0]}={','.join(str(v) for v in sorted(value.list, reverse=True))}"
+        out.append(line)
+    return out
 
 
 def compose_jobs(grid: list[list[str]]) -> list[dict]:
@@ -68,6 +82,7 @@ def sweep(overrides: list[str], launch: Callable[[list[str]], None]) -> int:
     from .data import DataModule, DatasetError
     from .train import validate
 
+    given, overrides = overrides, longest_first(overrides)
     try:
         grid = expand_grid(overrides)
         jobs = compose_jobs(grid)
@@ -97,7 +112,7 @@ def sweep(overrides: list[str], launch: Callable[[list[str]], None]) -> int:
         m = job["model"]
         print(f"  {m['block']:>8}-{m['depth']:<4} shortcut {m['shortcut']} seed {job['seed']:<3} {state:<9} "
               f"{job['run_dir']}", flush=True)
-    command = "resdepth sweep " + " ".join(shlex.quote(o) for o in overrides)
+    command = "resdepth sweep " + " ".join(shlex.quote(o) for o in given)
     started = dt.datetime.now().isoformat(timespec="seconds")
     for root in roots:
         Path(root).mkdir(parents=True, exist_ok=True)

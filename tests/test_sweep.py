@@ -73,6 +73,19 @@ def test_bad_grid_is_refused_before_anything_runs(tmp_path, axis, message):
     assert not list(tmp_path.rglob("result.json"))
 
 
+def test_grids_start_with_the_deepest_nets():
+    from resdepth.sweep import expand_grid, longest_first
+
+    def depths(overrides):
+        return [int(dict(o.split("=", 1) for o in job)["model.depth"]) for job in expand_grid(overrides)]
+
+    assert depths([]) == [110, 110, 56, 56, 44, 44, 32, 32, 20, 20]  # the paper's grid
+    assert depths(["experiment=demo"]) == [56, 56, 20, 20]
+    assert depths(longest_first(["model.depth=20,56,32", "seed=0,1"])) == [56] * 4 + [32] * 4 + [20] * 4
+    kept = ["model.depth=20", "seed=1,0", "model.depth=range(20,60,12)"]
+    assert longest_first(kept) == kept  # only a list of depths is reordered
+
+
 def _wait_for(predicate, timeout=120):
     t = time.time()
     while time.time() - t < timeout:
