@@ -10,12 +10,14 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import fcntl
+import itertools
 import logging
 import math
 import os
 import platform
 import socket
 import sys
+import tempfile
 import time
 import traceback
 import warnings
@@ -110,14 +112,37 @@ def use_cuda_graph(t: dict, accelerator: str, precision: str) -> bool:
     return value != "false" and problem is None
 
 
-def job_number() -> int:
-    """This job's number in a Hydra multirun (0 outside one): picks the GPU on a machine with several."""
-    try:
-        from hydra.core.hydra_config import HydraConfig
-
-        return int(HydraConfig.get().job.get("num", 0) or 0) if HydraConfig.initialized() else 0
-    except Exception:
-        return 0
+def claim_gpu(n: int, slots: Path | None = None):
+    """(index, lock) of the GPU with the fewest runs on it right now, out of this machine's n. A run holds a lock on
+    one slot file (gpu<i>.<k>.lock) of its GPU while it trains; the lock goes when it is closed or its process
+    ends, so a crashed run never leaves a GPU marked busy. One process picks at a time (pick.lock)."""
+    slots = Path(slots or Path(tempfile.gettempdir()) / f"resdepth-gpus-{os.getuid()}")
+    slots.mkdir(parents=True, exist_ok=True)
+    with open(slots / "pick.lock", "w") as guard:
+        fcntl.flock(guard, fcntl.LOCK_EX)
+        busy, free = [0] * n, [None] * n
+        for gpu in range(n):
+            for k in itertools.count():  # every slot file so far, and one new one
+                path = slots / f"gpu{gpu}.{k}.lock"
+                existed = path.exists()
+                f = open(path, "a")
+                try:
+                    fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except OSError:
+                    f.close()
+                    busy[gpu] += 1
+                    continue
+                if free[gpu] is None:
+                    free[gpu] = f
+                else:
+                    f.close()
+                if not existed:
+                    break
+        best = min(range(n), key=busy.__getitem__)
+        for gpu, f in enumerate(free):
+            if gpu != best:
+                f.close()
+        return best, free[best]
 
 
 def fmt_time(seconds: float) -> str:
@@ -255,10 +280,15 @@ def train(cfg: DictConfig | dict) -> dict:
                 return old_result
     run_dir.mkdir(parents=True, exist_ok=True)
     lock = _lock(run_dir)
+    gpu, gpu_lock = None, None
+    if resolve_device(cfg["trainer"])[0] == "gpu" and torch.cuda.device_count() > 1:
+        gpu, gpu_lock = claim_gpu(torch.cuda.device_count())  # parallel jobs on a machine with several GPUs
     try:
-        return _train_locked(cfg, run_dir, semantic, chash)
+        return _train_locked(cfg, run_dir, semantic, chash, gpu)
     finally:
         lock.close()
+        if gpu_lock is not None:
+            gpu_lock.close()
 
 
 def _diff(a: dict, b: dict, prefix: str = "") -> set[str]:
@@ -280,8 +310,9 @@ def quiet_lightning() -> None:
     warnings.filterwarnings("ignore", message="`training_step` returned `None`")  # the whole-step path's update
 
 
-def build(cfg: dict) -> tuple[DataModule, System, dict]:
-    """The data, the LightningModule and the Trainer arguments of a run: shared by train() and the benchmark."""
+def build(cfg: dict, gpu: int | None = None) -> tuple[DataModule, System, dict]:
+    """The data, the LightningModule and the Trainer arguments of a run: shared by train() and the benchmark.
+    `gpu`: which CUDA device, where there are several (default: the first)."""
     quiet_lightning()
     accelerator, precision = resolve_device(cfg["trainer"])
     data = DataModule(cfg["data"], batch_size=cfg["optim"]["batch_size"], seed=cfg["seed"]).load()
@@ -289,9 +320,7 @@ def build(cfg: dict) -> tuple[DataModule, System, dict]:
     system = System(cfg, in_channels=data.in_channels, num_classes=data.num_classes)
     system.datamodule = data
     system.whole_step = use_cuda_graph(cfg["trainer"], accelerator, precision)
-    devices = 1
-    if accelerator == "gpu" and torch.cuda.device_count() > 1:
-        devices = [job_number() % torch.cuda.device_count()]  # one GPU per job of a multirun
+    devices = [gpu] if accelerator == "gpu" and gpu is not None else 1
     trainer_kwargs = dict(
         accelerator=accelerator, devices=devices, precision=precision, max_steps=cfg["trainer"]["max_steps"],
         max_epochs=-1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
@@ -300,8 +329,8 @@ def build(cfg: dict) -> tuple[DataModule, System, dict]:
     return data, system, trainer_kwargs
 
 
-def _train_locked(cfg: dict, run_dir: Path, semantic: dict, chash: str) -> dict:
-    data, system, trainer_kwargs = build(cfg)
+def _train_locked(cfg: dict, run_dir: Path, semantic: dict, chash: str, gpu: int | None) -> dict:
+    data, system, trainer_kwargs = build(cfg, gpu)
     accelerator, precision, devices = (trainer_kwargs[k] for k in ("accelerator", "precision", "devices"))
     ckpt = run_dir / "last.ckpt"
     # mmap: read the iteration without loading the whole checkpoint (Lightning loads it in fit).

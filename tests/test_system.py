@@ -1,4 +1,6 @@
 import math
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -154,3 +156,21 @@ def test_whole_step_graph_replays_the_eager_updates_and_follows_lr_changes(monke
     assert losses[True] == pytest.approx(losses[False], rel=1e-5, abs=1e-6)
     for a, b in zip(nets[0].state_dict().values(), nets[1].state_dict().values()):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_runs_take_the_gpu_with_the_fewest_runs(tmp_path):
+    from resdepth.train import claim_gpu
+
+    held = [claim_gpu(2, tmp_path) for _ in range(5)]
+    assert [g for g, _ in held] == [0, 1, 0, 1, 0]  # spread first, then double up
+    held[0][1].close()
+    held[3][1].close()  # GPU 0: 2 runs (a free slot among them), GPU 1: 1 run
+    gpu, lock = claim_gpu(2, tmp_path)
+    assert gpu == 1
+    for _, f in held:
+        f.close()
+    lock.close()
+    # a run that dies without closing its lock does not leave its GPU marked busy
+    code = f"from resdepth.train import claim_gpu; print(claim_gpu(2, {str(tmp_path)!r})[0])"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip() == "0"
+    assert claim_gpu(2, tmp_path)[0] == 0
