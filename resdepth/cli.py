@@ -45,12 +45,16 @@ def _remove_if_only_hydra(run_dir: Path) -> None:
 @hydra.main(version_base="1.3", config_path=str(_config.CONF_DIR), config_name="config")
 def hydra_task(cfg: DictConfig):
     from .data import DatasetError
-    from .sweep import SWEEP_SIZE_ENV
+    from .sweep import SWEEP_PLAN_ENV, sweep_progress
     from .train import RunBusy, RunConflict, train
 
     multirun = HydraConfig.get().mode == RunMode.MULTIRUN
-    if multirun and os.environ.get(SWEEP_SIZE_ENV):
-        print(f"=== run {HydraConfig.get().job.num + 1}/{os.environ[SWEEP_SIZE_ENV]} ===", flush=True)
+    if multirun and os.environ.get(SWEEP_PLAN_ENV):
+        try:
+            state = sweep_progress(Path(os.environ[SWEEP_PLAN_ENV]))
+        except (OSError, ValueError, KeyError) as e:  # progress is a courtesy: never stop a run for it
+            state = f"progress unknown: {e}"
+        print(f"=== run {HydraConfig.get().job.num + 1}/{state} ===", flush=True)
     try:
         return train(cfg)
     except (ValueError, DatasetError, RunConflict, RunBusy) as e:  # nothing trained, nothing overwritten

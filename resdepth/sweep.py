@@ -30,7 +30,7 @@ from .config import CONF_DIR
 from .config import compose as compose_configs
 from .config import one_line_error
 
-SWEEP_SIZE_ENV = "RESDEPTH_SWEEP_SIZE"
+SWEEP_PLAN_ENV = "RESDEPTH_SWEEP_PLAN"  # the sweep.json whose "plan" each job reads for its progress header
 
 
 def expand_grid(overrides: list[str]) -> list[list[str]]:
@@ -77,6 +77,38 @@ def run_state(run_dir: Path) -> str:
     return status or "new"
 
 
+def _steps(run_dir: Path) -> int:
+    try:
+        return int(rec.read_json(run_dir / "result.json").get("steps") or 0)
+    except (OSError, ValueError):
+        return 0
+
+
+def sweep_progress(plan_path: Path, now: dt.datetime | None = None) -> str:
+    """'10 (3 finished, 1 failed so far; about 1h05m left)': the sweep's size and state from its runs' result.json files. The
+    time left scales the sweep's elapsed time by the iterations still to train over those trained since it
+    started, each weighted by its net's depth (a step costs about that much)."""
+    sweep = rec.read_json(plan_path)
+    done = failed = 0
+    work_done = work_left = 0
+    for p in sweep["plan"]:
+        result = Path(p["run_dir"]) / "result.json"
+        r = rec.read_json(result) if result.exists() else {}
+        status, steps = r.get("status"), int(r.get("steps") or 0)
+        done += status in rec.COMPLETE
+        failed += status == "failed"
+        work_done += p["depth"] * max(steps - p["start_step"], 0)
+        if status not in (*rec.COMPLETE, "failed"):
+            work_left += p["depth"] * max(p["max_steps"] - steps, 0)
+    text = f"{len(sweep['plan'])} ({done} finished, {failed} failed so far"
+    elapsed = ((now or dt.datetime.now()) - dt.datetime.fromisoformat(sweep["started"])).total_seconds()
+    if work_done and work_left:
+        from .train import fmt_time
+
+        text += f"; about {fmt_time(elapsed * work_left / work_done)} left"
+    return text + ")"
+
+
 def sweep(overrides: list[str], launch: Callable[[list[str]], None]) -> int:
     """Plan, launch and summarise a sweep; return the process exit code."""
     from .data import DataModule, DatasetError
@@ -114,12 +146,14 @@ def sweep(overrides: list[str], launch: Callable[[list[str]], None]) -> int:
               f"{job['run_dir']}", flush=True)
     command = "resdepth sweep " + " ".join(shlex.quote(o) for o in given)
     started = dt.datetime.now().isoformat(timespec="seconds")
+    plan = [{"run_dir": j["run_dir"], "depth": j["model"]["depth"], "max_steps": j["trainer"]["max_steps"],
+             "start_step": _steps(Path(j["run_dir"]))} for j in jobs]
     for root in roots:
         Path(root).mkdir(parents=True, exist_ok=True)
-        rec.write_json(Path(root) / "sweep.json", {"command": command.strip(), "started": started,
+        rec.write_json(Path(root) / "sweep.json", {"command": command.strip(), "started": started, "plan": plan,
                                                    "runs": [j["run_dir"] for j in jobs if j["results_root"] == root]})
 
-    os.environ[SWEEP_SIZE_ENV] = str(len(jobs))
+    os.environ[SWEEP_PLAN_ENV] = str(Path(roots[0]) / "sweep.json")
     try:
         launch(["--multirun", *overrides])
     except SystemExit as e:  # Hydra exits on its own errors (already printed)

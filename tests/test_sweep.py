@@ -33,8 +33,9 @@ def test_smoke_sweep_runs_the_grid(smoke_sweep):
     assert set(found) == {("plain", 8), ("plain", 14), ("residual", 8), ("residual", 14)}
     assert all(r["status"] == "done" and r["steps"] == 40 for r in found.values())
     assert "sweep: 4 runs" in proc.stdout and "4 new" in proc.stdout
-    for i in range(1, 5):
-        assert f"=== run {i}/4 ===" in proc.stdout
+    for i in range(1, 5):  # basic launcher: one after the other, so run i starts with i - 1 finished
+        assert f"=== run {i}/4 ({i - 1} finished, 0 failed so far" in proc.stdout
+    assert "left) ===" in proc.stdout.split("=== run 2/4")[1].splitlines()[0]
     assert "sweep finished: 4 done" in proc.stdout
     table = (root / "results.md").read_text()
     assert all(net in table for net in ("plain-8", "plain-14", "ResNet-8", "ResNet-14"))
@@ -209,6 +210,23 @@ def test_results_table_names_the_settings_that_tell_configs_apart(tmp_path, caps
     (one / "a").mkdir(parents=True)
     shutil.copy(next(tmp_path.rglob("result.json")), one / "a" / "result.json")
     assert rec.summarize(one)[0]["settings"] == "" and "settings" not in rec.format_table(rec.summarize(one))
+
+
+def test_sweep_progress_counts_runs_and_scales_the_time_left(tmp_path):
+    import datetime as dt
+
+    from resdepth.sweep import sweep_progress
+
+    plan = [{"run_dir": str(tmp_path / name), "depth": depth, "max_steps": 100, "start_step": start}
+            for name, depth, start in [("a", 20, 0), ("b", 20, 50), ("c", 110, 0), ("d", 56, 0), ("e", 56, 0)]]
+    for name, status, steps in [("a", "done", 100), ("b", "running", 60), ("c", "failed", 30), ("d", "done", 100)]:
+        (tmp_path / name).mkdir()
+        rec.write_json(tmp_path / name / "result.json", {"status": status, "steps": steps})
+    rec.write_json(tmp_path / "sweep.json", {"started": "2026-01-01T00:00:00", "plan": plan})
+    now = dt.datetime(2026, 1, 1, 0, 10)  # 600 s after the start
+    # depth x iterations since the start: 20*100 + 20*10 + 110*30 + 56*100 = 11,100 in 600 s;
+    # left: 20*40 (b) + 56*100 (e) = 6,400, so 600 * 6400 / 11100 = 345.9 s
+    assert sweep_progress(tmp_path / "sweep.json", now) == "5 (2 finished, 1 failed so far; about 5m45s left)"
 
 
 def test_results_of_an_empty_root_is_a_clear_error(tmp_path):
