@@ -30,6 +30,7 @@ from .config import CONF_DIR
 from .config import compose as compose_configs
 from .config import one_line_error
 
+CPU_NOTE_STEPS = 10_000  # a sweep with runs this long on a CPU gets a note on what to expect
 SWEEP_PLAN_ENV = "RESDEPTH_SWEEP_PLAN"  # the sweep.json whose "plan" each job reads for its progress header
 
 
@@ -112,7 +113,7 @@ def sweep_progress(plan_path: Path, now: dt.datetime | None = None) -> str:
 def sweep(overrides: list[str], launch: Callable[[list[str]], None]) -> int:
     """Plan, launch and summarise a sweep; return the process exit code."""
     from .data import DataModule, DatasetError
-    from .train import validate
+    from .train import resolve_device, validate
 
     given, overrides = overrides, longest_first(overrides)
     try:
@@ -144,6 +145,10 @@ def sweep(overrides: list[str], launch: Callable[[list[str]], None]) -> int:
         m = job["model"]
         print(f"  {m['block']:>8}-{m['depth']:<4} shortcut {m['shortcut']} seed {job['seed']:<3} {state:<9} "
               f"{job['run_dir']}", flush=True)
+    if any(resolve_device(j["trainer"])[0] == "cpu" and j["trainer"]["max_steps"] >= CPU_NOTE_STEPS for j in jobs):
+        print(f"note: no CUDA GPU is used, so these runs train on the CPU ({os.cpu_count()} cores). The paper's whole "
+              f"sweep takes about 100 h on 2 cores; `resdepth bench` projects it for this machine, and `make demo` "
+              f"shows the degradation in about 30 min.", flush=True)
     command = "resdepth sweep " + " ".join(shlex.quote(o) for o in given)
     started = dt.datetime.now().isoformat(timespec="seconds")
     plan = [{"run_dir": j["run_dir"], "depth": j["model"]["depth"], "max_steps": j["trainer"]["max_steps"],

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from resdepth import results as rec
 
@@ -227,6 +228,18 @@ def test_sweep_progress_counts_runs_and_scales_the_time_left(tmp_path):
     # depth x iterations since the start: 20*100 + 20*10 + 110*30 + 56*100 = 11,100 in 600 s;
     # left: 20*40 (b) + 56*100 (e) = 6,400, so 600 * 6400 / 11100 = 345.9 s
     assert sweep_progress(tmp_path / "sweep.json", now) == "5 (2 finished, 1 failed so far; about 5m45s left)"
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the note is for sweeps that train on the CPU")
+def test_a_long_sweep_on_the_cpu_says_what_to_expect(tmp_path, monkeypatch, capsys):
+    from resdepth import sweep as sw
+
+    args = ["experiment=smoke", f"results_root={tmp_path}"]
+    assert sw.sweep(args, launch=lambda argv: None) == 1  # nothing launched: runs "not finished"
+    assert "note: no CUDA GPU" not in capsys.readouterr().out  # 40 iterations: no note
+    monkeypatch.setattr(sw, "CPU_NOTE_STEPS", 40)
+    sw.sweep(args, launch=lambda argv: None)
+    assert "note: no CUDA GPU is used, so these runs train on the CPU" in capsys.readouterr().out
 
 
 def test_results_of_an_empty_root_is_a_clear_error(tmp_path):
