@@ -86,9 +86,9 @@ def _steps(run_dir: Path) -> int:
 
 
 def sweep_progress(plan_path: Path, now: dt.datetime | None = None) -> str:
-    """'10 (3 finished, 1 failed so far; about 1h05m left)': the sweep's size and state from its runs' result.json files. The
-    time left scales the sweep's elapsed time by the iterations still to train over those trained since it
-    started, each weighted by its net's depth (a step costs about that much)."""
+    """'10 (3 finished, 1 failed so far; about 1h05m left)': the sweep's size and state, from its runs'
+    result.json files. The time left scales the sweep's elapsed time by the iterations still to train over those
+    trained since it started, each weighted by its net's depth (a step costs about that much)."""
     sweep = rec.read_json(plan_path)
     done = failed = 0
     work_done = work_left = 0
