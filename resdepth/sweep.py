@@ -96,10 +96,11 @@ def sweep_progress(plan_path: Path, now: dt.datetime | None = None) -> str:
         result = Path(p["run_dir"]) / "result.json"
         r = rec.read_json(result) if result.exists() else {}
         status, steps = r.get("status"), int(r.get("steps") or 0)
+        failed_now = status == "failed" and (r.get("finished") or "") >= sweep["started"]  # not a retry to come
         done += status in rec.COMPLETE
-        failed += status == "failed"
+        failed += failed_now
         work_done += p["depth"] * max(steps - p["start_step"], 0)
-        if status not in (*rec.COMPLETE, "failed"):
+        if status not in rec.COMPLETE and not failed_now:
             work_left += p["depth"] * max(p["max_steps"] - steps, 0)
     text = f"{len(sweep['plan'])} ({done} finished, {failed} failed so far"
     elapsed = ((now or dt.datetime.now()) - dt.datetime.fromisoformat(sweep["started"])).total_seconds()

@@ -220,9 +220,11 @@ def test_sweep_progress_counts_runs_and_scales_the_time_left(tmp_path):
 
     plan = [{"run_dir": str(tmp_path / name), "depth": depth, "max_steps": 100, "start_step": start}
             for name, depth, start in [("a", 20, 0), ("b", 20, 50), ("c", 110, 0), ("d", 56, 0), ("e", 56, 0)]]
-    for name, status, steps in [("a", "done", 100), ("b", "running", 60), ("c", "failed", 30), ("d", "done", 100)]:
+    for name, status, steps in [("a", "done", 100), ("b", "running", 60), ("c", "failed", 30), ("d", "done", 100),
+                                ("e", "failed", 0)]:
         (tmp_path / name).mkdir()
-        rec.write_json(tmp_path / name / "result.json", {"status": status, "steps": steps})
+        finished = "2026-01-01T00:05:00" if name == "c" else "2025-12-31T23:00:00"  # e failed before: a retry to come
+        rec.write_json(tmp_path / name / "result.json", {"status": status, "steps": steps, "finished": finished})
     rec.write_json(tmp_path / "sweep.json", {"started": "2026-01-01T00:00:00", "plan": plan})
     now = dt.datetime(2026, 1, 1, 0, 10)  # 600 s after the start
     # depth x iterations since the start: 20*100 + 20*10 + 110*30 + 56*100 = 11,100 in 600 s;
