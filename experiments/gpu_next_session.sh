@@ -6,7 +6,8 @@
 #   PART=1 (about 8 min):
 #     a. resdepth bench, CUDA graph, depths 20/56/110: ours vs minimal vs the usual pipeline, and the projection
 #        of the full sweep one run at a time
-#     b. under MPS: ResNet-56, k = 1, 4, 8 runs at once; the sweep projection divided by the best speed-up
+#     b. under MPS: ResNet-56, k = 1, 4, 8 runs at once; the sweep projected with k at once
+#        (experiments/bench/project_at_once.py: deepest first, the end of the sweep counted)
 #     c. torch.compile (default mode) inside the graph, ResNet-56 (the 60 s cap of gpu_graph_session.sh stopped
 #        it while compiling; 200 s here)
 #   PART=2 (about 5 min, if device time is left): the real sweep at 1/8 of the paper's iterations under MPS,
@@ -39,17 +40,7 @@ if [ "${PART:-1}" = 1 ]; then
   mps_start
   timeout ${T[1]} $RD bench $C --pipelines ours --concurrent $K --out "$W/bench_mps.json" 2>&1 | tee "$W/bench_mps.log"
   mps_stop; pack
-  $PY - "$W/bench.json" "$W/bench_mps.json" <<'PYEOF' 2>&1 | tee "$W/projection.txt"
-import json, sys
-try:
-    one = json.load(open(sys.argv[1]))["projected_paper_sweep_s"]
-    ks = [c for c in json.load(open(sys.argv[2])).get("concurrent", []) if "speedup_vs_k1" in c]
-except (OSError, KeyError, ValueError) as e:
-    sys.exit(f"no projection: {e!r}")
-print(f"full paper sweep, one run at a time: {one / 60:.1f} min")
-for c in ks:
-    print(f"  k={c['k']} at once under MPS: x{c['speedup_vs_k1']:.2f} -> {one / c['speedup_vs_k1'] / 60:.1f} min")
-PYEOF
+  $PY experiments/bench/project_at_once.py "$W/bench.json" "$W/bench_mps.json" 2>&1 | tee "$W/projection.txt"
   pack
   echo "== c. torch.compile (default mode) inside the graph $(date +%T)"
   timeout ${T[2]} $RD bench $C --pipelines ours,minimal --concurrent 0 --compile true --out "$W/bench_compile.json" \

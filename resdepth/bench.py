@@ -234,15 +234,41 @@ def _linear(d: int, xs: list[int], ys: list[float]) -> float:
     return ys[i] + (ys[i + 1] - ys[i]) * (d - xs[i]) / (xs[i + 1] - xs[i])
 
 
-def project_sweep(ms: dict[int, float], eval_s: dict[int, float]) -> float:
-    """Seconds for the paper's sweep (both blocks, 64k iterations, 64 test evaluations each), one run at a time."""
+def run_seconds(ms: dict[int, float], eval_s: dict[int, float]) -> list[float]:
+    """Seconds of each run of the paper's sweep alone (64k iterations, 64 test evaluations), in the order
+    `resdepth sweep` starts them: deepest first, plain then residual."""
     xs = sorted(ms)
-    total = 0.0
-    for d in PAPER_DEPTHS:
+    out = []
+    for d in sorted(PAPER_DEPTHS, reverse=True):
         step_s = _linear(d, xs, [ms[x] for x in xs]) / 1e3
         eval_once = _linear(d, xs, [eval_s[x] for x in xs]) if eval_s else 0.0
-        total += 2 * (PAPER_STEPS * step_s + PAPER_RECORDS * eval_once)
-    return total
+        out += 2 * [PAPER_STEPS * step_s + PAPER_RECORDS * eval_once]
+    return out
+
+
+def project_sweep(ms: dict[int, float], eval_s: dict[int, float]) -> float:
+    """Seconds for the paper's sweep (both blocks, 64k iterations, 64 test evaluations each), one run at a time."""
+    return sum(run_seconds(ms, eval_s))
+
+
+def project_sweep_at_once(seconds: list[float], speedup: dict[int, float], k: int) -> float:
+    """Seconds for runs of these lengths (alone), started in this order with at most k at once on one device.
+    With j runs going, the device does speedup[j] times the work of one run (measured by --concurrent; linear in
+    between, flat past the largest measured j), shared evenly. So the end of the sweep, when fewer runs are left
+    than k, counts at its own lower speed-up instead of k's."""
+    ks = sorted({1, *speedup})
+    ys = [1.0 if j == 1 else speedup[j] for j in ks]
+    left, waiting, running, t = list(seconds), list(range(len(seconds))), [], 0.0
+    while waiting or running:
+        while waiting and len(running) < k:
+            running.append(waiting.pop(0))
+        rate = float(np.interp(len(running), ks, ys)) / len(running)  # of each running run, vs alone
+        dt = min(left[i] for i in running) / rate
+        t += dt
+        for i in running:
+            left[i] -= dt * rate
+        running = [i for i in running if left[i] > 1e-9 * max(seconds)]
+    return t
 
 
 def bench_cli(argv: list[str]) -> int:
@@ -326,15 +352,18 @@ def bench_cli(argv: list[str]) -> int:
         depth = 56 if 56 in depths else depths[0]
         out["concurrent"] = [concurrent(args, k, depth) for k in ks]
         base = next((c["images_per_s"] for c in out["concurrent"] if c.get("k") == 1 and "images_per_s" in c), None)
+        speedup = {c["k"]: c["images_per_s"] / base for c in out["concurrent"] if base and "images_per_s" in c}
         for c in out["concurrent"]:
-            if base and "images_per_s" in c:
-                c["speedup_vs_k1"] = c["images_per_s"] / base
-                if "projected_paper_sweep_s" in out:
-                    c["projected_paper_sweep_s"] = out["projected_paper_sweep_s"] / c["speedup_vs_k1"]
+            if c["k"] in speedup:
+                c["speedup_vs_k1"] = speedup[c["k"]]
+                if "projected_paper_sweep_s" in out:  # the paper's sweep with k runs at once, deepest first
+                    c["projected_paper_sweep_s"] = project_sweep_at_once(run_seconds(ours, evals), speedup, c["k"])
             Path(args.out).write_text(json.dumps(out, indent=2, default=str) + "\n")
             say(f"  k={c['k']} concurrent runs of depth {c.get('depth')}: "
                 + (f"{c['images_per_s']:,.0f} images/s in all ({c.get('speedup_vs_k1', 1):.2f}x k=1)"
-                   if "images_per_s" in c else f"error: {c['error']}"))
+                   if "images_per_s" in c else f"error: {c['error']}")
+                + (f"; paper sweep with {c['k']} at once: {c['projected_paper_sweep_s'] / 60:.0f} min"
+                   if "projected_paper_sweep_s" in c else ""))
     Path(args.out).write_text(json.dumps(out, indent=2, default=str) + "\n")
     if "projected_paper_sweep_s" in out:
         say(f"projected full paper sweep (10 nets x 64k iterations, one at a time) on {out['device']}: "

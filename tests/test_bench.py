@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from resdepth.bench import _linear, project_sweep
+from resdepth.bench import _linear, project_sweep, project_sweep_at_once, run_seconds
 from resdepth.system import System
 
 from .conftest import compose, run_cli
@@ -48,6 +48,18 @@ def test_projection_is_linear_in_depth():
     assert _linear(8, [20, 56], [2.0, 5.6]) == pytest.approx(0.8)  # extended past the measured depths
     # 2 blocks x (64k steps x 1 ms + 64 evals x 0 s) per depth, 5 depths, ms proportional to depth
     assert project_sweep({20: 1.0}, {}) == pytest.approx(2 * 64 * sum(d / 20 for d in (20, 32, 44, 56, 110)))
+
+
+def test_projection_with_several_runs_at_once_counts_the_tail():
+    assert run_seconds({20: 1.0}, {})[:2] == [pytest.approx(64 * 110 / 20)] * 2  # deepest first
+    runs = [4.0, 4.0, 2.0, 2.0]
+    assert project_sweep_at_once(runs, {}, 1) == pytest.approx(12.0)  # one at a time: the sum
+    assert project_sweep_at_once(runs, {2: 2.0}, 2) == pytest.approx(6.0)  # perfect sharing, no tail
+    # 2 at once give 1.5x: the two 4 s runs take 4 / 0.75 = 5.33 s, then the two 2 s runs 2.67 s
+    assert project_sweep_at_once(runs, {2: 1.5}, 2) == pytest.approx(8.0)
+    # 4 at once (2x): all four share until the short ones end (2 s of work each at 0.5 per run: 4 s), then the
+    # long ones have 2 s left at 1.5 / 2 = 0.75 each: 2.67 s, in all 6.67 s, above 12 / 2 = 6 (the tail)
+    assert project_sweep_at_once(runs, {2: 1.5, 4: 2.0}, 4) == pytest.approx(4 + 2 / 0.75)
 
 
 @pytest.mark.slow
