@@ -11,8 +11,13 @@
 #     c. torch.compile (default mode) inside the graph, ResNet-56 (the 60 s cap of gpu_graph_session.sh stopped
 #        it while compiling; 200 s here)
 #   PART=2 (about 5 min, if device time is left): the real sweep at 1/8 of the paper's iterations under MPS,
-#     all 10 runs at once (x8 ~ the full sweep), instead of a projection from ResNet-56 alone
+#     4 runs at once as the README advises (x8 ~ the full sweep), instead of a projection from ResNet-56 alone
 # Run from the repository root with .whl/ and .carry/ carried: `PART=1 bash experiments/gpu_next_session.sh`.
+# Both are git-ignored (.git/info/exclude); to make them on a fresh checkout:
+#   .venv/bin/pip download --no-deps --only-binary=:all: --python-version 3.12 -d .whl hydra-core==1.3.8 \
+#     omegaconf==2.3.1 hydra-joblib-launcher==1.2.0
+#   .venv/bin/pip wheel --no-deps -w .whl antlr4-python3-runtime==4.9.3
+#   mkdir -p .carry && cp ../shared/data/cifar10-jpeg.tar.gz .carry/
 # Everything lands in $OUT/results.tgz. SMALL=1 shrinks it for a CPU dry run.
 set -u
 OUT=${OUT:-/tmp/resdepth-out}; mkdir -p "$OUT"
@@ -24,7 +29,7 @@ if [ "${SMALL:-0}" = 1 ]; then
   K=1,2; S="experiment=smoke model.depth=8,14"; T=(120 120 120 120); J=2
 else
   B="--depths 20,56,110 --steps 300 --warmup 30"; C="--depths 56 --steps 300 --warmup 30"
-  K=1,4,8; S="experiment=eighth data=cifar10_jpeg"; T=(200 110 200 300); J=10
+  K=1,4,8; S="experiment=eighth data=cifar10_jpeg"; T=(200 110 200 330); J=4
 fi
 mps_start() {
   command -v nvidia-cuda-mps-control > /dev/null || { echo "no nvidia-cuda-mps-control: runs without MPS"; return; }
