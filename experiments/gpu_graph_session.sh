@@ -9,9 +9,7 @@
 # Each step has a time cap; after each, everything so far is packed into $OUT/results.tgz (the device tool
 # brings back at most 8 files).
 set -u
-OUT=${OUT:-/tmp/resdepth-out}; mkdir -p "$OUT"
-W=$(mktemp -d); pack() { tar czf "$OUT/results.tgz" -C "$W" .; }
-source "$(dirname "$0")/gpu_env.sh"
+source "$(dirname "$0")/gpu_env.sh"  # $OUT, $W, pack, $PY, $RD, gpu_env_report
 gpu_env_report "$W/env.txt"; pack
 if [ "${SMALL:-0}" = 1 ]; then
   B="--depths 8,14 --steps 4 --warmup 2 --concurrent 1,2 --data synthetic"; E="--depths 8 --steps 4 --warmup 2 --data synthetic"

@@ -20,9 +20,7 @@
 #   mkdir -p .carry && cp ../shared/data/cifar10-jpeg.tar.gz .carry/
 # Everything lands in $OUT/results.tgz. SMALL=1 shrinks it for a CPU dry run.
 set -u
-OUT=${OUT:-/tmp/resdepth-out}; mkdir -p "$OUT"
-W=$(mktemp -d); pack() { tar czf "$OUT/results.tgz" -C "$W" .; }
-source "$(dirname "$0")/gpu_env.sh"
+source "$(dirname "$0")/gpu_env.sh"  # $OUT, $W, pack, $PY, $RD, gpu_env_report
 gpu_env_report "$W/env.txt"; pack
 if [ "${SMALL:-0}" = 1 ]; then
   B="--depths 8,14 --steps 4 --warmup 2 --data synthetic"; C="--depths 8 --steps 4 --warmup 2 --data synthetic"

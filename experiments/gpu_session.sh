@@ -6,8 +6,7 @@
 #   3. resdepth bench with torch.compile (reduce-overhead), depth 20
 # Each step has a time cap, so whatever finished comes back in $OUT. SMALL=1 shrinks everything for a CPU dry run.
 set -u
-OUT=${OUT:-/tmp/resdepth-out}; mkdir -p "$OUT"
-source "$(dirname "$0")/gpu_env.sh"
+source "$(dirname "$0")/gpu_env.sh"  # $OUT, $PY, $RD, gpu_env_report
 gpu_env_report "$OUT/env.txt"
 if [ "${SMALL:-0}" = 1 ]; then
   B="--depths 8,14 --steps 4 --warmup 2 --concurrent 1,2 --data synthetic"; S="experiment=smoke model.depth=8,14"; C="--depths 8 --steps 4 --warmup 2 --data synthetic"
