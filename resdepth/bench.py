@@ -106,7 +106,7 @@ def time_minimal(cfg: dict, warmup: int, steps: int, device: torch.device) -> di
     from .data import DataModule, TrainBatches
     from .models import cifar_resnet
     from .system import WholeStep
-    from .train import use_cuda_graph
+    from .train import resolve_device, use_cuda_graph
 
     data = DataModule(cfg["data"], batch_size=cfg["optim"]["batch_size"], seed=0).load().to(device)
     m, o, t = cfg["model"], cfg["optim"], cfg["trainer"]
@@ -117,8 +117,9 @@ def time_minimal(cfg: dict, warmup: int, steps: int, device: torch.device) -> di
     fused = device.type == "cuda"
     opt = torch.optim.SGD(net.parameters(), lr=o["lr"], momentum=o["momentum"], weight_decay=o["weight_decay"],
                           fused=fused, foreach=None if fused else True)
-    bf16 = "bf16" in str(t["precision"]) or (t["precision"] == "auto" and device.type == "cuda")
-    graphed = use_cuda_graph(t, "gpu" if device.type == "cuda" else "cpu", "bf16-mixed" if bf16 else "32-true")
+    accelerator, precision = resolve_device(t)  # as `ours` resolves them
+    bf16 = precision == "bf16-mixed"
+    graphed = use_cuda_graph(t, accelerator, precision)
     whole = WholeStep(forward, opt, bf16) if graphed else None
     batches = iter(TrainBatches(data.train, o["batch_size"], seed=0))
     if device.type == "cuda":

@@ -113,9 +113,10 @@ def net_name(block: str, depth: int) -> str:
     return f"{'ResNet' if block == 'residual' else 'plain'}-{depth}"
 
 
-def _flat(node, prefix: str = "") -> dict:
+def flatten(node, prefix: str = "") -> dict:
+    """A nested config as {dotted.key: value}."""
     if isinstance(node, dict):
-        return {k: v for key, sub in node.items() for k, v in _flat(sub, f"{prefix}{key}.").items()}
+        return {k: v for key, sub in node.items() for k, v in flatten(sub, f"{prefix}{key}.").items()}
     return {prefix[:-1]: node}
 
 
@@ -124,7 +125,7 @@ def differing_settings(configs: list[dict], shown: tuple[str, ...] = ("seed", "m
     same in all of them, leaving out what a table or legend already shows (the net, the dataset, the seed)."""
     from .config import semantic_config
 
-    flat = [_flat(semantic_config(c or {})) for c in configs]
+    flat = [flatten(semantic_config(c or {})) for c in configs]
     keys = sorted({k for f in flat for k in f if not k.startswith(shown)})
     differ = [k for k in keys if len({json.dumps(f.get(k), sort_keys=True) for f in flat}) > 1]
     return [" ".join(f"{k}={json.dumps(f[k]).replace(' ', '')}".replace('"', "") for k in differ if k in f)

@@ -291,14 +291,10 @@ def train(cfg: DictConfig | dict) -> dict:
             gpu_lock.close()
 
 
-def _diff(a: dict, b: dict, prefix: str = "") -> set[str]:
-    out = set()
-    for k in set(a) | set(b):
-        if isinstance(a.get(k), dict) and isinstance(b.get(k), dict):
-            out |= _diff(a[k], b[k], f"{prefix}{k}.")
-        elif a.get(k) != b.get(k):
-            out.add(f"{prefix}{k}")
-    return out
+def _diff(a: dict, b: dict) -> set[str]:
+    """The dotted keys whose values differ between two nested configs."""
+    fa, fb = rec.flatten(a), rec.flatten(b)
+    return {k for k in fa.keys() | fb.keys() if fa.get(k) != fb.get(k)}
 
 
 def quiet_lightning() -> None:
