@@ -30,6 +30,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .results import atomic_write_text
+
 PAPER_DEPTHS = (20, 32, 44, 56, 110)
 PAPER_STEPS = 64_000
 PAPER_RECORDS = 64
@@ -277,44 +279,31 @@ def bench_cli(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="resdepth bench", description=__doc__.split("\n\n")[0])
     p.add_argument("--depths", default="20,56,110" if cuda else "20,56", help="comma list of depths 6n+2")
     p.add_argument("--blocks", default="residual", help="comma list: plain,residual")
-    p.add_argument("--pipelines", default="ours,minimal,conventional")
-    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--pipelines", default="ours,minimal,conventional", help="comma list of those to time")
+    p.add_argument("--batch-size", type=int, default=128, help="images per step (the paper: 128)")
     p.add_argument("--steps", type=int, default=200 if cuda else 20, help="timed iterations per measurement")
     p.add_argument("--warmup", type=int, default=30 if cuda else 5, help="untimed iterations first")
     p.add_argument("--precision", default="auto", help="auto | 32-true | bf16-mixed")
     p.add_argument("--compile", default="false", choices=["true", "false"])
-    p.add_argument("--compile-mode", default="default")
+    p.add_argument("--compile-mode", default="default", help="torch.compile mode, with --compile true")
     p.add_argument("--cuda-graph", default="auto", choices=["auto", "true", "false"],
                    help="trainer.cuda_graph for ours and minimal (auto: on a CUDA GPU)")
-    p.add_argument("--accelerator", default="auto")
+    p.add_argument("--accelerator", default="auto", help="auto | cpu | gpu")
     p.add_argument("--data", default="cifar10_jpeg", help="data preset (default cifar10_jpeg; synthetic needs no files)")
     p.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1), help="conventional DataLoader workers")
     p.add_argument("--concurrent", default="1,2,4" if cuda else "0", help="k runs at once on this device; 0: skip")
-    p.add_argument("--out", default="bench.json")
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--out", default="bench.json", help="the JSON written (an earlier one there is kept, renamed)")
+    p.add_argument("--quiet", action="store_true", help="print nothing but errors")
     p.add_argument("--barrier", default=None, help=argparse.SUPPRESS)  # DIR:K, set for the concurrent children
     args = p.parse_args(argv)
     args.compile = args.compile == "true"
-    from .models import check_depth
-
     try:
-        depths = [int(d) for d in args.depths.split(",")]
-        for d in depths:
-            check_depth(d)
-        blocks = args.blocks.split(",")
-        if any(b not in ("plain", "residual") for b in blocks):
-            raise ValueError(f"--blocks={args.blocks!r}: each must be plain or residual")
-        pipelines = args.pipelines.split(",")
-        if any(x not in ("ours", "minimal", "conventional") for x in pipelines):
-            raise ValueError(f"--pipelines={args.pipelines!r}: each must be ours, minimal or conventional")
-        ks = [int(k) for k in args.concurrent.split(",") if int(k) > 0]
-        if args.cuda_graph == "true" and not (cuda and args.accelerator != "cpu"):
-            raise ValueError("--cuda-graph=true needs a CUDA GPU; none is used here (use auto or false)")
-        if args.steps < 1 or args.warmup < 1 or args.batch_size < 1:
-            raise ValueError("--steps, --warmup and --batch-size must be positive")
+        depths, blocks, pipelines, ks = _check_options(args, cuda)
     except ValueError as e:
         print(f"resdepth: error: {e}", file=sys.stderr)
         return 2
+    if args.barrier is None:
+        _keep_earlier(Path(args.out))
     say = (lambda *a: None) if args.quiet else (lambda *a: print(*a, flush=True))
 
     rows = []
@@ -359,18 +348,85 @@ def bench_cli(argv: list[str]) -> int:
                 c["speedup_vs_k1"] = speedup[c["k"]]
                 if "projected_paper_sweep_s" in out:  # the paper's sweep with k runs at once, deepest first
                     c["projected_paper_sweep_s"] = project_sweep_at_once(run_seconds(ours, evals), speedup, c["k"])
-            Path(args.out).write_text(json.dumps(out, indent=2, default=str) + "\n")
+            _save(args.out, out)
             say(f"  k={c['k']} concurrent runs of depth {c.get('depth')}: "
                 + (f"{c['images_per_s']:,.0f} images/s in all ({c.get('speedup_vs_k1', 1):.2f}x k=1)"
                    if "images_per_s" in c else f"error: {c['error']}")
                 + (f"; paper sweep with {c['k']} at once: {c['projected_paper_sweep_s'] / 60:.0f} min"
                    if "projected_paper_sweep_s" in c else ""))
-    Path(args.out).write_text(json.dumps(out, indent=2, default=str) + "\n")
+    _save(args.out, out)
     if "projected_paper_sweep_s" in out:
         say(f"projected full paper sweep (10 nets x 64k iterations, one at a time) on {out['device']}: "
             f"{out['projected_paper_sweep_s'] / 3600:.2f} h")
     say(f"wrote {args.out}")
     return 0
+
+
+def _int_list(option: str, value: str, allowed: str) -> list[int]:
+    try:
+        return [int(v) for v in value.split(",")]
+    except ValueError:
+        raise ValueError(f"{option}={value!r}: must be a comma list of {allowed}") from None
+
+
+def _check_options(args, cuda: bool) -> tuple[list[int], list[str], list[str], list[int]]:
+    """Every option checked before anything is measured or written; ValueError with a one-line message."""
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    from .config import one_line_error
+    from .models import check_depth
+    from .train import validate
+
+    depths = _int_list("--depths", args.depths, "depths 6n+2 (20,56,110)")
+    for d in depths:
+        check_depth(d)
+    blocks = args.blocks.split(",")
+    if any(b not in ("plain", "residual") for b in blocks):
+        raise ValueError(f"--blocks={args.blocks!r}: each must be plain or residual")
+    pipelines = args.pipelines.split(",")
+    if any(x not in ("ours", "minimal", "conventional") for x in pipelines):
+        raise ValueError(f"--pipelines={args.pipelines!r}: each must be ours, minimal or conventional")
+    ks = _int_list("--concurrent", args.concurrent, "run counts >= 0 (1,2,4; 0: skip)")
+    if any(k < 0 for k in ks):
+        raise ValueError(f"--concurrent={args.concurrent!r}: run counts must be >= 0 (0: skip)")
+    if args.cuda_graph == "true" and not (cuda and args.accelerator != "cpu"):
+        raise ValueError("--cuda-graph=true needs a CUDA GPU; none is used here (use auto or false)")
+    if args.steps < 1 or args.warmup < 1 or args.batch_size < 1:
+        raise ValueError("--steps, --warmup and --batch-size must be positive")
+    if args.workers < 0:
+        raise ValueError(f"--workers={args.workers}: must be >= 0 (0: load in the main process)")
+    try:  # the same checks as `resdepth train`: --data, --precision, --accelerator, --compile-mode
+        validate(bench_config(args, depths[0], blocks[0], args.warmup + args.steps))
+    except (HydraException, OmegaConfBaseException, ValueError) as e:
+        message = str(e) if isinstance(e, ValueError) else f"--data={args.data}: {one_line_error(e)}"
+        for key in ("precision", "accelerator", "compile_mode", "cuda_graph"):  # name the option the user typed
+            message = message.replace(f"trainer.{key}=", f"--{key.replace('_', '-')}=")
+        raise ValueError(message) from None
+    out = Path(args.out)
+    if out.is_dir() or not os.access(_existing_parent(out), os.W_OK):
+        raise ValueError(f"--out={args.out}: cannot write a file there")
+    return depths, blocks, pipelines, [k for k in ks if k > 0]
+
+
+def _existing_parent(path: Path) -> Path:
+    path = path.absolute().parent
+    while not path.exists():
+        path = path.parent
+    return path
+
+
+def _keep_earlier(out: Path) -> None:
+    """An earlier bench's file at --out is renamed with its own time stamp, never overwritten."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if out.exists():
+        stamp = time.strftime("%Y-%m-%d_%H-%M-%S", time.localtime(out.stat().st_mtime))
+        kept, n = out.with_name(f"{out.stem}.{stamp}{out.suffix}"), 1
+        while kept.exists():
+            n += 1
+            kept = out.with_name(f"{out.stem}.{stamp}-{n}{out.suffix}")
+        out.rename(kept)
+        print(f"kept the earlier {out.name} as {kept}", file=sys.stderr, flush=True)
 
 
 def _write(args, device, argv: list[str], rows: list[dict]) -> dict:
@@ -379,8 +435,12 @@ def _write(args, device, argv: list[str], rows: list[dict]) -> dict:
            "cuda_graph": args.cuda_graph, "data": args.data, "workers": args.workers, "steps": args.steps,
            "warmup": args.warmup,
            "batch_size": args.batch_size, "command": "resdepth bench " + " ".join(argv), "rows": rows}
-    Path(args.out).write_text(json.dumps(out, indent=2, default=str) + "\n")
+    _save(args.out, out)
     return out
+
+
+def _save(path: str, out: dict) -> None:
+    atomic_write_text(Path(path), json.dumps(out, indent=2, default=str) + "\n")
 
 
 def _device_name(device) -> str:

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from resdepth.bench import _linear, project_sweep, project_sweep_at_once, run_seconds
+from resdepth.bench import _linear, bench_cli, project_sweep, project_sweep_at_once, run_seconds
 from resdepth.system import System
 
 from .conftest import compose, run_cli
@@ -15,6 +15,7 @@ from .conftest import compose, run_cli
 @pytest.mark.slow
 def test_bench_runs_end_to_end_and_writes_json(tmp_path):
     out = tmp_path / "bench.json"
+    out.write_text('{"earlier": "bench"}')
     proc = run_cli("bench", "--depths", "8,14", "--steps", "2", "--warmup", "1", "--batch-size", "32",
                    "--data", "synthetic", "--workers", "1", "--concurrent", "1,2", "--out", str(out))
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -30,16 +31,40 @@ def test_bench_runs_end_to_end_and_writes_json(tmp_path):
     assert b["projected_paper_sweep_s"] > 0 and b["device"]
     assert all(r["ours_cuda_graph"] == r["minimal_cuda_graph"] == torch.cuda.is_available() for r in b["rows"])
     assert "Lightning overhead" in proc.stdout and "x conventional" in proc.stdout
+    kept = [p for p in tmp_path.glob("bench.*.json")]  # the earlier file at --out is kept, under its own time
+    assert len(kept) == 1 and json.loads(kept[0].read_text()) == {"earlier": "bench"}
+    assert f"kept the earlier bench.json as {kept[0]}" in proc.stderr
 
 
-def test_bench_rejects_bad_options(tmp_path):
-    proc = run_cli("bench", "--depths", "21", "--out", str(tmp_path / "b.json"))
-    assert proc.returncode == 2 and "model.depth=21 is not a CIFAR ResNet depth" in proc.stderr
-    proc = run_cli("bench", "--pipelines", "ours,fast", "--out", str(tmp_path / "b.json"))
-    assert proc.returncode == 2 and "--pipelines='ours,fast'" in proc.stderr
-    if not torch.cuda.is_available():
-        proc = run_cli("bench", "--cuda-graph", "true", "--out", str(tmp_path / "b.json"))
-        assert proc.returncode == 2 and "--cuda-graph=true needs a CUDA GPU" in proc.stderr
+@pytest.mark.parametrize("option, value, message", [
+    ("--depths", "21", "model.depth=21 is not a CIFAR ResNet depth"),
+    ("--depths", "20,abc", "--depths='20,abc': must be a comma list of depths 6n+2"),
+    ("--pipelines", "ours,fast", "--pipelines='ours,fast': each must be ours, minimal or conventional"),
+    ("--blocks", "deep", "--blocks='deep': each must be plain or residual"),
+    ("--concurrent", "-1", "--concurrent='-1': run counts must be >= 0"),
+    ("--steps", "0", "--steps, --warmup and --batch-size must be positive"),
+    ("--workers", "-2", "--workers=-2: must be >= 0"),
+    ("--precision", "fp8", "--precision='fp8' is not one of auto, 32-true"),
+    ("--accelerator", "tpu", "--accelerator='tpu' is not one of auto, cpu, gpu, cuda"),
+    ("--compile-mode", "fast", "--compile-mode='fast' is not one of default, reduce-overhead"),
+    ("--data", "nope", "--data=nope: In 'config': Could not find 'data/nope'; available: cifar10,"),
+    ("--out", ".", "--out=.: cannot write a file there"),
+] + ([] if torch.cuda.is_available() else [("--cuda-graph", "true", "--cuda-graph=true needs a CUDA GPU")]))
+def test_bench_rejects_bad_options(tmp_path, monkeypatch, capsys, option, value, message):
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "b.json"
+    out.write_text("an earlier bench")
+    args = ["--out", str(out)] if option != "--out" else []
+    assert bench_cli([*args, option, value]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("resdepth: error: ") and message in err and len(err.strip().splitlines()) == 1, err
+    assert out.read_text() == "an earlier bench" and sorted(p.name for p in tmp_path.iterdir()) == ["b.json"]
+
+
+def test_bench_cli_exits_2_on_a_bad_option(tmp_path):
+    proc = run_cli("bench", "--precision", "fp8", "--out", str(tmp_path / "b.json"))
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
+        "resdepth: error: --precision='fp8' is not one of auto, 32-true, 32, bf16-mixed, 16-mixed"]
     assert not (tmp_path / "b.json").exists()
 
 
