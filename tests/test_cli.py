@@ -79,6 +79,9 @@ def test_cfg_job_prints_the_composed_config():
     ("optim.warmup_lr=0", "optim.warmup_lr=0.0 must be > 0"),
     ("optim.warmup_until_error=2", "optim.warmup_until_error=2.0 must be a fraction in [0, 1]"),
     ("optim.milestones=[30,10]", "optim.milestones=[30, 10] must be increasing iterations >= 0"),
+    ("seed=-1", "seed=-1 must be in [0, 4294967295]"),
+    ("data.test_subset=100000", "data.test_subset=100000 must be in [0, 512] (0: whole test set)"),
+    ("data.val_size=60000", "data.val_size=60000 must be in [0, 2047] for this training set"),
 ])
 def test_bad_input_fails_clearly_and_keeps_earlier_results(smoke_run, override, message):
     root, run_dir, _ = smoke_run
@@ -88,7 +91,7 @@ def test_bad_input_fails_clearly_and_keeps_earlier_results(smoke_run, override, 
     lines = proc.stderr.strip().splitlines()  # one line, Hydra's own errors included
     assert len(lines) == 1 and lines[0].startswith("resdepth: error: ") and message in lines[0], proc.stderr
     assert {p: open(f"{run_dir}/{p}").read() for p in before} == before
-    assert not any(p.name.startswith(("residual-21", "plain--4")) for p in (root / "synthetic").iterdir())
+    assert [str(p) for p in root.glob("*/*/*")] == [run_dir]  # no run directory left by the rejected config
 
 
 def test_hydra_errors_keep_their_traceback_on_request(tmp_path):
