@@ -96,7 +96,14 @@ def _hydra(argv: list[str]) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    argv = sys.argv[1:] if argv is None else list(argv)
+    try:
+        _main(sys.argv[1:] if argv is None else list(argv))
+    except KeyboardInterrupt as e:  # each run interrupted has said where it stopped; results stay resumable
+        print("resdepth: interrupted", file=sys.stderr, flush=True)
+        sys.exit(getattr(e, "exit_code", 130))  # 128 + the signal: 130 for Ctrl-C, 143 for SIGTERM
+
+
+def _main(argv: list[str]) -> None:
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(USAGE)
         return

@@ -165,6 +165,10 @@ def sweep(overrides: list[str], launch: Callable[[list[str]], None]) -> int:
     except SystemExit as e:  # Hydra exits on its own errors (already printed)
         if e.code:
             return int(e.code) if isinstance(e.code, int) else 1
+    except KeyboardInterrupt:
+        print(f"sweep interrupted; finished runs are kept and the others resume from their checkpoints with: "
+              f"{command.strip()}", file=sys.stderr, flush=True)
+        raise
     finally:
         GlobalHydra.instance().clear()
 

@@ -26,6 +26,7 @@ from pathlib import Path
 import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig
+from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from . import results as rec
 from .config import Config, config_hash, semantic_config, to_plain
@@ -45,6 +46,14 @@ class RunConflict(RuntimeError):
 
 class RunBusy(RuntimeError):
     """Another process is training this run right now."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C (exit code 130) or SIGTERM (143) stopped a run; its last checkpoint resumes it."""
+
+    def __init__(self, exit_code: int = 130) -> None:
+        super().__init__(exit_code)
+        self.exit_code = exit_code
 
 
 def validate(cfg: dict) -> None:
@@ -173,6 +182,7 @@ class Recorder(pl.Callback):
         self.live = self.progress and sys.stdout.isatty()
         self.last_draw, self.last_row = 0.0, None
         self.t0, self.step0 = time.perf_counter(), None
+        self.checkpoint_step = None  # the iteration of last.ckpt, once this session has written one
 
     def on_train_start(self, trainer, pl_module) -> None:
         self.step0 = trainer.global_step
@@ -195,6 +205,7 @@ class Recorder(pl.Callback):
             tmp = self.run_dir / ".last.ckpt.tmp"
             trainer.save_checkpoint(tmp)
             os.replace(tmp, self.run_dir / "last.ckpt")
+            self.checkpoint_step = step
 
     def _update_result(self, row: dict) -> None:
         r = self.result
@@ -240,7 +251,7 @@ class Recorder(pl.Callback):
         if row["diverged_at"] is not None:
             errs = f"DIVERGED at iteration {row['diverged_at']} (loss not finite)"
         print(f"  [{label(self.cfg)}] it {step:>6}/{self.max_steps} ({100 * step / self.max_steps:3.0f}%)  {errs}"
-              f"  lr {row['lr']:.4g}  {rate:6.1f} it/s  left {fmt_time(left)}", flush=True)
+              f"  lr {row['lr']:<6.4g} {rate:6.1f} it/s  left {fmt_time(left)}", flush=True)
 
 
 def _lock(run_dir: Path):
@@ -365,6 +376,15 @@ def _train_locked(cfg: dict, run_dir: Path, semantic: dict, chash: str, gpu: int
     t0 = time.perf_counter()
     try:
         trainer.fit(system, datamodule=data, ckpt_path=str(ckpt) if resume_step else None)
+    except (KeyboardInterrupt, SystemExit) as e:  # Lightning turns Ctrl-C into SystemExit(1) after its shutdown
+        if not (isinstance(e, KeyboardInterrupt) or trainer.interrupted):
+            raise
+        sigterm = isinstance(e, SIGTERMException)
+        kept = recorder.checkpoint_step if recorder.checkpoint_step is not None else resume_step
+        print(f"\n[{label(cfg)}] {'stopped by SIGTERM' if sigterm else 'interrupted'} at iteration "
+              f"{trainer.global_step}; " + (f"its checkpoint is at iteration {kept}" if kept else "no checkpoint yet")
+              + ": run the same command again to resume", file=sys.stderr, flush=True)
+        raise Interrupted(143 if sigterm else 130) from None
     except Exception as e:
         result.update(status="failed", error=f"{type(e).__name__}: {e}",
                       finished=dt.datetime.now().isoformat(timespec="seconds"))

@@ -128,6 +128,27 @@ def test_sigkill_mid_training_resumes_exactly(tmp_path):
         assert a["test_error"] == pytest.approx(b["test_error"], abs=0.01)
 
 
+@pytest.mark.parametrize("sig, code, word", [(signal.SIGINT, 130, "interrupted"),
+                                              (signal.SIGTERM, 143, "stopped by SIGTERM")])
+def test_ctrl_c_says_where_each_run_stopped_and_how_to_resume(tmp_path, sig, code, word):
+    args = ["experiment=smoke", "model.depth=8", "model.block=plain", "trainer.max_steps=100000",
+            "trainer.eval_every=10", f"results_root={tmp_path}"]
+    run_dir = Path(compose(args)["run_dir"])
+    proc = subprocess.Popen([sys.executable, "-m", "resdepth.cli", "sweep", *args], cwd=REPO, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # as in a terminal
+    assert _wait_for(lambda: len(rec.read_metrics(run_dir / "metrics.csv")) >= 2 if run_dir.is_dir() else False)
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == code, err
+    kept = torch.load(run_dir / "last.ckpt", map_location="cpu", weights_only=False)["global_step"]
+    assert kept >= 20 and f"[plain-8 seed 0] {word} at iteration " in err
+    assert f"its checkpoint is at iteration {kept}: run the same command again to resume" in err
+    assert "resume from their checkpoints with: resdepth sweep experiment=smoke model.depth=8" in err
+    assert err.strip().endswith("resdepth: interrupted") and "Traceback" not in err
+    assert json.loads((run_dir / "result.json").read_text())["status"] == "running"  # resumable, not done
+
+
 def test_divergence_is_recorded_and_the_sweep_goes_on(tmp_path):
     proc = run_cli("sweep", "experiment=smoke", f"results_root={tmp_path}", "model.depth=8", "model.block=plain",
                    "optim.lr=0.05,1e12")
