@@ -33,7 +33,7 @@ from matplotlib.ticker import FormatStrFormatter, MaxNLocator
 
 from .config import config_hash
 from .results import (atomic_write_bytes, atomic_write_text, differing_settings, find_results, mean_std, net_name,
-                      read_json, read_metrics)
+                      no_runs, read_json, read_metrics)
 
 # Table 6 of the paper: ResNet test error (%) on CIFAR-10; parameter counts as the paper prints them.
 PAPER_TEST_ERROR = {20: 8.75, 32: 7.51, 44: 7.17, 56: 6.97, 110: 6.43, 1202: 7.93}
@@ -615,10 +615,8 @@ def plot_cli(argv: list[str]) -> int:
                                 "report.md of the runs under ROOT, into ROOT/figures.")
     p.add_argument("root", nargs="?", default="runs", help="results root (default: runs)")
     root = Path(p.parse_args(argv).root)
-    if not root.is_dir() or not find_results(root):
-        why = "no such folder" if not root.is_dir() else "no */result.json"
-        print(f"resdepth: error: no runs found under {root} ({why}); run `resdepth sweep` or `resdepth train` "
-              "first, or name the results root", file=sys.stderr)
+    if no_runs(root):
+        print(f"resdepth: error: {no_runs(root)}", file=sys.stderr)
         return 2
     written = write_outputs(root)
     print(f"wrote {len(written)} files to {root / 'figures'}:")

@@ -44,8 +44,13 @@ def write_json(path: Path, obj) -> None:
 
 
 def read_json(path: Path):
+    """The JSON in path; ValueError naming the file when it is not valid JSON (edited or damaged by hand: resdepth
+    itself writes every file atomically)."""
     with open(path) as f:
-        return json.load(f)
+        try:
+            return json.load(f)
+        except ValueError as e:
+            raise ValueError(f"{path} is not valid JSON ({e}); fix it or move it away") from None
 
 
 def read_metrics(path: Path) -> list[dict]:
@@ -84,14 +89,24 @@ def append_metrics(path: Path, row: dict) -> None:
 
 
 def find_results(root: Path) -> list[tuple[Path, dict]]:
-    """Every run directory under root with a readable result.json, sorted by path."""
+    """Every run directory under root with a readable result.json, sorted by path. An unreadable one is named
+    in a warning on stderr, never dropped in silence."""
     out = []
     for p in sorted(Path(root).rglob("result.json")):
         try:
             out.append((p.parent, read_json(p)))
-        except (OSError, ValueError):
-            continue
+        except (OSError, ValueError) as e:
+            print(f"resdepth: warning: run left out: {e}", file=sys.stderr, flush=True)
     return out
+
+
+def no_runs(root: Path) -> str | None:
+    """Why ROOT holds no runs to table or plot, or None when it holds some."""
+    if Path(root).is_dir() and any(Path(root).rglob("result.json")):
+        return None
+    why = "no such folder" if not Path(root).is_dir() else "no */result.json"
+    return (f"no runs found under {root} ({why}); run `resdepth sweep` or `resdepth train` first, or name the "
+            "results root")
 
 
 # ------------------------------------------------------------------------------------------ results table
@@ -230,9 +245,8 @@ def results_cli(argv: list[str]) -> int:
     p.add_argument("root", nargs="?", default="runs", help="results root (default: runs)")
     args = p.parse_args(argv)
     root = Path(args.root)
-    if not root.is_dir() or not find_results(root):
-        print(f"resdepth: error: no runs found under {root} (no */result.json); run `resdepth sweep` or "
-              f"`resdepth train` first, or name the results root", file=sys.stderr)
+    if no_runs(root):
+        print(f"resdepth: error: {no_runs(root)}", file=sys.stderr)
         return 2
     rows = write_tables(root)
     print(format_table(rows))

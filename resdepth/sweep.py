@@ -133,12 +133,12 @@ def sweep(overrides: list[str], launch: Callable[[list[str]], None]) -> int:
             if key not in seen:
                 seen.add(key)
                 DataModule(job["data"], batch_size=job["optim"]["batch_size"], seed=0).load()
+        states = [run_state(Path(job["run_dir"])) for job in jobs]  # a damaged result.json stops it here
     except (ValueError, DatasetError) as e:
         print(f"resdepth: error: {e}", file=sys.stderr)
         return 2
 
     roots = sorted({job["results_root"] for job in jobs})
-    states = [run_state(Path(job["run_dir"])) for job in jobs]
     counts = {s: states.count(s) for s in dict.fromkeys(states)}
     print(f"sweep: {len(jobs)} runs under {', '.join(roots)}: "
           + ", ".join(f"{n} {s}" for s, n in counts.items()), flush=True)

@@ -53,6 +53,24 @@ def test_running_it_again_skips_everything(smoke_sweep):
     assert {p: p.stat().st_mtime_ns for p in root.rglob("result.json")} == stamps
 
 
+def test_a_damaged_run_record_is_named_never_dropped_in_silence_or_overwritten(smoke_sweep, tmp_path):
+    root = tmp_path / "copy"
+    shutil.copytree(smoke_sweep[0], root)
+    damaged = next(root.glob("synthetic/plain-8/*/result.json"))
+    damaged.write_text("{edited by hand")
+    before = {p: p.read_bytes() for p in root.rglob("*") if p.is_file() and p.parent != root}
+    table = run_cli("results", str(root))
+    assert table.returncode == 0 and "plain-14" in table.stdout and "plain-8 " not in table.stdout
+    assert table.stderr.strip() == f"resdepth: warning: run left out: {damaged} is not valid JSON (Expecting " \
+        "property name enclosed in double quotes: line 1 column 2 (char 1)); fix it or move it away"
+    for command in (["sweep", "experiment=smoke"], ["train", "experiment=smoke", "model.depth=8", "model.block=plain"]):
+        proc = run_cli(*command, f"results_root={root}")
+        assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
+            f"resdepth: error: {damaged} is not valid JSON (Expecting property name enclosed in double quotes: "
+            "line 1 column 2 (char 1)); fix it or move it away"], proc.stderr
+    assert {p: p.read_bytes() for p in before} == before
+
+
 def test_changing_an_axis_from_the_shell(smoke_sweep, tmp_path):
     proc = run_cli("sweep", "experiment=smoke", f"results_root={tmp_path}", "model.depth=8", "seed=0,1",
                    "model.block=plain", "trainer.max_steps=10", "trainer.eval_every=5")
