@@ -34,6 +34,7 @@ from .data import DataModule
 from .models import check_depth, count_parameters
 from .system import System, warmup_enabled
 
+PACE_AFTER_S = 30.0  # seconds: a run that has not reached a record by then says its pace once (in logs)
 PRECISIONS = ("auto", "32-true", "32", "bf16-mixed", "16-mixed")
 ACCELERATORS = ("auto", "cpu", "gpu", "cuda")
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
@@ -183,6 +184,7 @@ class Recorder(pl.Callback):
         self.last_draw, self.last_row = 0.0, None
         self.t0, self.step0 = time.perf_counter(), None
         self.checkpoint_step = None  # the iteration of last.ckpt, once this session has written one
+        self.paced = False  # whether the early pace line (slow runs only) has been printed
 
     def on_train_start(self, trainer, pl_module) -> None:
         self.step0 = trainer.global_step
@@ -192,6 +194,8 @@ class Recorder(pl.Callback):
         step = trainer.global_step
         if self.live and time.perf_counter() - self.last_draw > 1.0:
             self._draw(step)
+        elif self.progress and not self.paced and time.perf_counter() - self.t0 > PACE_AFTER_S:
+            self._pace(step)
         if step % self.eval_every == 0 or step >= self.max_steps:
             row = pl_module.take_record()
             rec.append_metrics(self.run_dir / "metrics.csv", row)
@@ -237,6 +241,16 @@ class Recorder(pl.Callback):
                          f"left {fmt_time(left)}")
         sys.stdout.flush()
         self.last_draw = time.perf_counter()
+
+    def _pace(self, step: int) -> None:
+        """Once, in logs, when the first record is still far off: the speed so far and the run's time left."""
+        self.paced = True
+        rate, left = self._rate_left(step)
+        next_record = min(self.max_steps, (step // self.eval_every + 1) * self.eval_every)
+        if rate and (next_record - step) / rate > PACE_AFTER_S:
+            print(f"  [{label(self.cfg)}] it {step:>6}/{self.max_steps}  {rate:.2f} it/s: first record at it "
+                  f"{next_record} in about {fmt_time((next_record - step) / rate)}, the run needs about "
+                  f"{fmt_time(left)} more", flush=True)
 
     def _print(self, step: int, row: dict) -> None:
         self.last_row = row

@@ -1,6 +1,7 @@
 """`resdepth` in a real subprocess: the smoke run end to end, and every bad input's one-line message."""
 
 import csv
+import re
 from pathlib import Path
 import json
 
@@ -143,3 +144,24 @@ def test_a_run_being_trained_elsewhere_is_left_alone(tmp_path):
         proc = run_cli("train", "experiment=smoke", f"results_root={tmp_path}")
     assert proc.returncode == 2 and "is being trained by another process right now" in proc.stderr
     assert not Path(f"{run_dir}/result.json").exists()
+
+
+def test_a_slow_run_says_its_pace_before_its_first_record(tmp_path, capsys):
+    from types import SimpleNamespace
+
+    from resdepth.train import PACE_AFTER_S, Recorder
+
+    cfg = compose(["model.depth=56", "model.block=plain"])  # the paper's run: first record at iteration 1000
+    recorder = Recorder(tmp_path, cfg, {})
+    recorder.progress, recorder.live = True, False  # as in a log file
+    recorder.on_train_start(SimpleNamespace(global_step=0), None)
+    recorder.on_train_batch_end(SimpleNamespace(global_step=5), None, None, None, 4)
+    assert capsys.readouterr().out == ""  # too early to say
+    recorder.t0 -= PACE_AFTER_S + 10  # as if 40 s had passed by iteration 20: 0.5 it/s
+    recorder.on_train_batch_end(SimpleNamespace(global_step=20), None, None, None, 19)
+    line = capsys.readouterr().out
+    # 20 iterations in 40 s: 0.50 it/s, so 980 iterations (32m40s) to the first record and 63,980 (35h32m) in all
+    assert re.fullmatch(r"  \[plain-56 seed 0\] it     20/64000  0\.50 it/s: first record at it 1000 in about "
+                        r"32m[34]\ds, the run needs about 35h3[12]m more\n", line), line
+    recorder.on_train_batch_end(SimpleNamespace(global_step=21), None, None, None, 20)
+    assert capsys.readouterr().out == ""  # once
