@@ -32,8 +32,8 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import FormatStrFormatter, MaxNLocator
 
 from .config import config_hash
-from .results import (atomic_write_bytes, atomic_write_text, differing_settings, find_results, mean_std, net_name,
-                      no_runs, read_json, read_metrics)
+from .results import (atomic_write_bytes, atomic_write_text, differing_settings, find_results, fmt_time, mean_std,
+                      net_name, no_runs, read_json, read_metrics)
 
 # Table 6 of the paper: ResNet test error (%) on CIFAR-10; parameter counts as the paper prints them.
 PAPER_TEST_ERROR = {20: 8.75, 32: 7.51, 44: 7.17, 56: 6.97, 110: 6.43, 1202: 7.93}
@@ -509,11 +509,6 @@ def sweep_command(root: Path) -> str:
         return "unknown"
 
 
-def _duration(seconds: float) -> str:
-    h, rest = divmod(int(round(seconds)), 3600)
-    return f"{h} h {rest // 60:02d} min" if h else f"{rest // 60} min {rest % 60:02d} s"
-
-
 def _protocols(groups: list[Group]) -> list[str]:
     out = []
     for g in groups:
@@ -551,7 +546,7 @@ def report_markdown(root: Path, groups: list[Group], table_md: str, sentence: st
              *[f"- protocol: {p}" for p in _protocols(groups)],
              f"- hardware: {'; '.join(hardware)}",
              f"- software: {'; '.join(software)}; platform {'; '.join(platforms)}",
-             f"- compute: {_duration(total)} ({total:.0f} s, the sum of wall_time_s over {len(runs)} runs)",
+             f"- compute: {fmt_time(total)} ({total:.0f} s, the sum of wall_time_s over {len(runs)} runs)",
              f"- runs by status: {counts}", ""]
     left_out = excluded_runs(groups)
     if left_out:

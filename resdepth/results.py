@@ -123,6 +123,15 @@ def mean_std(values: list[float]) -> tuple[float, float, int]:
     return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0), len(values)
 
 
+def fmt_time(seconds: float) -> str:
+    """'4m05s', '1h12m': a duration for people ('?' when unknown)."""
+    if not math.isfinite(seconds):
+        return "?"
+    seconds = max(0, int(seconds))
+    h, r = divmod(seconds, 3600)
+    return f"{h}h{r // 60:02d}m" if h else f"{r // 60}m{r % 60:02d}s"
+
+
 def net_name(block: str, depth: int) -> str:
     """The paper's names: plain-20, ResNet-56."""
     return f"{'ResNet' if block == 'residual' else 'plain'}-{depth}"
@@ -196,7 +205,7 @@ def _display(rows: list[dict]) -> tuple[list[str], list[list[str]]]:
     body = [[r["dataset"], r["net"], r["shortcut"], str(r["seeds"]),
              _pct(r["test_error_mean"], r["test_error_std"], r["seeds"]),
              _pct(r["train_error_mean"], r["train_error_std"], r["seeds"]), f"{r['params']:,}",
-             f"{r['steps']}/{r['max_steps']}", f"{r['wall_time_s'] / 60:.1f} min", r["status"]] for r in rows]
+             f"{r['steps']}/{r['max_steps']}", fmt_time(r["wall_time_s"]), r["status"]] for r in rows]
     if any(r.get("settings") for r in rows):  # only where configs of a dataset differ beyond the net and seed
         head.append("settings")
         for cells, r in zip(body, rows):

@@ -105,9 +105,7 @@ def sweep_progress(plan_path: Path, now: dt.datetime | None = None) -> str:
     text = f"{len(sweep['plan'])} ({done} finished, {failed} failed so far"
     elapsed = ((now or dt.datetime.now()) - dt.datetime.fromisoformat(sweep["started"])).total_seconds()
     if work_done and work_left:
-        from .train import fmt_time
-
-        text += f"; about {fmt_time(elapsed * work_left / work_done)} left"
+        text += f"; about {rec.fmt_time(elapsed * work_left / work_done)} left"
     return text + ")"
 
 

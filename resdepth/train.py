@@ -157,12 +157,6 @@ def claim_gpu(n: int, slots: Path | None = None):
         return best, free[best]
 
 
-def fmt_time(seconds: float) -> str:
-    seconds = max(0, int(seconds))
-    h, r = divmod(seconds, 3600)
-    return f"{h}h{r // 60:02d}m" if h else f"{r // 60}m{r % 60:02d}s"
-
-
 def label(cfg: dict) -> str:
     """'plain-20', 'ResNet-56' (the paper's names), with the seed and option B when used."""
     m = cfg["model"]
@@ -238,7 +232,7 @@ class Recorder(pl.Callback):
         errs = (f"train {100 * last['train_error']:.2f}% test {100 * last['test_error']:.2f}% (it {last['iteration']})"
                 if last else "first record at it " + str(self.eval_every))
         sys.stdout.write(f"\r\033[K  [{label(self.cfg)}] it {step}/{self.max_steps}  {errs}  {rate:.1f} it/s  "
-                         f"left {fmt_time(left)}")
+                         f"left {rec.fmt_time(left)}")
         sys.stdout.flush()
         self.last_draw = time.perf_counter()
 
@@ -249,8 +243,8 @@ class Recorder(pl.Callback):
         next_record = min(self.max_steps, (step // self.eval_every + 1) * self.eval_every)
         if rate and (next_record - step) / rate > PACE_AFTER_S:
             print(f"  [{label(self.cfg)}] it {step:>6}/{self.max_steps}  {rate:.2f} it/s: first record at it "
-                  f"{next_record} in about {fmt_time((next_record - step) / rate)}, the run needs about "
-                  f"{fmt_time(left)} more", flush=True)
+                  f"{next_record} in about {rec.fmt_time((next_record - step) / rate)}, the run needs about "
+                  f"{rec.fmt_time(left)} more", flush=True)
 
     def _print(self, step: int, row: dict) -> None:
         self.last_row = row
@@ -265,7 +259,7 @@ class Recorder(pl.Callback):
         if row["diverged_at"] is not None:
             errs = f"DIVERGED at iteration {row['diverged_at']} (loss not finite)"
         print(f"  [{label(self.cfg)}] it {step:>6}/{self.max_steps} ({100 * step / self.max_steps:3.0f}%)  {errs}"
-              f"  lr {row['lr']:<6.4g} {rate:6.1f} it/s  left {fmt_time(left)}", flush=True)
+              f"  lr {row['lr']:<6.4g} {rate:6.1f} it/s  left {rec.fmt_time(left)}", flush=True)
 
 
 def _lock(run_dir: Path):
@@ -425,6 +419,6 @@ def _train_locked(cfg: dict, run_dir: Path, semantic: dict, chash: str, gpu: int
     rec.write_json(run_dir / "result.json", result)
     final = (f"test {100 * result['final_test_error']:.2f}%  train {100 * result['final_train_error']:.2f}%"
              if result["status"] == "done" else f"diverged at iteration {result['diverged_at']}")
-    print(f"[{label(cfg)}] {result['status']}: {final}  ({fmt_time(result.get('wall_time_s') or 0)}) -> {run_dir}",
+    print(f"[{label(cfg)}] {result['status']}: {final}  ({rec.fmt_time(result.get('wall_time_s') or 0)}) -> {run_dir}",
           flush=True)
     return result
