@@ -88,7 +88,7 @@ def _hydra(argv: list[str]) -> None:
     try:
         hydra_task()
     except (HydraException, OmegaConfBaseException) as e:  # a bad key, type, value or group option
-        _fail(_config.one_line_error(e))
+        _fail(_config.one_line_error(e).replace("add --multirun to your command line", "use `resdepth sweep`"))
     except Exception as e:  # anything else (a launcher's own failure): say how to see the traceback
         _fail(f"{type(e).__name__}: {_config.one_line_error(e)} (HYDRA_FULL_ERROR=1 shows the traceback)")
     finally:

@@ -30,6 +30,19 @@ from .config import CONF_DIR
 from .config import compose as compose_configs
 from .config import one_line_error
 
+SWEEP_USAGE = """usage: resdepth sweep [KEY=VALUE ...]
+
+The paper's grid (model.depth 110,56,44,32,20 x model.block plain,residual) as a Hydra multirun. A comma list
+replaces an axis or adds one; anything else overrides every run. Finished runs are skipped, interrupted ones
+resume; the results table is printed at the end.
+
+  resdepth sweep                                         the paper's 10 runs (64k iterations each)
+  resdepth sweep experiment=eighth data=cifar10_jpeg     1/8 of the schedule, on the JPEG copy of CIFAR-10
+  resdepth sweep model.depth=20,56 seed=0,1,2            other depths, three seeds (mean and std in the table)
+  resdepth sweep hydra/launcher=parallel hydra.launcher.n_jobs=4      4 runs at once on this machine
+  resdepth sweep experiment=smoke                        a 2 x 2 grid on synthetic data, in seconds
+
+Every key: `resdepth train --help`; one run's composed config: `resdepth train KEY=VALUE ... --cfg job`."""
 CPU_NOTE_STEPS = 10_000  # a sweep with runs this long on a CPU gets a note on what to expect
 SWEEP_PLAN_ENV = "RESDEPTH_SWEEP_PLAN"  # the sweep.json whose "plan" each job reads for its progress header
 
@@ -114,8 +127,17 @@ def sweep(overrides: list[str], launch: Callable[[list[str]], None]) -> int:
     from .data import DataModule, DatasetError
     from .train import resolve_device, validate
 
-    given, overrides = overrides, longest_first(overrides)
+    if any(o in ("-h", "--help", "help") for o in overrides):
+        print(SWEEP_USAGE)
+        return 0
+    flags = [o for o in overrides if o.startswith("-")]
+    if flags:
+        print(f"resdepth: error: resdepth sweep takes KEY=VALUE overrides only, not {flags[0]!r} (resdepth sweep "
+              f"--help; `resdepth train ... --cfg job` prints one run's config)", file=sys.stderr)
+        return 2
+    given = overrides
     try:
+        overrides = longest_first(overrides)
         grid = expand_grid(overrides)
         jobs = compose_jobs(grid)
     except Exception as e:  # Hydra's own messages for bad keys, types and values

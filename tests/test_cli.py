@@ -73,6 +73,7 @@ def test_cfg_job_prints_the_composed_config():
     ("experiment=nope", "Could not find 'experiment/nope'; available: demo, eighth, paper, sixteenth, smoke"),
     ("seed=abc", "Value 'abc' of type 'str' could not be converted to Integer"),
     ("model.depth=[", "no viable alternative at input '['"),
+    ("model.depth=20,56", "To sweep over it, use `resdepth sweep`"),
     ("+foo=1", "unknown setting 'foo' (added with +foo=...)"),
     ("optim.momentum=1.5", "optim.momentum=1.5 must be in [0, 1)"),
     ("optim.weight_decay=-1", "optim.weight_decay=-1.0 must be >= 0"),

@@ -85,12 +85,20 @@ def test_changing_an_axis_from_the_shell(smoke_sweep, tmp_path):
     ("model.depth=8,21", "model.depth=21 is not a CIFAR ResNet depth"),
     ("model.block=plain,foo", "Invalid value 'foo', expected one of [plain, residual]"),
     ("optim.momentum=0.9,1.5", "optim.momentum=1.5 must be in [0, 1)"),
+    ("model.depth=[", "no viable alternative at input '['"),
+    ("--cfg", "resdepth sweep takes KEY=VALUE overrides only, not '--cfg'"),
 ])
 def test_bad_grid_is_refused_before_anything_runs(tmp_path, axis, message):
     proc = run_cli("sweep", "experiment=smoke", f"results_root={tmp_path}", axis)
     lines = proc.stderr.strip().splitlines()
     assert proc.returncode == 2 and len(lines) == 1 and message in lines[0], proc.stderr
     assert not list(tmp_path.rglob("result.json"))
+
+
+def test_sweep_help_shows_its_usage():
+    proc = run_cli("sweep", "--help")
+    assert proc.returncode == 0 and proc.stdout.startswith("usage: resdepth sweep [KEY=VALUE ...]")
+    assert "resdepth sweep model.depth=20,56 seed=0,1,2" in proc.stdout and not proc.stderr
 
 
 def test_grids_start_with_the_deepest_nets():
