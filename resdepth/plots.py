@@ -610,8 +610,9 @@ def plot_cli(argv: list[str]) -> int:
                                 "report.md of the runs under ROOT, into ROOT/figures.")
     p.add_argument("root", nargs="?", default="runs", help="results root (default: runs)")
     root = Path(p.parse_args(argv).root)
-    if no_runs(root):
-        print(f"resdepth: error: {no_runs(root)}", file=sys.stderr)
+    why = no_runs(root)
+    if why:
+        print(f"resdepth: error: {why}", file=sys.stderr)
         return 2
     written = write_outputs(root)
     print(f"wrote {len(written)} files to {root / 'figures'}:")

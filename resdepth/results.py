@@ -254,8 +254,9 @@ def results_cli(argv: list[str]) -> int:
     p.add_argument("root", nargs="?", default="runs", help="results root (default: runs)")
     args = p.parse_args(argv)
     root = Path(args.root)
-    if no_runs(root):
-        print(f"resdepth: error: {no_runs(root)}", file=sys.stderr)
+    why = no_runs(root)
+    if why:
+        print(f"resdepth: error: {why}", file=sys.stderr)
         return 2
     rows = write_tables(root)
     print(format_table(rows))
