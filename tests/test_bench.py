@@ -71,6 +71,8 @@ def test_bench_cli_exits_2_on_a_bad_option(tmp_path):
 def test_projection_is_linear_in_depth():
     assert _linear(56, [20, 110], [2.0, 11.0]) == pytest.approx(5.6)
     assert _linear(8, [20, 56], [2.0, 5.6]) == pytest.approx(0.8)  # extended past the measured depths
+    # past the deepest measured net: proportional to depth from it, never the slope of two noisy close points
+    assert _linear(110, [8, 14], [10.0, 9.0]) == pytest.approx(9.0 * 110 / 14)
     # 2 blocks x (64k steps x 1 ms + 64 evals x 0 s) per depth, 5 depths, ms proportional to depth
     assert project_sweep({20: 1.0}, {}) == pytest.approx(2 * 64 * sum(d / 20 for d in (20, 32, 44, 56, 110)))
 

@@ -232,7 +232,7 @@ def test_results_table_mean_and_std_on_known_files(tmp_path, capsys):
     assert row["test_error_std"] == pytest.approx(statistics.stdev([0.07, 0.08, 0.09]))
     assert row["train_error_mean"] == pytest.approx(0.03) and row["status"] == "3 done, 1 running"
     out = capsys.readouterr().out
-    assert "8.00 ± 1.00" in out and "3.00 ± 2.65" in out and "4.0 min" in out
+    assert "8.00 ± 1.00" in out and "3.00 ± 2.65" in out and "4m00s" in out
     assert "8.00 ± 1.00" in (tmp_path / "results.md").read_text()
     assert "0.08" in (tmp_path / "results.csv").read_text()
 
