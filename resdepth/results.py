@@ -127,8 +127,7 @@ def fmt_time(seconds: float) -> str:
     """'4m05s', '1h12m': a duration for people ('?' when unknown)."""
     if not math.isfinite(seconds):
         return "?"
-    seconds = max(0, int(seconds))
-    h, r = divmod(seconds, 3600)
+    h, r = divmod(max(0, round(seconds)), 3600)
     return f"{h}h{r // 60:02d}m" if h else f"{r // 60}m{r % 60:02d}s"
 
 
