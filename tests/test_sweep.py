@@ -276,7 +276,7 @@ def test_sweep_progress_counts_runs_and_scales_the_time_left(tmp_path):
     now = dt.datetime(2026, 1, 1, 0, 10)  # 600 s after the start
     # depth x iterations since the start: 20*100 + 20*10 + 110*30 + 56*100 = 11,100 in 600 s;
     # left: 20*40 (b) + 56*100 (e) = 6,400, so 600 * 6400 / 11100 = 345.9 s
-    assert sweep_progress(tmp_path / "sweep.json", now) == "5 (2 finished, 1 failed so far; about 5m45s left)"
+    assert sweep_progress(tmp_path / "sweep.json", now) == "5 (2 finished, 1 failed so far; about 5m46s left)"
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the note is for sweeps that train on the CPU")
