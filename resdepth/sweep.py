@@ -198,7 +198,9 @@ def sweep(overrides: list[str], launch: Callable[[list[str]], None]) -> int:
         print(f"\nresults under {root} (results.csv, results.md):\n{rec.format_table(rows)}", flush=True)
     failed = [j["run_dir"] for j, s in zip(jobs, final) if s not in rec.COMPLETE]
     summary = {s: final.count(s) for s in dict.fromkeys(final)}
-    print("sweep finished: " + ", ".join(f"{n} {s}" for s, n in summary.items()), flush=True)
+    took = rec.fmt_time((dt.datetime.now() - dt.datetime.fromisoformat(started)).total_seconds())
+    print("sweep finished: " + ", ".join(f"{n} {s}" for s, n in summary.items()) + f" in {took}; figures and "
+          f"Table 6: {'; '.join(f'resdepth plot {shlex.quote(r)}' for r in roots)}", flush=True)
     if failed:
         print(f"resdepth: {len(failed)} run(s) did not finish (failed, interrupted or not run); run the same "
               f"command again to retry/resume them:", file=sys.stderr)

@@ -2,6 +2,7 @@
 divergence and failure isolation, the results table, and the joblib and submitit_local launchers."""
 
 import json
+import re
 import shutil
 import signal
 import statistics
@@ -37,7 +38,7 @@ def test_smoke_sweep_runs_the_grid(smoke_sweep):
     for i in range(1, 5):  # basic launcher: one after the other, so run i starts with i - 1 finished
         assert f"=== run {i}/4 ({i - 1} finished, 0 failed so far" in proc.stdout
     assert "left) ===" in proc.stdout.split("=== run 2/4")[1].splitlines()[0]
-    assert "sweep finished: 4 done" in proc.stdout
+    assert re.search(rf"sweep finished: 4 done in 0m\d\ds; figures and Table 6: resdepth plot {root}\n", proc.stdout)
     table = (root / "results.md").read_text()
     assert all(net in table for net in ("plain-8", "plain-14", "ResNet-8", "ResNet-14"))
     assert json.loads((root / "sweep.json").read_text())["command"] == f"resdepth sweep experiment=smoke results_root={root}"
