@@ -186,8 +186,9 @@ class Recorder(pl.Callback):
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
         step = trainer.global_step
-        if self.live and time.perf_counter() - self.last_draw > 1.0:
-            self._draw(step)
+        if self.live:  # a terminal: the live line shows the pace
+            if time.perf_counter() - self.last_draw > 1.0:
+                self._draw(step)
         elif self.progress and not self.paced and time.perf_counter() - self.t0 > PACE_AFTER_S:
             self._pace(step)
         if step % self.eval_every == 0 or step >= self.max_steps:

@@ -2,6 +2,7 @@
 
 import csv
 import re
+import time
 from pathlib import Path
 import json
 
@@ -166,3 +167,6 @@ def test_a_slow_run_says_its_pace_before_its_first_record(tmp_path, capsys):
                         r"32m[34]\ds, the run needs about 35h3[12]m more\n", line), line
     recorder.on_train_batch_end(SimpleNamespace(global_step=21), None, None, None, 20)
     assert capsys.readouterr().out == ""  # once
+    recorder.paced, recorder.live, recorder.last_draw = False, True, time.perf_counter()  # a terminal
+    recorder.on_train_batch_end(SimpleNamespace(global_step=22), None, None, None, 21)
+    assert capsys.readouterr().out == ""  # its live line shows the pace instead
