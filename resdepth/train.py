@@ -66,7 +66,7 @@ def validate(cfg: dict) -> None:
             raise ValueError(f"unknown setting {key!r} (added with +{key}=...); the config has {', '.join(known)}")
     check_depth(m["depth"])
     warmup_enabled(o, m["depth"])
-    if not 0 <= cfg["seed"] < 2**32:  # what numpy and Lightning accept (Lightning would pick another seed)
+    if not 0 <= cfg["seed"] < 2**32:  # what numpy and Lightning accept (their own message does not name the key)
         raise ValueError(f"seed={cfg['seed']} must be in [0, {2**32 - 1}]")
     for key, value in (("trainer.max_steps", t["max_steps"]), ("trainer.eval_every", t["eval_every"]),
                        ("optim.batch_size", o["batch_size"]), ("optim.warmup_window", o["warmup_window"])):
