@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import csv
 import io
+import json
 import math
 import sys
 from dataclasses import dataclass, field
@@ -492,8 +493,23 @@ def degradation_sentence(rows: list[dict]) -> str:
 
 # ------------------------------------------------------------------------------------------------- report
 
+def sweep_commands(root: Path) -> list[str]:
+    """Every sweep command run into ROOT, first use first (sweeps.jsonl, one line per `resdepth sweep`); else
+    the one of sweep_command()."""
+    commands = []
+    try:
+        for line in (Path(root) / "sweeps.jsonl").read_text().splitlines():
+            try:
+                commands.append(json.loads(line)["command"])
+            except (ValueError, KeyError, TypeError):  # a line torn by a crash: the others still count
+                continue
+    except OSError:
+        pass
+    return list(dict.fromkeys(commands)) or [sweep_command(root)]
+
+
 def sweep_command(root: Path) -> str:
-    """The command that made ROOT: from sweep.json, else Hydra's multirun.yaml, else 'unknown'."""
+    """The latest command that wrote ROOT: from sweep.json, else Hydra's multirun.yaml, else 'unknown'."""
     root = Path(root)
     try:
         return read_json(root / "sweep.json")["command"]
@@ -534,6 +550,7 @@ def report_markdown(root: Path, groups: list[Group], table_md: str, sentence: st
                                  if k not in ("host", "platform")) for r in runs})
     platforms = sorted({str(r.result.get("versions", {}).get("platform")) for r in runs})
     total = sum(r.result.get("wall_time_s") or 0 for r in runs)
+    commands = sweep_commands(root)
     note = ""
     if dataset == "cifar10_jpeg":
         note = (" (the JPEG copy of CIFAR-10: not bit-identical, expect somewhat higher errors than the paper's, "
@@ -541,7 +558,8 @@ def report_markdown(root: Path, groups: list[Group], table_md: str, sentence: st
     lines = [f"# resdepth: {dataset}", "",
              f"Runs under `{root}`, drawn by `resdepth plot {root}`. Errors in %; mean ± sample std over the seeds "
              "that finished (status done).", "",
-             f"- sweep command: `{sweep_command(root)}`",
+             *(f"- sweep command: `{c}`" if len(commands) == 1 else f"- sweep command {i} of {len(commands)}: `{c}`"
+               for i, c in enumerate(commands, 1)),
              f"- dataset: {dataset}{note}",
              *[f"- protocol: {p}" for p in _protocols(groups)],
              f"- hardware: {'; '.join(hardware)}",

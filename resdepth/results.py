@@ -88,6 +88,14 @@ def append_metrics(path: Path, row: dict) -> None:
         os.fsync(f.fileno())
 
 
+def append_jsonl(path: Path, obj) -> None:
+    """One JSON line appended and synced: a log that earlier lines are never rewritten in."""
+    with open(path, "a") as f:
+        f.write(json.dumps(obj, sort_keys=True) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
 def find_results(root: Path) -> list[tuple[Path, dict]]:
     """Every run directory under root with a readable result.json, sorted by path. An unreadable one is named
     in a warning on stderr, never dropped in silence."""

@@ -178,6 +178,7 @@ def sweep(overrides: list[str], launch: Callable[[list[str]], None]) -> int:
         Path(root).mkdir(parents=True, exist_ok=True)
         rec.write_json(Path(root) / "sweep.json", {"command": command.strip(), "started": started, "plan": plan,
                                                    "runs": [j["run_dir"] for j in jobs if j["results_root"] == root]})
+        rec.append_jsonl(Path(root) / "sweeps.jsonl", {"command": command.strip(), "started": started})
 
     os.environ[SWEEP_PLAN_ENV] = str(Path(roots[0]) / "sweep.json")
     try:

@@ -180,6 +180,14 @@ def test_report_states_command_data_hardware_versions_compute_and_statuses(plott
     assert plots.sweep_command(root) == "resdepth sweep experiment=smoke seed=0,1"
     write_json(root / "sweep.json", {"command": "resdepth sweep experiment=smoke model.depth=8,14"})
     assert plots.sweep_command(root) == "resdepth sweep experiment=smoke model.depth=8,14"
+    assert plots.sweep_commands(root) == ["resdepth sweep experiment=smoke model.depth=8,14"]
+    # every sweep into the root is listed, first use first, each once; a torn line is skipped
+    (root / "sweeps.jsonl").write_text('{"command": "resdepth sweep seed=0"}\n{"command": "resdepth sweep seed=1"}\n'
+                                       '{"command": "resdepth sweep seed=0"}\n{"comm')
+    assert plots.sweep_commands(root) == ["resdepth sweep seed=0", "resdepth sweep seed=1"]
+    plots.write_outputs(root)
+    report = (root / "figures" / "report.md").read_text()
+    assert "- sweep command 1 of 2: `resdepth sweep seed=0`\n- sweep command 2 of 2: `resdepth sweep seed=1`" in report
 
 
 @slow

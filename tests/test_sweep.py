@@ -42,6 +42,8 @@ def test_smoke_sweep_runs_the_grid(smoke_sweep):
     table = (root / "results.md").read_text()
     assert all(net in table for net in ("plain-8", "plain-14", "ResNet-8", "ResNet-14"))
     assert json.loads((root / "sweep.json").read_text())["command"] == f"resdepth sweep experiment=smoke results_root={root}"
+    assert [json.loads(line)["command"] for line in (root / "sweeps.jsonl").read_text().splitlines()] == [
+        f"resdepth sweep experiment=smoke results_root={root}"]
     assert "\r" not in proc.stdout  # line-based output when not on a terminal
 
 
