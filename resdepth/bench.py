@@ -292,7 +292,8 @@ def bench_cli(argv: list[str]) -> int:
     p.add_argument("--cuda-graph", default="auto", choices=["auto", "true", "false"],
                    help="trainer.cuda_graph for ours and minimal (auto: on a CUDA GPU)")
     p.add_argument("--accelerator", default="auto", help="auto | cpu | gpu")
-    p.add_argument("--data", default="cifar10_jpeg", help="data preset (default cifar10_jpeg; synthetic needs no files)")
+    p.add_argument("--data", default="cifar10_jpeg",
+                   help="data preset (default cifar10_jpeg; synthetic needs no files)")
     p.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1), help="conventional DataLoader workers")
     p.add_argument("--concurrent", default="1,2,4" if cuda else "0", help="k runs at once on this device; 0: skip")
     p.add_argument("--out", default="bench.json", help="the JSON written (an earlier one there is kept, renamed)")
@@ -449,7 +450,8 @@ def _save(path: str, out: dict) -> None:
 def _device_name(device) -> str:
     if device is not None and device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    return f"{platform.processor() or platform.machine()} CPU, {os.cpu_count()} cores, {torch.get_num_threads()} threads"
+    cpu = platform.processor() or platform.machine()
+    return f"{cpu} CPU, {os.cpu_count()} cores, {torch.get_num_threads()} threads"
 
 
 def _row_line(row: dict) -> str:

@@ -129,9 +129,9 @@ class System(pl.LightningModule):
 
     # ------------------------------------------------------------------------------------------ training
     def configure_optimizers(self):
-        fused = self.device.type == "cuda"
-        return torch.optim.SGD(self.net.parameters(), lr=self.optim_cfg["lr"], momentum=self.optim_cfg["momentum"],
-                               weight_decay=self.optim_cfg["weight_decay"], fused=fused, foreach=None if fused else True)
+        fused, o = self.device.type == "cuda", self.optim_cfg
+        return torch.optim.SGD(self.net.parameters(), lr=o["lr"], momentum=o["momentum"],
+                               weight_decay=o["weight_decay"], fused=fused, foreach=None if fused else True)
 
     def optimizer_step(self, epoch, batch_idx, optimizer, optimizer_closure=None) -> None:
         if not self.whole_step:

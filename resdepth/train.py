@@ -367,7 +367,8 @@ def _train_locked(cfg: dict, run_dir: Path, semantic: dict, chash: str, gpu: int
         "dataset": cfg["data"]["name"], "depth": m["depth"], "block": m["block"], "shortcut": m["shortcut"],
         "seed": cfg["seed"], "params": count_parameters(system.net), "max_steps": cfg["trainer"]["max_steps"],
         "steps": resume_step, "device": device_name, "accelerator": accelerator, "precision": precision,
-        "cuda_graph": system.whole_step, "started": previous.get("started") or dt.datetime.now().isoformat(timespec="seconds"),
+        "cuda_graph": system.whole_step,
+        "started": previous.get("started") or dt.datetime.now().isoformat(timespec="seconds"),
         "resumed_from": resume_step or None, "diverged_at": None, "error": None, "versions": versions(),
         "classes": data.num_classes, "train_images": len(data.train), "warmup": system.warming_up,
     }

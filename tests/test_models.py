@@ -45,7 +45,8 @@ def test_output_shape(in_channels, num_classes):
 def test_downsampling_halves_the_maps_twice():
     net = cifar_resnet(depth=20)
     shapes = []
-    hooks = [b.register_forward_hook(lambda m, i, o: shapes.append(tuple(o.shape[1:]))) for b in net.blocks]
+    for b in net.blocks:
+        b.register_forward_hook(lambda m, i, o: shapes.append(tuple(o.shape[1:])))
     net(torch.randn(1, 3, 32, 32))
     assert shapes[0] == (16, 32, 32) and shapes[3] == (32, 16, 16) and shapes[6] == (64, 8, 8)
 

@@ -41,9 +41,9 @@ def test_smoke_sweep_runs_the_grid(smoke_sweep):
     assert re.search(rf"sweep finished: 4 done in 0m\d\ds; figures and Table 6: resdepth plot {root}\n", proc.stdout)
     table = (root / "results.md").read_text()
     assert all(net in table for net in ("plain-8", "plain-14", "ResNet-8", "ResNet-14"))
-    assert json.loads((root / "sweep.json").read_text())["command"] == f"resdepth sweep experiment=smoke results_root={root}"
-    assert [json.loads(line)["command"] for line in (root / "sweeps.jsonl").read_text().splitlines()] == [
-        f"resdepth sweep experiment=smoke results_root={root}"]
+    command = f"resdepth sweep experiment=smoke results_root={root}"
+    assert json.loads((root / "sweep.json").read_text())["command"] == command
+    assert [json.loads(line)["command"] for line in (root / "sweeps.jsonl").read_text().splitlines()] == [command]
     assert "\r" not in proc.stdout  # line-based output when not on a terminal
 
 

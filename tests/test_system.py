@@ -124,8 +124,8 @@ def test_whole_step_graph_replays_the_eager_updates_and_follows_lr_changes(monke
     from resdepth.models import cifar_resnet
     from resdepth.system import GRAPH_WARMUP, WholeStep
 
-    for module, name, value in ((torch.backends.cudnn, "deterministic", True), (torch.backends.cudnn, "benchmark", False),
-                                (torch.backends.cudnn, "allow_tf32", False),
+    for module, name, value in ((torch.backends.cudnn, "deterministic", True),
+                                (torch.backends.cudnn, "benchmark", False), (torch.backends.cudnn, "allow_tf32", False),
                                 (torch.backends.cuda.matmul, "allow_tf32", False)):
         monkeypatch.setattr(module, name, value)
     g = torch.Generator().manual_seed(0)
