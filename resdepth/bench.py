@@ -22,6 +22,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import time
@@ -222,12 +223,15 @@ def concurrent(args, k: int, depth: int) -> dict:
     procs = [subprocess.Popen([*cmd, "--out", str(tmp / f"{i}.json")], stdout=subprocess.DEVNULL,
                               stderr=subprocess.PIPE, text=True) for i in range(k)]
     errors = [p.communicate()[1] for p in procs]
-    rates = []
-    for i, p in enumerate(procs):
-        if p.returncode:
-            return {"k": k, "error": errors[i].strip().splitlines()[-1] if errors[i].strip() else "failed"}
-        rates.append(json.loads((tmp / f"{i}.json").read_text())["rows"][0]["ours_images_per_s"])
-    return {"k": k, "depth": depth, "images_per_s": sum(rates), "per_run_images_per_s": rates}
+    try:
+        rates = []
+        for i, p in enumerate(procs):
+            if p.returncode:
+                return {"k": k, "error": errors[i].strip().splitlines()[-1] if errors[i].strip() else "failed"}
+            rates.append(json.loads((tmp / f"{i}.json").read_text())["rows"][0]["ours_images_per_s"])
+        return {"k": k, "depth": depth, "images_per_s": sum(rates), "per_run_images_per_s": rates}
+    finally:  # the children's files: their numbers are in the result
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _linear(d: int, xs: list[int], ys: list[float]) -> float:

@@ -31,8 +31,9 @@ def test_bench_runs_end_to_end_and_writes_json(tmp_path):
     assert b["projected_paper_sweep_s"] > 0 and b["device"]
     assert all(r["ours_cuda_graph"] == r["minimal_cuda_graph"] == torch.cuda.is_available() for r in b["rows"])
     assert "Lightning overhead" in proc.stdout and "x conventional" in proc.stdout
-    kept = [p for p in tmp_path.glob("bench.*.json")]  # the earlier file at --out is kept, under its own time
+    kept = list(tmp_path.glob("bench.*.json"))  # the earlier file at --out is kept, under its own time
     assert len(kept) == 1 and json.loads(kept[0].read_text()) == {"earlier": "bench"}
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["bench.json", kept[0].name])  # no k-run folders
     assert f"kept the earlier bench.json as {kept[0]}" in proc.stderr
 
 
