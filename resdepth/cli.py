@@ -9,7 +9,6 @@
 
 from __future__ import annotations
 
-import fcntl
 import os
 import shutil
 import sys
@@ -35,13 +34,15 @@ def _fail(message: str, code: int = 2):
 def _remove_if_only_hydra(run_dir: Path) -> None:
     """Hydra makes the run directory before our checks; leave no empty run behind for a rejected config. A
     directory whose lock another process holds (it is starting that run right now) is left alone."""
+    from .train import RunBusy, lock_run
+
     if not run_dir.is_dir() or not all(p.name in (".hydra", ".lock") or p.suffix == ".log" for p in run_dir.iterdir()):
         return
-    with open(run_dir / ".lock", "a") as lock:
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            return
+    try:
+        lock = lock_run(run_dir)
+    except RunBusy:
+        return
+    with lock:
         shutil.rmtree(run_dir, ignore_errors=True)
         for parent in (run_dir.parent, run_dir.parent.parent):  # <block>-<depth>/, <dataset>/ if now empty
             try:

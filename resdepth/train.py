@@ -263,7 +263,8 @@ class Recorder(pl.Callback):
               f"  lr {row['lr']:<6.4g} {rate:6.1f} it/s  left {rec.fmt_time(left)}", flush=True)
 
 
-def _lock(run_dir: Path):
+def lock_run(run_dir: Path):
+    """The run directory's lock, held while this process trains it; RunBusy when another process holds it."""
     f = open(run_dir / ".lock", "w")
     try:
         fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -301,7 +302,7 @@ def train(cfg: DictConfig | dict) -> dict:
                 print(f"[{label(cfg)}] done, skipped ({run_dir}: {old_result['status']})", flush=True)
                 return old_result
     run_dir.mkdir(parents=True, exist_ok=True)
-    lock = _lock(run_dir)
+    lock = lock_run(run_dir)
     gpu, gpu_lock = None, None
     if resolve_device(cfg["trainer"])[0] == "gpu" and torch.cuda.device_count() > 1:
         gpu, gpu_lock = claim_gpu(torch.cuda.device_count())  # parallel jobs on a machine with several GPUs
