@@ -177,7 +177,8 @@ def one_line_error(e: BaseException) -> str:
                 options = []
                 parts.append(options)
             elif options is not None and line[:1].isspace():
-                options.append(text)
+                if not text.startswith("_"):  # a shared base such as data/_common.yaml, not a choice
+                    options.append(text)
             else:
                 options = None
                 parts.append(text)
