@@ -110,6 +110,8 @@ def _main(argv: list[str]) -> None:
         return
     cmd, rest = argv[0], argv[1:]
     if cmd == "train":
+        for note in _config.repeated_keys(rest):
+            print(f"resdepth: note: {note}", file=sys.stderr, flush=True)
         _hydra(rest)
     elif cmd == "sweep":
         from .sweep import sweep

@@ -191,3 +191,22 @@ def to_plain(cfg: DictConfig) -> dict[str, Any]:
     """A plain, JSON-able dict of the resolved config (no Hydra node): what goes into checkpoints and results."""
     keys = [k for k in cfg.keys() if k != "hydra"]
     return OmegaConf.to_container(OmegaConf.masked_copy(cfg, keys), resolve=True, enum_to_str=True)
+
+
+def repeated_keys(overrides: list[str]) -> list[str]:
+    """A note for each key given more than once on the shell (`model.depth=8 model.depth=14`). Hydra takes the
+    last value, as most command lines do (so `make reproduce ARGS=experiment=eighth` and a command from the
+    history with one more override still work), but silently training something other than what was typed would
+    be worse than a line saying so. Flags and their values (`--cfg job`) are not overrides; lines that do not
+    parse are left for Hydra's own error."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    try:
+        parsed = OverridesParser.create().parse_overrides([o for o in overrides if "=" in o and o[:1] != "-"])
+    except Exception:
+        return []
+    given: dict[str, list[str]] = {}
+    for o in parsed:
+        given.setdefault(o.get_key_element().lstrip("+~"), []).append(o.input_line)
+    return [f"{key} is given {len(lines)} times ({', '.join(lines)}): the last one is used, {lines[-1]}"
+            for key, lines in given.items() if len(lines) > 1]

@@ -56,6 +56,19 @@ def test_cfg_job_prints_the_composed_config():
     assert "depth: 110" in proc.stdout and "block: plain" in proc.stdout and "milestones:" in proc.stdout
 
 
+def test_a_key_given_twice_is_named_and_the_last_value_is_used():
+    proc = run_cli("train", "model.depth=8", "model.block=plain", "++model.depth=14", "--cfg", "job")
+    assert proc.returncode == 0 and "depth: 14" in proc.stdout, proc.stderr
+    assert proc.stderr.strip() == ("resdepth: note: model.depth is given 2 times (model.depth=8, ++model.depth=14): "
+                                   "the last one is used, ++model.depth=14")
+    proc = run_cli("sweep", "model.depth=8,14", "model.depth=21", "seed=0", "seed=1", "model.block=plain")
+    assert proc.returncode == 2 and proc.stderr.splitlines()[:2] == [
+        "resdepth: note: model.depth is given 2 times (model.depth=8,14, model.depth=21): the last one is used, "
+        "model.depth=21",
+        "resdepth: note: seed is given 2 times (seed=0, seed=1): the last one is used, seed=1"]
+    assert proc.stderr.splitlines()[2].startswith("resdepth: error: model.depth=21 is not a CIFAR ResNet depth")
+
+
 @pytest.mark.parametrize("override,message", [
     ("model.block=foo", "Invalid value 'foo', expected one of [plain, residual]"),
     ("model.depth=abc", "Value 'abc' of type 'str' could not be converted to Integer"),
