@@ -26,13 +26,13 @@ reproduce: $(VENV)/.installed  ## the paper's sweep (5 depths x plain/residual, 
 	$(BIN)/resdepth sweep experiment=paper data=$(DATA) results_root=$(ROOT) $(ARGS)
 	$(BIN)/resdepth plot $(ROOT)
 
-demo: $(VENV)/.installed  ## degradation on real CIFAR-10 images on a CPU (about 30 min on 2 cores)
+demo: $(VENV)/.installed  ## degradation on real CIFAR-10 images on a CPU (20-30 min on 2 cores)
 	@if [ -z "$(DEMO_DATA)" ]; then \
 	  if [ -f data/cifar-10-batches-py/data_batch_1 ]; then d=cifar10; why="data/cifar-10-batches-py found"; \
 	  else d=cifar10_jpeg; why="no data/cifar-10-batches-py here, so the JPEG copy of CIFAR-10 in ../shared/data"; fi; \
 	else d=$(DEMO_DATA); why="DEMO_DATA=$(DEMO_DATA)"; fi; \
 	echo "demo dataset: $$d ($$why)"; \
-	echo "demo: plain/residual x depth 20/56, 1000 iterations each; expect about 30 minutes on 2 CPU cores"; \
+	echo "demo: plain/residual x depth 20/56, 1000 iterations each; expect 20-30 min on 2 cores (20 with native bf16)"; \
 	$(BIN)/resdepth sweep experiment=demo data=$$d results_root=$(DEMO_ROOT) $(ARGS) && \
 	$(BIN)/resdepth plot $(DEMO_ROOT)
 

@@ -364,8 +364,8 @@ def bench_cli(argv: list[str]) -> int:
                    if "projected_paper_sweep_s" in c else ""))
     _save(args.out, out)
     if "projected_paper_sweep_s" in out:
-        say(f"projected full paper sweep (10 nets x 64k iterations, one at a time) on {out['device']}: "
-            f"{out['projected_paper_sweep_s'] / 3600:.2f} h")
+        say(f"projected full paper sweep (10 nets x 64k iterations, one at a time) on {out['device']}, "
+            f"{out['precision_used']}: {out['projected_paper_sweep_s'] / 3600:.2f} h")
     say(f"wrote {args.out}")
     return 0
 
@@ -384,7 +384,7 @@ def _check_options(args, cuda: bool) -> tuple[list[int], list[str], list[str], l
 
     from .config import one_line_error
     from .models import check_depth
-    from .train import validate
+    from .train import resolve_device, validate
 
     depths = _int_list("--depths", args.depths, "depths 6n+2 (20,56,110)")
     for d in depths:
@@ -405,7 +405,9 @@ def _check_options(args, cuda: bool) -> tuple[list[int], list[str], list[str], l
     if args.workers < 0:
         raise ValueError(f"--workers={args.workers}: must be >= 0 (0: load in the main process)")
     try:  # the same checks as `resdepth train`: --data, --precision, --accelerator, --compile-mode
-        validate(bench_config(args, depths[0], blocks[0], args.warmup + args.steps))
+        cfg = bench_config(args, depths[0], blocks[0], args.warmup + args.steps)
+        validate(cfg)
+        args.precision_used = resolve_device(cfg["trainer"])[1]  # what auto means on this device
     except (HydraException, OmegaConfBaseException, ValueError) as e:
         message = str(e) if isinstance(e, ValueError) else f"--data={args.data}: {one_line_error(e)}"
         for key in ("precision", "accelerator", "compile_mode", "cuda_graph"):  # name the option the user typed
@@ -439,7 +441,7 @@ def _keep_earlier(out: Path) -> None:
 
 def _write(args, device, argv: list[str], rows: list[dict]) -> dict:
     out = {"device": _device_name(device), "torch": torch.__version__, "python": platform.python_version(),
-           "precision": args.precision, "compile": args.compile, "compile_mode": args.compile_mode,
+           "precision": args.precision, "precision_used": args.precision_used, "compile": args.compile, "compile_mode": args.compile_mode,
            "cuda_graph": args.cuda_graph, "data": args.data, "workers": args.workers, "steps": args.steps,
            "warmup": args.warmup,
            "batch_size": args.batch_size, "command": "resdepth bench " + " ".join(argv), "rows": rows}

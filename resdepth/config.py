@@ -80,7 +80,7 @@ class TrainerConfig:
     eval_every: int = MISSING
     checkpoint_every: int = MISSING  # 0: same as eval_every
     accelerator: str = MISSING
-    precision: str = MISSING  # auto: bf16-mixed on GPUs that support it, 32-true elsewhere
+    precision: str = MISSING  # auto: bf16-mixed where the device computes in bf16 natively, else 32-true
     channels_last: bool = MISSING
     compile: bool = MISSING
     compile_mode: str = MISSING

@@ -544,8 +544,14 @@ def report_markdown(root: Path, groups: list[Group], table_md: str, sentence: st
     dataset = groups[0].dataset
     statuses = [r.status for r in runs]
     counts = ", ".join(f"{statuses.count(s)} {s}" for s in sorted(set(statuses)))
-    hardware = sorted({f"{r.result.get('device')} ({r.result.get('precision')}, host "
-                       f"{r.result.get('versions', {}).get('host')})" for r in runs})
+    def parts(r: Run) -> list[dict]:  # where the run's iterations were trained (one part unless resumed elsewhere)
+        return r.result.get("segments") or [r.result]
+
+    hardware = sorted({f"{p.get('device')} ({p.get('precision')}, host {r.result.get('versions', {}).get('host')})"
+                       for r in runs for p in parts(r)})
+    mixed = [f"{g.name} seed {r.seed} (" + ", ".join(f"from it {p['from']}: {p['device']}, {p['precision']}"
+                                                      for p in parts(r)) + ")"
+             for g in groups for r in g.runs if len(parts(r)) > 1]
     software = sorted({", ".join(f"{k} {v}" for k, v in sorted(r.result.get("versions", {}).items())
                                  if k not in ("host", "platform")) for r in runs})
     platforms = sorted({str(r.result.get("versions", {}).get("platform")) for r in runs})
@@ -563,6 +569,7 @@ def report_markdown(root: Path, groups: list[Group], table_md: str, sentence: st
              f"- dataset: {dataset}{note}",
              *[f"- protocol: {p}" for p in _protocols(groups)],
              f"- hardware: {'; '.join(hardware)}",
+             *([f"- resumed on another device or precision: {'; '.join(mixed)}"] if mixed else []),
              f"- software: {'; '.join(software)}; platform {'; '.join(platforms)}",
              f"- compute: {fmt_time(total)} ({total:.0f} s, the sum of wall_time_s over {len(runs)} runs)",
              f"- runs by status: {counts}", ""]

@@ -98,15 +98,24 @@ def validate(cfg: dict) -> None:
     use_cuda_graph(t, *resolve_device(t))
 
 
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU computes in bf16 natively (x86 with AVX512-BF16 or AMX). There bf16 convolutions are
+    1.6-1.7x faster than fp32 (experiments/bench/README.md); elsewhere bf16 is emulated and slower than fp32."""
+    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")  # torch.cpu's own checks, x86 only
+    return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
+
+
 def resolve_device(t: dict) -> tuple[str, str]:
-    """(accelerator, precision) actually used: GPU with bf16-mixed when there is one, else CPU with fp32."""
+    """(accelerator, precision) actually used: a GPU when there is one, else the CPU; precision auto is
+    bf16-mixed where the device computes in bf16 natively (as the GPU runs), else fp32."""
     accelerator = t["accelerator"]
     if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
         raise ValueError(f"trainer.accelerator={accelerator} but no CUDA GPU is visible; use auto or cpu")
     use_gpu = accelerator != "cpu" and torch.cuda.is_available()
     precision = t["precision"]
     if precision == "auto":
-        precision = "bf16-mixed" if use_gpu and torch.cuda.is_bf16_supported() else "32-true"
+        native = torch.cuda.is_bf16_supported() if use_gpu else cpu_has_native_bf16()
+        precision = "bf16-mixed" if native else "32-true"
     return ("gpu" if use_gpu else "cpu"), precision
 
 
@@ -348,6 +357,19 @@ def build(cfg: dict, gpu: int | None = None) -> tuple[DataModule, System, dict]:
     return data, system, trainer_kwargs
 
 
+def where_trained(previous: dict, resume_step: int, device: str, precision: str) -> list[dict]:
+    """Which device and precision trained which iterations: one segment, unless a resumed run goes on elsewhere
+    (another machine of a cluster, a GPU after a CPU, or `trainer.precision=auto` resolving otherwise there)."""
+    segments = list(previous.get("segments") or []) if resume_step else []
+    if resume_step and not segments and previous.get("device"):  # a record from before segments were kept
+        segments = [{"from": 0, "device": previous["device"], "precision": previous.get("precision")}]
+    if len(segments) > 1 and segments[-1]["from"] == resume_step:  # that part trained nothing that was kept
+        segments.pop()
+    if not segments or (segments[-1]["device"], segments[-1]["precision"]) != (device, precision):
+        segments.append({"from": resume_step, "device": device, "precision": precision})
+    return segments
+
+
 def _train_locked(cfg: dict, run_dir: Path, semantic: dict, chash: str, gpu: int | None) -> dict:
     data, system, trainer_kwargs = build(cfg, gpu)
     accelerator, precision, devices = (trainer_kwargs[k] for k in ("accelerator", "precision", "devices"))
@@ -372,6 +394,7 @@ def _train_locked(cfg: dict, run_dir: Path, semantic: dict, chash: str, gpu: int
         "started": previous.get("started") or dt.datetime.now().isoformat(timespec="seconds"),
         "resumed_from": resume_step or None, "diverged_at": None, "error": None, "versions": versions(),
         "classes": data.num_classes, "train_images": len(data.train), "warmup": system.warming_up,
+        "segments": where_trained(previous, resume_step, device_name, precision),
     }
     for key in ("final_test_error", "best_test_error", "best_test_iteration", "final_val_error", "best_val_error",
                 "best_val_iteration", "final_train_error", "final_train_loss"):
@@ -379,6 +402,11 @@ def _train_locked(cfg: dict, run_dir: Path, semantic: dict, chash: str, gpu: int
     rec.write_json(run_dir / "result.json", result)
 
     what = f"resuming at iteration {resume_step}" if resume_step else "starting"
+    if len(result["segments"]) > 1 and result["segments"][-1]["from"] == resume_step:
+        before = result["segments"][-2]
+        print(f"[{label(cfg)}] note: iterations {before['from']}-{resume_step} were trained on {before['device']} in "
+              f"{before['precision']}; this run goes on on {device_name} in {precision} (both are kept in "
+              f"result.json's segments)", flush=True)
     print(f"[{label(cfg)}] {what}: {cfg['data']['name']}, {result['params']:,} params, "
           f"{cfg['trainer']['max_steps']} iterations of {cfg['optim']['batch_size']}, {device_name}, {precision}"
           f"{', CUDA graph' if system.whole_step else ''} -> {run_dir}", flush=True)

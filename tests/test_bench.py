@@ -29,6 +29,7 @@ def test_bench_runs_end_to_end_and_writes_json(tmp_path):
         assert r["speedup_vs_conventional"] == pytest.approx(r["conventional_ms_per_step"] / r["ours_ms_per_step"])
     assert [c["k"] for c in b["concurrent"]] == [1, 2] and all(c["images_per_s"] > 0 for c in b["concurrent"])
     assert b["projected_paper_sweep_s"] > 0 and b["device"]
+    assert b["precision"] == "auto" and b["precision_used"] in ("32-true", "bf16-mixed")  # what auto meant here
     assert all(r["ours_cuda_graph"] == r["minimal_cuda_graph"] == torch.cuda.is_available() for r in b["rows"])
     assert "Lightning overhead" in proc.stdout and "x conventional" in proc.stdout
     kept = list(tmp_path.glob("bench.*.json"))  # the earlier file at --out is kept, under its own time

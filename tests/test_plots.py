@@ -188,6 +188,18 @@ def test_report_states_command_data_hardware_versions_compute_and_statuses(plott
     plots.write_outputs(root)
     report = (root / "figures" / "report.md").read_text()
     assert "- sweep command 1 of 2: `resdepth sweep seed=0`\n- sweep command 2 of 2: `resdepth sweep seed=1`" in report
+    assert "resumed on another device" not in report
+    # a run resumed on another machine: both are named, and the run is listed
+    plain8 = run_dir(root, "plain", 8)
+    record = read_json(plain8 / "result.json")
+    here = {"device": record["device"], "precision": record["precision"]}
+    write_json(plain8 / "result.json", {**record, "segments": [{"from": 0, "device": "Other GPU", "precision":
+                                                                "bf16-mixed"}, {"from": 20, **here}]})
+    plots.write_outputs(root)
+    report = (root / "figures" / "report.md").read_text()
+    assert "Other GPU (bf16-mixed, host " in report and f"{here['device']} ({here['precision']}, host " in report
+    assert (f"- resumed on another device or precision: plain-8 seed 0 (from it 0: Other GPU, bf16-mixed, from it "
+            f"20: {here['device']}, {here['precision']})") in report
 
 
 @slow

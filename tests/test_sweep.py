@@ -139,10 +139,18 @@ def test_sigkill_mid_training_resumes_exactly(tmp_path):
     proc.wait()
     killed_at = len(rec.read_metrics(metrics))
     assert 5 <= killed_at < 12 and json.loads((run_dir / "result.json").read_text())["status"] == "running"
+    record = json.loads((run_dir / "result.json").read_text())  # as if the first part ran on another machine
+    here = record["segments"][0]
+    rec.write_json(run_dir / "result.json", {**record, "segments": [{**here, "device": "Elsewhere (2 cores)"}]})
 
     again = run_cli("train", *args, f"results_root={killed_root}")
     assert again.returncode == 0, again.stderr[-2000:]
     assert "resuming at iteration" in again.stdout
+    resumed_at = json.loads((run_dir / "result.json").read_text())["resumed_from"]
+    assert json.loads((run_dir / "result.json").read_text())["segments"] == [
+        {**here, "device": "Elsewhere (2 cores)"}, {**here, "from": resumed_at}]
+    assert (f"note: iterations 0-{resumed_at} were trained on Elsewhere (2 cores) in {here['precision']}; this run "
+            f"goes on on {here['device']} in {here['precision']}") in again.stdout
     rows = rec.read_metrics(metrics)
     assert [r["iteration"] for r in rows] == list(range(10, 121, 10))  # no gap, no duplicate
     result = json.loads((run_dir / "result.json").read_text())

@@ -21,6 +21,16 @@ def test_paper_schedule(step, lr):
     assert lr_at(step, PAPER) == pytest.approx(lr)
 
 
+@pytest.mark.parametrize("avx512_bf16, amx, precision", [(True, False, "bf16-mixed"), (False, True, "bf16-mixed"),
+                                                         (False, False, "32-true")])
+def test_precision_auto_on_the_cpu_is_bf16_only_where_it_is_native(monkeypatch, avx512_bf16, amx, precision):
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
+    t = compose(["trainer.accelerator=cpu"])["trainer"]
+    assert resdepth.train.resolve_device(t) == ("cpu", precision)
+    assert resdepth.train.resolve_device({**t, "precision": "32-true"}) == ("cpu", "32-true")  # asked for: kept
+
+
 def test_warmup_lr_until_switched_and_never_past_the_first_milestone():
     assert lr_at(0, PAPER, warming_up=True) == 0.01
     assert lr_at(399, PAPER, warming_up=True) == 0.01
