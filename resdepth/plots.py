@@ -544,6 +544,7 @@ def report_markdown(root: Path, groups: list[Group], table_md: str, sentence: st
     dataset = groups[0].dataset
     statuses = [r.status for r in runs]
     counts = ", ".join(f"{statuses.count(s)} {s}" for s in sorted(set(statuses)))
+
     def parts(r: Run) -> list[dict]:  # where the run's iterations were trained (one part unless resumed elsewhere)
         return r.result.get("segments") or [r.result]
 

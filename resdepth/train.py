@@ -100,7 +100,7 @@ def validate(cfg: dict) -> None:
 
 def cpu_has_native_bf16() -> bool:
     """Whether this CPU computes in bf16 natively (x86 with AVX512-BF16 or AMX). There bf16 convolutions are
-    1.6-1.7x faster than fp32 (experiments/bench/README.md); elsewhere bf16 is emulated and slower than fp32."""
+    1.4-1.7x faster than fp32 (experiments/bench/README.md); elsewhere bf16 is emulated and slower than fp32."""
     checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")  # torch.cpu's own checks, x86 only
     return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
 
@@ -405,7 +405,7 @@ def _train_locked(cfg: dict, run_dir: Path, semantic: dict, chash: str, gpu: int
     if len(result["segments"]) > 1 and result["segments"][-1]["from"] == resume_step:
         before = result["segments"][-2]
         print(f"[{label(cfg)}] note: iterations {before['from']}-{resume_step} were trained on {before['device']} in "
-              f"{before['precision']}; this run goes on on {device_name} in {precision} (both are kept in "
+              f"{before['precision']}; it now continues on {device_name} in {precision} (both are kept in "
               f"result.json's segments)", flush=True)
     print(f"[{label(cfg)}] {what}: {cfg['data']['name']}, {result['params']:,} params, "
           f"{cfg['trainer']['max_steps']} iterations of {cfg['optim']['batch_size']}, {device_name}, {precision}"

@@ -149,8 +149,8 @@ def test_sigkill_mid_training_resumes_exactly(tmp_path):
     resumed_at = json.loads((run_dir / "result.json").read_text())["resumed_from"]
     assert json.loads((run_dir / "result.json").read_text())["segments"] == [
         {**here, "device": "Elsewhere (2 cores)"}, {**here, "from": resumed_at}]
-    assert (f"note: iterations 0-{resumed_at} were trained on Elsewhere (2 cores) in {here['precision']}; this run "
-            f"goes on on {here['device']} in {here['precision']}") in again.stdout
+    assert (f"note: iterations 0-{resumed_at} were trained on Elsewhere (2 cores) in {here['precision']}; it now "
+            f"continues on {here['device']} in {here['precision']}") in again.stdout
     rows = rec.read_metrics(metrics)
     assert [r["iteration"] for r in rows] == list(range(10, 121, 10))  # no gap, no duplicate
     result = json.loads((run_dir / "result.json").read_text())
