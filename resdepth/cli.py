@@ -51,6 +51,18 @@ def _remove_if_only_hydra(run_dir: Path) -> None:
                 break
 
 
+def _forget_invocation(run_dir: Path) -> None:
+    """Hydra wrote this command's record (.hydra/<date>_<time>/) into the run directory before our checks; a
+    refused command trained nothing there, so its record goes (the run's earlier records stay)."""
+    subdir = HydraConfig.get().output_subdir  # the same time stamp as Hydra's: ${now:} is resolved once
+    if subdir:
+        shutil.rmtree(run_dir / subdir, ignore_errors=True)
+        try:
+            (run_dir / subdir).parent.rmdir()  # .hydra/, if that was the only record
+        except OSError:
+            pass
+
+
 @hydra.main(version_base="1.3", config_path=str(_config.CONF_DIR), config_name="config")
 def hydra_task(cfg: DictConfig):
     from .data import DatasetError
@@ -67,6 +79,7 @@ def hydra_task(cfg: DictConfig):
     try:
         return train(cfg)
     except (ValueError, DatasetError, RunConflict, RunBusy) as e:  # nothing trained, nothing overwritten
+        _forget_invocation(Path(cfg.run_dir))
         _remove_if_only_hydra(Path(cfg.run_dir))
         if multirun:
             print(f"resdepth: error: {e}", file=sys.stderr, flush=True)

@@ -145,10 +145,12 @@ def test_usage_and_unknown_command():
 def test_a_changed_config_is_refused_in_an_existing_run_directory(smoke_run):
     root, run_dir, _ = smoke_run
     before = {p: open(f"{run_dir}/{p}").read() for p in ("result.json", "metrics.csv", "config.json")}
+    records = sorted(Path(run_dir, ".hydra").iterdir())
     proc = run_cli("train", "experiment=smoke", f"results_root={root}", f"run_dir={run_dir}", "optim.lr=0.05")
     assert proc.returncode == 2
     assert "holds a run of another config (differs in optim.lr)" in proc.stderr and "refusing to mix" in proc.stderr
     assert {p: open(f"{run_dir}/{p}").read() for p in before} == before
+    assert sorted(Path(run_dir, ".hydra").iterdir()) == records  # the refused command left no record of its own
 
 
 def test_a_run_being_trained_elsewhere_is_left_alone(tmp_path):
