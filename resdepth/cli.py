@@ -31,11 +31,20 @@ def _fail(message: str, code: int = 2):
     sys.exit(code)
 
 
-def _remove_if_only_hydra(run_dir: Path) -> None:
-    """Hydra makes the run directory before our checks; leave no empty run behind for a rejected config. A
-    directory whose lock another process holds (it is starting that run right now) is left alone."""
+def _clean_up_refused(run_dir: Path) -> None:
+    """Hydra makes the run directory and writes this command's record (.hydra/<date>_<time>/) into it before our
+    checks. A refused command trained nothing there: its record goes (the run's earlier records stay), and a
+    directory left with nothing else goes too, unless another process holds its lock (it is starting that run
+    right now)."""
     from .train import RunBusy, lock_run
 
+    subdir = HydraConfig.get().output_subdir  # the same time stamp as Hydra's: ${now:} is resolved once
+    if subdir:
+        shutil.rmtree(run_dir / subdir, ignore_errors=True)
+        try:
+            (run_dir / subdir).parent.rmdir()  # .hydra/, if that was the only record
+        except OSError:
+            pass
     if not run_dir.is_dir() or not all(p.name in (".hydra", ".lock") or p.suffix == ".log" for p in run_dir.iterdir()):
         return
     try:
@@ -49,18 +58,6 @@ def _remove_if_only_hydra(run_dir: Path) -> None:
                 parent.rmdir()
             except OSError:
                 break
-
-
-def _forget_invocation(run_dir: Path) -> None:
-    """Hydra wrote this command's record (.hydra/<date>_<time>/) into the run directory before our checks; a
-    refused command trained nothing there, so its record goes (the run's earlier records stay)."""
-    subdir = HydraConfig.get().output_subdir  # the same time stamp as Hydra's: ${now:} is resolved once
-    if subdir:
-        shutil.rmtree(run_dir / subdir, ignore_errors=True)
-        try:
-            (run_dir / subdir).parent.rmdir()  # .hydra/, if that was the only record
-        except OSError:
-            pass
 
 
 @hydra.main(version_base="1.3", config_path=str(_config.CONF_DIR), config_name="config")
@@ -79,8 +76,7 @@ def hydra_task(cfg: DictConfig):
     try:
         return train(cfg)
     except (ValueError, DatasetError, RunConflict, RunBusy) as e:  # nothing trained, nothing overwritten
-        _forget_invocation(Path(cfg.run_dir))
-        _remove_if_only_hydra(Path(cfg.run_dir))
+        _clean_up_refused(Path(cfg.run_dir))
         if multirun:
             print(f"resdepth: error: {e}", file=sys.stderr, flush=True)
             return {"status": "error", "error": str(e)}

@@ -77,23 +77,26 @@ def truncate_metrics(path: Path, last_iteration: int) -> None:
     atomic_write_text(path, buf.getvalue())
 
 
-def append_metrics(path: Path, row: dict) -> None:
-    new = not Path(path).exists()
+def _append_synced(path: Path, text: str) -> None:
+    """Append to a log whose earlier lines are never rewritten, and sync it to disk."""
     with open(path, "a", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=METRICS, extrasaction="ignore")
-        if new:
-            w.writeheader()
-        w.writerow(row)
+        f.write(text)
         f.flush()
         os.fsync(f.fileno())
+
+
+def append_metrics(path: Path, row: dict) -> None:
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=METRICS, extrasaction="ignore")
+    if not Path(path).exists():
+        w.writeheader()
+    w.writerow(row)
+    _append_synced(path, buf.getvalue())
 
 
 def append_jsonl(path: Path, obj) -> None:
-    """One JSON line appended and synced: a log that earlier lines are never rewritten in."""
-    with open(path, "a") as f:
-        f.write(json.dumps(obj, sort_keys=True) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
+    """One JSON line appended and synced."""
+    _append_synced(path, json.dumps(obj, sort_keys=True) + "\n")
 
 
 def find_results(root: Path) -> list[tuple[Path, dict]]:
