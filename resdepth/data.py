@@ -338,6 +338,9 @@ class DataModule(pl.LightningDataModule):
             idx = torch.randperm(len(test), generator=g)[:test_subset].sort().values
             test = Split(test.images[idx], test.labels[idx])
         self.eval_splits["test"] = test
+        if len(train) < self.batch_size:  # found here, before a run directory or a record is written
+            raise DatasetError(f"optim.batch_size={self.batch_size} is larger than the training set ({len(train)} "
+                               f"images{' after data.val_size' if val_size else ''}); allowed: 1 to {len(train)}")
         self.train = train
         self.mean = train.images.double().mean(0).div(255).float()
         return self

@@ -93,8 +93,13 @@ def validate(cfg: dict) -> None:
                                 ("trainer.cuda_graph", str(t["cuda_graph"]).lower(), ("auto", "true", "false"))):
         if str(value) not in allowed:
             raise ValueError(f"{key}={value!r} is not one of {', '.join(allowed)}")
-    if d["val_size"] < 0 or d["test_subset"] < 0:
-        raise ValueError("data.val_size and data.test_subset must be >= 0")
+    for key in ("val_size", "test_subset"):
+        if d[key] < 0:
+            raise ValueError(f"data.{key}={d[key]} must be >= 0 (0: {'no validation split' if key == 'val_size' else 'the whole test set'})")
+    if d["kind"] == "synthetic":  # sizes the generator is given; real datasets take theirs from the files
+        for key, least in (("train_size", 2), ("test_size", 1), ("num_classes", 2)):
+            if d[key] < least:
+                raise ValueError(f"data.{key}={d[key]} must be >= {least} for data=synthetic")
     use_cuda_graph(t, *resolve_device(t))
 
 

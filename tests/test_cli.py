@@ -99,6 +99,11 @@ def test_a_key_given_twice_is_named_and_the_last_value_is_used():
     ("seed=-1", "seed=-1 must be in [0, 4294967295]"),
     ("data.test_subset=100000", "data.test_subset=100000 must be in [0, 512] (0: whole test set)"),
     ("data.val_size=60000", "data.val_size=60000 must be in [0, 2047] for this training set"),
+    ("data.test_subset=-1", "data.test_subset=-1 must be >= 0 (0: the whole test set)"),
+    ("data.train_size=0", "data.train_size=0 must be >= 2 for data=synthetic"),
+    ("data.num_classes=1", "data.num_classes=1 must be >= 2 for data=synthetic"),
+    ("data.train_size=5",  # found before the run directory is made, not recorded as a failed run
+     "optim.batch_size=32 is larger than the training set (5 images); allowed: 1 to 5"),
 ])
 def test_bad_input_fails_clearly_and_keeps_earlier_results(smoke_run, override, message):
     root, run_dir, _ = smoke_run
