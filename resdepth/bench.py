@@ -383,6 +383,7 @@ def _check_options(args, cuda: bool) -> tuple[list[int], list[str], list[str], l
     from omegaconf.errors import OmegaConfBaseException
 
     from .config import one_line_error
+    from .data import DataModule, DatasetError
     from .models import check_depth
     from .train import resolve_device, validate
 
@@ -400,8 +401,9 @@ def _check_options(args, cuda: bool) -> tuple[list[int], list[str], list[str], l
         raise ValueError(f"--concurrent={args.concurrent!r}: run counts must be >= 0 (0: skip)")
     if args.cuda_graph == "true" and not (cuda and args.accelerator != "cpu"):
         raise ValueError("--cuda-graph=true needs a CUDA GPU; none is used here (use auto or false)")
-    if args.steps < 1 or args.warmup < 1 or args.batch_size < 1:
-        raise ValueError("--steps, --warmup and --batch-size must be positive")
+    for option, value in (("--steps", args.steps), ("--warmup", args.warmup), ("--batch-size", args.batch_size)):
+        if value < 1:
+            raise ValueError(f"{option}={value} must be a positive integer")
     if args.workers < 0:
         raise ValueError(f"--workers={args.workers}: must be >= 0 (0: load in the main process)")
     try:  # the same checks as `resdepth train`: --data, --precision, --accelerator, --compile-mode
@@ -416,6 +418,10 @@ def _check_options(args, cuda: bool) -> tuple[list[int], list[str], list[str], l
     out = Path(args.out)
     if out.is_dir() or not os.access(_existing_parent(out), os.W_OK):
         raise ValueError(f"--out={args.out}: cannot write a file there")
+    try:  # a missing dataset, or a batch larger than it, stops here rather than in the first measurement
+        DataModule(cfg["data"], batch_size=args.batch_size, seed=0).load()
+    except DatasetError as e:
+        raise ValueError(str(e)) from None
     return depths, blocks, pipelines, [k for k in ks if k > 0]
 
 

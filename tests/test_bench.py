@@ -38,13 +38,23 @@ def test_bench_runs_end_to_end_and_writes_json(tmp_path):
     assert f"kept the earlier bench.json as {kept[0]}" in proc.stderr
 
 
+def test_bench_checks_the_data_before_measuring(tmp_path, capsys):
+    out = tmp_path / "b.json"
+    assert bench_cli(["--out", str(out), "--data", "synthetic", "--batch-size", "5000", "--depths", "8"]) == 2
+    err = capsys.readouterr().err
+    assert err == ("resdepth: error: optim.batch_size=5000 is larger than the training set (2048 images); "
+                   "allowed: 1 to 2048\n") and not out.exists()
+
+
 @pytest.mark.parametrize("option, value, message", [
     ("--depths", "21", "model.depth=21 is not a CIFAR ResNet depth"),
     ("--depths", "20,abc", "--depths='20,abc': must be a comma list of depths 6n+2"),
     ("--pipelines", "ours,fast", "--pipelines='ours,fast': each must be ours, minimal or conventional"),
     ("--blocks", "deep", "--blocks='deep': each must be plain or residual"),
     ("--concurrent", "-1", "--concurrent='-1': run counts must be >= 0"),
-    ("--steps", "0", "--steps, --warmup and --batch-size must be positive"),
+    ("--steps", "0", "--steps=0 must be a positive integer"),
+    ("--warmup", "-1", "--warmup=-1 must be a positive integer"),
+    ("--batch-size", "0", "--batch-size=0 must be a positive integer"),
     ("--workers", "-2", "--workers=-2: must be >= 0"),
     ("--precision", "fp8", "--precision='fp8' is not one of auto, 32-true"),
     ("--accelerator", "tpu", "--accelerator='tpu' is not one of auto, cpu, gpu, cuda"),
