@@ -421,7 +421,7 @@ def _check_options(args, cuda: bool) -> tuple[list[int], list[str], list[str], l
     try:  # a missing dataset, or a batch larger than it, stops here rather than in the first measurement
         DataModule(cfg["data"], batch_size=args.batch_size, seed=0).load()
     except DatasetError as e:
-        raise ValueError(str(e)) from None
+        raise ValueError(str(e).replace("optim.batch_size=", "--batch-size=")) from None
     return depths, blocks, pipelines, [k for k in ks if k > 0]
 
 

@@ -42,7 +42,7 @@ def test_bench_checks_the_data_before_measuring(tmp_path, capsys):
     out = tmp_path / "b.json"
     assert bench_cli(["--out", str(out), "--data", "synthetic", "--batch-size", "5000", "--depths", "8"]) == 2
     err = capsys.readouterr().err
-    assert err == ("resdepth: error: optim.batch_size=5000 is larger than the training set (2048 images); "
+    assert err == ("resdepth: error: --batch-size=5000 is larger than the training set (2048 images); "
                    "allowed: 1 to 2048\n") and not out.exists()
 
 
