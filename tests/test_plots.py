@@ -1,6 +1,7 @@
 """resdepth plot: the figures, tables and report of a small real sweep (smoke preset, synthetic data, 5 runs)."""
 
 import csv
+import io
 import shutil
 import statistics
 from pathlib import Path
@@ -291,6 +292,22 @@ def test_paper_reference_only_for_cifar10_on_the_paper_protocol(overrides, appli
         assert row["paper_params"] == "0.27M"
     labels = [t.get_text() for t in plots.depth_figure(groups).axes[1].get_legend().get_texts()]
     assert any(t.startswith("paper (ResNet, Table 6") for t in labels) is applies
+
+
+def test_resnet110_is_compared_with_the_papers_mean_and_seeds_show_their_best():
+    cfg = compose(["experiment=paper", "model.depth=110"])
+    runs = [plots.Run(Path("."), {"config": cfg, "dataset": "cifar10", "block": "residual", "depth": 110,
+                                  "shortcut": "A", "seed": seed, "status": "done", "max_steps": 64000,
+                                  "final_test_error": err, "final_train_error": 0.001, "params": 1727962}, [], None)
+            for seed, err in enumerate((0.070, 0.064, 0.067))]
+    groups = plots.group_runs(runs)
+    row = plots.table_rows(groups)[0]
+    # ours is a mean over seeds, so it is set against the paper's mean of 5 runs (6.61), not its best (6.43)
+    assert row["paper_test"] == 6.61 and row["diff"] == pytest.approx(6.7 - 6.61)
+    md = plots.table_markdown([row])
+    assert "| 6.70 ± 0.30 (n=3; best 6.40) | 6.61 ± 0.16 (mean of 5; best 6.43) | +0.09 |" in md
+    best = next(csv.DictReader(io.StringIO(plots.table_csv([row]))))["resnet_test_best"]
+    assert float(best) == pytest.approx(6.4)
 
 
 def _row(depth, plain_train, res_train):
