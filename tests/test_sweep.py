@@ -302,6 +302,23 @@ def test_a_long_sweep_on_the_cpu_says_what_to_expect(tmp_path, monkeypatch, caps
     assert "note: no CUDA GPU is used, so these runs train on the CPU" in capsys.readouterr().out
 
 
+def test_a_long_sweep_on_one_gpu_names_the_faster_way():
+    from resdepth.sweep import plan_notes
+
+    jobs = [{"trainer": {"max_steps": 64000}}] * 10
+    given = ["data=cifar10_jpeg"]
+    [note] = plan_notes(jobs, given, ["gpu"] * 10, gpus=1)
+    assert note.startswith("these 10 runs go one at a time") and "nvidia-cuda-mps-control -d" in note
+    assert "`resdepth sweep data=cifar10_jpeg hydra/launcher=parallel hydra.launcher.n_jobs=4`" in note
+    [note] = plan_notes(jobs, given, ["gpu"] * 10, gpus=8)
+    assert "on one of the 8 GPUs here" in note and "hydra.launcher.n_jobs=8`" in note
+    assert plan_notes(jobs, [*given, "hydra/launcher=parallel"], ["gpu"] * 10, gpus=1) == []  # already parallel
+    assert plan_notes(jobs[:1], given, ["gpu"], gpus=1) == []  # one run
+    assert plan_notes([{"trainer": {"max_steps": 400}}] * 4, given, ["gpu"] * 4, gpus=1) == []  # short runs
+    [note] = plan_notes(jobs, given, ["cpu"] * 10, gpus=0)
+    assert note.startswith("no CUDA GPU is used")
+
+
 def test_results_of_an_empty_root_is_a_clear_error(tmp_path):
     proc = run_cli("results", str(tmp_path / "none"))
     assert proc.returncode == 2 and "no runs found under" in proc.stderr
