@@ -146,8 +146,8 @@ def plan_notes(jobs: list[dict], overrides: list[str], devices: list[str], gpus:
             notes.append(f"these {len(jobs)} runs go one at a time, on one of the {gpus} GPUs here. {stop} "
                          f"`{parallel(gpus)}` trains {gpus} at once, each on its own GPU.")
         else:
-            notes.append(f"these {len(jobs)} runs go one at a time, and one of these small nets leaves a GPU "
-                         f"mostly idle: on an H200, 4 runs at once under NVIDIA MPS had 1.9x the throughput of one "
+            notes.append(f"these {len(jobs)} runs go one at a time, and one of these small nets keeps only part "
+                         f"of a GPU's cores busy: on an H200, 4 runs at once under NVIDIA MPS had 1.9x the throughput of one "
                          f"(experiments/bench). {stop} `nvidia-cuda-mps-control -d` starts MPS and "
                          f"`{parallel(4)}` trains 4 at once.")
     return notes
