@@ -31,11 +31,11 @@ def _fail(message: str, code: int = 2):
     sys.exit(code)
 
 
-def _clean_up_refused(run_dir: Path) -> None:
+def _clean_up_refused(run_dir: Path, *, record_only: bool = False) -> None:
     """Hydra makes the run directory and writes this command's record (.hydra/<date>_<time>/) into it before our
     checks. A refused command trained nothing there: its record goes (the run's earlier records stay), and a
-    directory left with nothing else goes too, unless another process holds its lock (it is starting that run
-    right now)."""
+    directory left with nothing else goes too (not with `record_only`), unless another process holds its lock
+    (it is starting that run right now)."""
     from .train import RunBusy, lock_run
 
     subdir = HydraConfig.get().output_subdir  # the same time stamp as Hydra's: ${now:} is resolved once
@@ -45,7 +45,7 @@ def _clean_up_refused(run_dir: Path) -> None:
             (run_dir / subdir).parent.rmdir()  # .hydra/, if that was the only record
         except OSError:
             pass
-    if not run_dir.is_dir() or not all(p.name in (".hydra", ".lock") or p.suffix == ".log" for p in run_dir.iterdir()):
+    if record_only or not run_dir.is_dir() or not all(p.name in (".hydra", ".lock") or p.suffix == ".log" for p in run_dir.iterdir()):
         return
     try:
         lock = lock_run(run_dir)
@@ -63,16 +63,25 @@ def _clean_up_refused(run_dir: Path) -> None:
 @hydra.main(version_base="1.3", config_path=str(_config.CONF_DIR), config_name="config")
 def hydra_task(cfg: DictConfig):
     from .data import DatasetError
+    from .results import read_json
     from .sweep import SWEEP_PLAN_ENV, sweep_progress
     from .train import RunBusy, RunConflict, train
 
     multirun = HydraConfig.get().mode == RunMode.MULTIRUN
     if multirun and os.environ.get(SWEEP_PLAN_ENV):
+        num = HydraConfig.get().job.num
         try:
+            entry = read_json(Path(os.environ[SWEEP_PLAN_ENV]))["plan"][num]
+            number, same_as = entry.get("number", num + 1), entry.get("same_as", num)
             state = sweep_progress(Path(os.environ[SWEEP_PLAN_ENV]))
-        except (OSError, ValueError, KeyError) as e:  # progress is a courtesy: never stop a run for it
-            state = f"progress unknown: {e}"
-        print(f"=== run {HydraConfig.get().job.num + 1}/{state} ===", flush=True)
+        except (OSError, ValueError, KeyError, IndexError) as e:  # progress is a courtesy: never stop a run for it
+            number, same_as, state = num + 1, num, f"progress unknown: {e}"
+        if same_as != num:  # e.g. a plain net under model.shortcut=A,B: one run, trained by the earlier job
+            _clean_up_refused(Path(cfg.run_dir), record_only=True)  # the other job may be making the directory
+            print(f"=== run {number} again (sweep job {num + 1}): the same run as job {same_as + 1}, trained "
+                  f"once there ===", flush=True)
+            return {"status": "same run", "same_as": same_as}
+        print(f"=== run {number}/{state} ===", flush=True)
     try:
         return train(cfg)
     except (ValueError, DatasetError, RunConflict, RunBusy) as e:  # nothing trained, nothing overwritten

@@ -107,7 +107,8 @@ def sweep_progress(plan_path: Path, now: dt.datetime | None = None) -> str:
     sweep = rec.read_json(plan_path)
     done = failed = 0
     work_done = work_left = 0
-    for p in sweep["plan"]:
+    plan = [p for i, p in enumerate(sweep["plan"]) if p.get("same_as", i) == i]  # each run once
+    for p in plan:
         result = Path(p["run_dir"]) / "result.json"
         r = rec.read_json(result) if result.exists() else {}
         status, steps = r.get("status"), int(r.get("steps") or 0)
@@ -117,7 +118,7 @@ def sweep_progress(plan_path: Path, now: dt.datetime | None = None) -> str:
         work_done += p["depth"] * max(steps - p["start_step"], 0)
         if status not in rec.COMPLETE and not failed_now:
             work_left += p["depth"] * max(p["max_steps"] - steps, 0)
-    text = f"{len(sweep['plan'])} ({done} finished, {failed} failed so far"
+    text = f"{len(plan)} ({done} finished, {failed} failed so far"
     elapsed = ((now or dt.datetime.now()) - dt.datetime.fromisoformat(sweep["started"])).total_seconds()
     if work_done and work_left:
         text += f"; about {rec.fmt_time(elapsed * work_left / work_done)} left"
@@ -192,19 +193,28 @@ def sweep(overrides: list[str], launch: Callable[[list[str]], None]) -> int:
         return 2
 
     roots = sorted({job["results_root"] for job in jobs})
-    counts = {s: states.count(s) for s in dict.fromkeys(states)}
-    print(f"sweep: {len(jobs)} runs under {', '.join(roots)}: "
+    first = {}  # run_dir -> the index of the first job that trains it
+    same_as = [first.setdefault(job["run_dir"], i) for i, job in enumerate(jobs)]
+    unique = [s for i, s in enumerate(states) if same_as[i] == i]
+    counts = {s: unique.count(s) for s in dict.fromkeys(unique)}
+    print(f"sweep: {len(unique)} runs under {', '.join(roots)}: "
           + ", ".join(f"{n} {s}" for s, n in counts.items()), flush=True)
-    for job, state in zip(jobs, states):
+    for i, (job, state) in enumerate(zip(jobs, states)):
         m = job["model"]
+        state = state if same_as[i] == i else f"the same run as run {same_as[i] + 1}"
         print(f"  {m['block']:>8}-{m['depth']:<4} shortcut {m['shortcut']} seed {job['seed']:<3} {state:<9} "
               f"{job['run_dir']}", flush=True)
+    if len(unique) < len(jobs):
+        k = len(jobs) - len(unique)
+        print(f"note: {k} of these {len(jobs)} jobs {'repeats' if k == 1 else 'repeat'} another's run (a plain net "
+              f"has no shortcuts, so model.shortcut does not change it): each run is trained once", flush=True)
     for note in plan_notes(jobs, given, [resolve_device(j["trainer"])[0] for j in jobs], torch.cuda.device_count()):
         print(f"note: {note}", flush=True)
     command = "resdepth sweep " + " ".join(shlex.quote(o) for o in given)
     started = dt.datetime.now().isoformat(timespec="seconds")
     plan = [{"run_dir": j["run_dir"], "depth": j["model"]["depth"], "max_steps": j["trainer"]["max_steps"],
-             "start_step": _steps(Path(j["run_dir"]))} for j in jobs]
+             "start_step": _steps(Path(j["run_dir"])), "same_as": same_as[i],
+             "number": sorted(set(same_as)).index(same_as[i]) + 1} for i, j in enumerate(jobs)]
     for root in roots:
         Path(root).mkdir(parents=True, exist_ok=True)
         rec.write_json(Path(root) / "sweep.json", {"command": command.strip(), "started": started, "plan": plan,
@@ -224,11 +234,12 @@ def sweep(overrides: list[str], launch: Callable[[list[str]], None]) -> int:
     finally:
         GlobalHydra.instance().clear()
 
-    final = [run_state(Path(job["run_dir"])) for job in jobs]
+    run_dirs = [job["run_dir"] for i, job in enumerate(jobs) if same_as[i] == i]
+    final = [run_state(Path(d)) for d in run_dirs]
     for root in roots:
         rows = rec.write_tables(Path(root))
         print(f"\nresults under {root} (results.csv, results.md):\n{rec.format_table(rows)}", flush=True)
-    failed = [j["run_dir"] for j, s in zip(jobs, final) if s not in rec.COMPLETE]
+    failed = [d for d, s in zip(run_dirs, final) if s not in rec.COMPLETE]
     summary = {s: final.count(s) for s in dict.fromkeys(final)}
     took = rec.fmt_time((dt.datetime.now() - dt.datetime.fromisoformat(started)).total_seconds())
     print("sweep finished: " + ", ".join(f"{n} {s}" for s, n in summary.items()) + f" in {took}; figures and "

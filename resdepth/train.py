@@ -301,6 +301,10 @@ def train(cfg: DictConfig | dict) -> dict:
     """
     cfg = to_plain(cfg) if isinstance(cfg, DictConfig) else cfg
     validate(cfg)
+    if cfg["model"]["block"] == "plain" and cfg["model"]["shortcut"] != "A":
+        cfg = {**cfg, "model": {**cfg["model"], "shortcut": "A"}}
+        print(f"[{label(cfg)}] note: a plain net has no shortcuts, so model.shortcut does not change it: "
+              f"this is the same run as shortcut A", flush=True)
     run_dir = Path(cfg["run_dir"])
     semantic, chash = semantic_config(cfg), config_hash(cfg, without=())
     result_path, config_path = run_dir / "result.json", run_dir / "config.json"

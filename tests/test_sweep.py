@@ -337,6 +337,28 @@ def test_launchers_run_a_tiny_sweep(tmp_path, launcher):
     assert "sweep finished: 2 done" in proc.stdout
 
 
+def test_a_plain_net_under_both_shortcuts_is_one_run_trained_once(tmp_path):
+    a, b, res_b = compose(["experiment=smoke", f"results_root={tmp_path}", "model.block=plain"]), compose(
+        ["experiment=smoke", f"results_root={tmp_path}", "model.block=plain", "model.shortcut=B"]), compose(
+        ["experiment=smoke", f"results_root={tmp_path}", "model.block=residual", "model.shortcut=B"])
+    assert a["run_dir"] == b["run_dir"] != res_b["run_dir"]  # no shortcuts: A and B build the same plain net
+    # two jobs of one run at once (parallel launcher): one trains it, the other says so and trains nothing
+    proc = run_cli("sweep", "experiment=smoke", f"results_root={tmp_path}", "model.depth=8", "model.block=plain",
+                   "model.shortcut=A,B", "trainer.max_steps=10", "trainer.eval_every=5", "hydra/launcher=parallel",
+                   "hydra.launcher.n_jobs=2")
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    assert "sweep: 1 runs under" in proc.stdout and "note: 1 of these 2 jobs repeats another's run" in proc.stdout
+    assert "=== run 1 again (sweep job 2): the same run as job 1, trained once there ===" in proc.stdout
+    assert proc.stdout.count("] starting:") == 1 and "sweep finished: 1 done" in proc.stdout
+    [(run_dir, result)] = rec.find_results(tmp_path)
+    assert result["shortcut"] == "A" and result["status"] == "done" and result["steps"] == 10
+    assert len(list((run_dir / ".hydra").iterdir())) == 1  # the repeating job left no record of its own
+    proc = run_cli("train", "experiment=smoke", f"results_root={tmp_path}", "model.depth=8", "model.block=plain",
+                   "model.shortcut=B", "trainer.max_steps=10", "trainer.eval_every=5")
+    assert proc.returncode == 0 and "this is the same run as shortcut A" in proc.stdout
+    assert f"done, skipped ({run_dir}: done)" in proc.stdout
+
+
 def test_slurm_launcher_config_composes():
     proc = run_cli("train", "hydra/launcher=slurm", "hydra.launcher.partition=gpu", "--cfg", "hydra")
     assert proc.returncode == 0, proc.stderr
