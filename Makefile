@@ -11,7 +11,7 @@ ARGS ?=
 .PHONY: help test reproduce demo bench clean
 help:  ## list the targets
 	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
-	@echo "  variables: DATA=$(DATA) (cifar10 | cifar10_jpeg offline | cifar100 | synthetic), ROOT=$(ROOT), ARGS='extra overrides'"
+	@echo "  variables: DATA=$(DATA) (cifar10 | cifar10_jpeg offline | cifar100 | fashion_mnist | synthetic), ROOT=$(ROOT), ARGS='extra overrides'"
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)

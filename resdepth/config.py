@@ -34,6 +34,7 @@ class Shortcut(str, Enum):
 class DataKind(str, Enum):
     cifar10 = "cifar10"
     cifar100 = "cifar100"
+    fashion_mnist = "fashion_mnist"
     image_folder = "image_folder"
     synthetic = "synthetic"
 
@@ -49,7 +50,7 @@ class ModelConfig:
 class DataConfig:
     name: str = MISSING  # label used in run directories and tables
     kind: DataKind = MISSING
-    root: str = MISSING  # cifar10/cifar100: folder holding cifar-10-batches-py
+    root: str = MISSING  # cifar10/cifar100/fashion_mnist: folder holding cifar-10-batches-py, FashionMNIST/raw
     path: Optional[str] = MISSING  # image_folder: a folder or .tar/.tar.gz with train/<class>/*, test/<class>/*
     download: bool = MISSING
     cache_dir: str = MISSING

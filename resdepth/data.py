@@ -1,6 +1,7 @@
 """Datasets as uint8 tensors on the training device, and the paper's augmentation applied to whole batches.
 
-kinds: cifar10 / cifar100 (torchvision, md5-checked, downloaded when missing and the network allows),
+kinds: cifar10 / cifar100 / fashion_mnist (torchvision, md5-checked, downloaded when missing and the network
+allows; Fashion-MNIST is 28x28 grayscale, so its nets take one input channel and crop 28x28),
 image_folder (train/<class>/*, test/<class>/* as a folder or .tar/.tar.gz; decoded once, cached as uint8),
 synthetic (generated, deterministic, learnable; no files).
 
@@ -101,6 +102,25 @@ def load_cifar(kind: str, root: str, download: bool) -> tuple[Split, Split, list
         ds = cls(str(folder), train=train, download=False)
         out.append(Split(torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous(), torch.tensor(ds.targets)))
     return out[0], out[1], list(ds.classes)
+
+
+def load_fashion_mnist(root: str, download: bool) -> tuple[Split, Split, list[str]]:
+    """Fashion-MNIST through torchvision: (N, 1, 28, 28) uint8. Its four .gz files are md5-checked when they are
+    downloaded or put in <root>/FashionMNIST/raw by hand; raises DatasetError naming the folder and the fix."""
+    from torchvision.datasets import FashionMNIST
+
+    folder = resolve_path(root)
+    raw = folder / FashionMNIST.__name__ / "raw"
+    try:
+        splits = [FashionMNIST(str(folder), train=train, download=download) for train in (True, False)]
+    except Exception as e:  # missing files and no network, a bad archive, a malformed idx file
+        files = ", ".join(name for name, _ in FashionMNIST.resources)
+        raise DatasetError(
+            f"FashionMNIST not usable in {raw}: {type(e).__name__}: {str(e).splitlines()[0].rstrip(' :') if str(e) else ''}. "
+            f"Fix: put {files} (from {FashionMNIST.mirrors[0]}) in {raw} and run again (they are md5-checked and "
+            f"unpacked), or pass data.root=<folder holding FashionMNIST/raw>") from None
+    out = [Split(ds.data.unsqueeze(1).contiguous(), ds.targets.clone()) for ds in splits]
+    return out[0], out[1], list(FashionMNIST.classes)
 
 
 # --------------------------------------------------------------------------------------------- image folder
@@ -241,13 +261,15 @@ def load(cfg) -> tuple[Split, Split, list[str]]:
     kind = getattr(cfg["kind"], "value", cfg["kind"])
     if kind in ("cifar10", "cifar100"):
         return load_cifar(kind, cfg["root"], cfg["download"])
+    if kind == "fashion_mnist":
+        return load_fashion_mnist(cfg["root"], cfg["download"])
     if kind == "image_folder":
         if not cfg["path"]:
             raise DatasetError("image_folder needs data.path=<folder or .tar/.tar.gz>")
         return load_image_folder(cfg["path"], cfg["cache_dir"])
     if kind == "synthetic":
         return make_synthetic(cfg["train_size"], cfg["test_size"], cfg["num_classes"])
-    raise DatasetError(f"data.kind={kind!r} is not one of cifar10, cifar100, image_folder, synthetic")
+    raise DatasetError(f"data.kind={kind!r} is not one of cifar10, cifar100, fashion_mnist, image_folder, synthetic")
 
 
 # ----------------------------------------------------------------------------------------------- augmentation

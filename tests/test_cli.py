@@ -84,7 +84,8 @@ def test_a_key_given_twice_is_named_and_the_last_value_is_used():
     pytest.param("trainer.cuda_graph=true", "trainer.cuda_graph=true cannot be used: no CUDA GPU is used",
                  marks=pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA GPU is used here")),
     ("data=imagenet",  # the whole list: the shared base data/_common.yaml is not offered as a dataset
-     "Could not find 'data/imagenet'; available: cifar10, cifar100, cifar10_jpeg, image_folder, synthetic"),
+     "Could not find 'data/imagenet'; available: cifar10, cifar100, cifar10_jpeg, fashion_mnist, image_folder, "
+     "synthetic"),
     ("experiment=nope", "Could not find 'experiment/nope'; available: demo, eighth, paper, sixteenth, smoke"),
     ("seed=abc", "Value 'abc' of type 'str' could not be converted to Integer"),
     ("model.depth=[", "no viable alternative at input '['"),

@@ -1,3 +1,4 @@
+import gzip
 import hashlib
 import io
 import pickle
@@ -10,7 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torchvision import transforms as T
-from torchvision.datasets import CIFAR10
+from torchvision.datasets import CIFAR10, FashionMNIST
 
 import resdepth.data as rdata
 from resdepth.data import DataModule, DatasetError, TrainBatches, crop_flip, random_crop_flip_params
@@ -104,6 +105,66 @@ def test_cifar10_archive_placed_by_hand_is_used_offline(tmp_path, cifar_md5s, mo
     monkeypatch.setattr(CIFAR10, "url", "http://0.0.0.0:9/unreachable")  # must not be needed
     dm = DataModule(cifar_cfg(tmp_path / "root", download=True), batch_size=8, seed=0).load()
     assert len(dm.train) == 100
+
+
+# ---------------------------------------------------------------- fashion_mnist through torchvision's real code path
+
+
+def write_fashion_mnist(raw: Path, n_train: int = 40, n_test: int = 10, gz: bool = False) -> dict:
+    """Tiny files in the exact idx format torchvision reads (big-endian header, then uint8 rows); with gz, the
+    four .gz files as they are downloaded. Returns {file name: md5}."""
+    raw.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for prefix, n in (("train", n_train), ("t10k", n_test)):
+        images = rng.integers(0, 256, (n, 28, 28), dtype=np.uint8)
+        images[:, 0, 0] = 7 if prefix == "train" else 9  # says which file a row came from
+        labels = (np.arange(n) % 10).astype(np.uint8)
+        for name, header, body in ((f"{prefix}-images-idx3-ubyte", (2051, n, 28, 28), images),
+                                   (f"{prefix}-labels-idx1-ubyte", (2049, n), labels)):
+            data = np.array(header, dtype=">i4").tobytes() + body.tobytes()
+            if gz:
+                (raw / f"{name}.gz").write_bytes(gzip.compress(data, mtime=0))
+            else:
+                (raw / name).write_bytes(data)
+    return {p.name: _md5(p) for p in raw.iterdir()}
+
+
+def test_fashion_mnist_loads_through_torchvision_with_one_channel(tmp_path):
+    write_fashion_mnist(tmp_path / "FashionMNIST" / "raw")
+    cfg = compose(["data=fashion_mnist", f"data.root={tmp_path}", "data.download=false"])["data"]
+    dm = DataModule(cfg, batch_size=8, seed=0).load()
+    assert dm.train.images.shape == (40, 1, 28, 28) and dm.train.images.dtype == torch.uint8
+    assert (dm.train.images[:, 0, 0, 0] == 7).all() and (dm.eval_splits["test"].images[:, 0, 0, 0] == 9).all()
+    assert dm.in_channels == 1 and dm.num_classes == 10 and dm.classes[0] == "T-shirt/top"
+    assert dm.train.labels.tolist() == [i % 10 for i in range(40)]
+
+
+def test_a_net_trains_on_fashion_mnist(tmp_path):
+    from resdepth.train import train
+
+    write_fashion_mnist(tmp_path / "FashionMNIST" / "raw")
+    result = train(compose(["data=fashion_mnist", f"data.root={tmp_path}", "data.download=false", "model.depth=8",
+                            "trainer.max_steps=4", "trainer.eval_every=2", "optim.batch_size=8",
+                            f"results_root={tmp_path / 'runs'}"]))
+    assert result["status"] == "done" and result["steps"] == 4 and result["dataset"] == "fashion_mnist"
+    assert result["params"] == 75_290 - (3 - 1) * 16 * 9  # ResNet-8: its 3x3 stem conv sees 1 channel, not 3
+
+
+def test_fashion_mnist_placed_by_hand_is_md5_checked_offline(tmp_path, monkeypatch):
+    md5s = write_fashion_mnist(tmp_path / "FashionMNIST" / "raw", gz=True)
+    monkeypatch.setattr(FashionMNIST, "mirrors", ["http://0.0.0.0:9/unreachable/"])  # must not be needed
+    monkeypatch.setattr(FashionMNIST, "resources", [(n, md5s[n]) for n, _ in FashionMNIST.resources])
+    cfg = compose(["data=fashion_mnist", f"data.root={tmp_path}"])["data"]
+    assert len(DataModule(cfg, batch_size=8, seed=0).load().train) == 40
+    (tmp_path / "FashionMNIST" / "raw" / "t10k-labels-idx1-ubyte").unlink()  # unpacked again from its .gz
+    with open(tmp_path / "FashionMNIST" / "raw" / "t10k-labels-idx1-ubyte.gz", "r+b") as f:
+        f.seek(20)
+        f.write(b"garbage")
+    with pytest.raises(DatasetError) as e:
+        DataModule(cfg, batch_size=8, seed=0).load()
+    msg = str(e.value)
+    assert msg.startswith(f"FashionMNIST not usable in {tmp_path / 'FashionMNIST' / 'raw'}: ") and "\n" not in msg
+    assert "put train-images-idx3-ubyte.gz, train-labels-idx1-ubyte.gz" in msg
 
 
 # ------------------------------------------------------------------------------------------ image folders
