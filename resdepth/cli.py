@@ -71,8 +71,10 @@ def hydra_task(cfg: DictConfig):
     if multirun and os.environ.get(SWEEP_PLAN_ENV):
         num = HydraConfig.get().job.num
         try:
-            entry = read_json(Path(os.environ[SWEEP_PLAN_ENV]))["plan"][num]
-            number, same_as = entry.get("number", num + 1), entry.get("same_as", num)
+            plan = read_json(Path(os.environ[SWEEP_PLAN_ENV]))["plan"]
+            number, same_as = plan[num].get("number", num + 1), plan[num].get("same_as", num)
+            if not plan[num]["run_dir"] == plan[same_as]["run_dir"] == cfg.run_dir:  # another sweep's plan
+                number, same_as = num + 1, num
             state = sweep_progress(Path(os.environ[SWEEP_PLAN_ENV]))
         except (OSError, ValueError, KeyError, IndexError) as e:  # progress is a courtesy: never stop a run for it
             number, same_as, state = num + 1, num, f"progress unknown: {e}"
