@@ -2,6 +2,7 @@
 
   resdepth train [KEY=VALUE ...]      one run (Hydra overrides; --cfg job prints the composed config)
   resdepth sweep [KEY=VALUE ...]      the depth x block (x seed) grid as a Hydra multirun; resumable
+                                      (--plan: check every config and print the plan, train nothing)
   resdepth results [ROOT]             rebuild the results table from ROOT's result.json files
   resdepth plot [ROOT]                Figure 6, Figure 7, depth vs error, Table 6 and report.md into ROOT/figures
   resdepth bench [OPTIONS]            speed of the training path against a minimal loop and the usual pipeline

@@ -32,7 +32,7 @@ from .config import CONF_DIR
 from .config import compose as compose_configs
 from .config import one_line_error, repeated_keys
 
-SWEEP_USAGE = """usage: resdepth sweep [KEY=VALUE ...]
+SWEEP_USAGE = """usage: resdepth sweep [--plan] [KEY=VALUE ...]
 
 The paper's grid (model.depth 110,56,44,32,20 x model.block plain,residual) as a Hydra multirun. A comma list
 replaces an axis or adds one; anything else overrides every run. Finished runs are skipped, interrupted ones
@@ -43,6 +43,7 @@ resume; the results table is printed at the end.
   resdepth sweep model.depth=20,56 seed=0,1,2            other depths, three seeds (mean and std in the table)
   resdepth sweep hydra/launcher=parallel hydra.launcher.n_jobs=4      4 runs at once on this machine
   resdepth sweep experiment=smoke                        a 2 x 2 grid on synthetic data, in seconds
+  resdepth sweep --plan model.depth=20,56                check every config and print the plan; train nothing
 
 Every key: `resdepth train --help`; one run's composed config: `resdepth train KEY=VALUE ... --cfg job`."""
 CPU_NOTE_STEPS = 10_000  # a sweep with runs this long on a CPU gets a note on what to expect
@@ -162,10 +163,12 @@ def sweep(overrides: list[str], launch: Callable[[list[str]], None]) -> int:
     if any(o in ("-h", "--help", "help") for o in overrides):
         print(SWEEP_USAGE)
         return 0
+    plan_only = "--plan" in overrides
+    overrides = [o for o in overrides if o != "--plan"]
     flags = [o for o in overrides if o.startswith("-")]
     if flags:
-        print(f"resdepth: error: resdepth sweep takes KEY=VALUE overrides only, not {flags[0]!r} (resdepth sweep "
-              f"--help; `resdepth train ... --cfg job` prints one run's config)", file=sys.stderr)
+        print(f"resdepth: error: resdepth sweep takes KEY=VALUE overrides and --plan only, not {flags[0]!r} "
+              f"(resdepth sweep --help; `resdepth train ... --cfg job` prints one run's config)", file=sys.stderr)
         return 2
     for note in repeated_keys(overrides):
         print(f"resdepth: note: {note}", file=sys.stderr, flush=True)
@@ -210,6 +213,8 @@ def sweep(overrides: list[str], launch: Callable[[list[str]], None]) -> int:
               f"has no shortcuts, so model.shortcut does not change it): each run is trained once", flush=True)
     for note in plan_notes(jobs, given, [resolve_device(j["trainer"])[0] for j in jobs], torch.cuda.device_count()):
         print(f"note: {note}", flush=True)
+    if plan_only:  # checked and printed; nothing written, nothing trained
+        return 0
     command = "resdepth sweep " + " ".join(shlex.quote(o) for o in given)
     started = dt.datetime.now().isoformat(timespec="seconds")
     plan = [{"run_dir": j["run_dir"], "depth": j["model"]["depth"], "max_steps": j["trainer"]["max_steps"],

@@ -89,7 +89,7 @@ def test_changing_an_axis_from_the_shell(smoke_sweep, tmp_path):
     ("model.block=plain,foo", "Invalid value 'foo', expected one of [plain, residual]"),
     ("optim.momentum=0.9,1.5", "optim.momentum=1.5 must be in [0, 1)"),
     ("model.depth=[", "no viable alternative at input '['"),
-    ("--cfg", "resdepth sweep takes KEY=VALUE overrides only, not '--cfg'"),
+    ("--cfg", "resdepth sweep takes KEY=VALUE overrides and --plan only, not '--cfg'"),
 ])
 def test_bad_grid_is_refused_before_anything_runs(tmp_path, axis, message):
     proc = run_cli("sweep", "experiment=smoke", f"results_root={tmp_path}", axis)
@@ -98,9 +98,19 @@ def test_bad_grid_is_refused_before_anything_runs(tmp_path, axis, message):
     assert not list(tmp_path.rglob("result.json"))
 
 
+def test_sweep_plan_checks_and_prints_without_writing(tmp_path):
+    root = tmp_path / "runs"
+    proc = run_cli("sweep", "--plan", "experiment=smoke", f"results_root={root}", "model.depth=8")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith(f"sweep: 2 runs under {root}: 2 new\n") and "starting" not in proc.stdout
+    assert not root.exists()  # no sweep.json, no sweeps.jsonl, no run directory
+    proc = run_cli("sweep", "--plan", "experiment=smoke", f"results_root={root}", "model.depth=8,21")
+    assert proc.returncode == 2 and "model.depth=21 is not a CIFAR ResNet depth" in proc.stderr
+
+
 def test_sweep_help_shows_its_usage():
     proc = run_cli("sweep", "--help")
-    assert proc.returncode == 0 and proc.stdout.startswith("usage: resdepth sweep [KEY=VALUE ...]")
+    assert proc.returncode == 0 and proc.stdout.startswith("usage: resdepth sweep [--plan] [KEY=VALUE ...]")
     assert "resdepth sweep model.depth=20,56 seed=0,1,2" in proc.stdout and not proc.stderr
 
 
