@@ -16,6 +16,7 @@ import math
 import os
 import platform
 import socket
+import subprocess
 import sys
 import tempfile
 import time
@@ -29,7 +30,7 @@ from omegaconf import DictConfig
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from . import results as rec
-from .config import Config, config_hash, semantic_config, to_plain
+from .config import REPO_ROOT, Config, config_hash, semantic_config, to_plain
 from .data import DataModule
 from .models import check_depth, count_parameters
 from .system import System, warmup_enabled
@@ -289,8 +290,30 @@ def lock_run(run_dir: Path):
 
 
 def versions() -> dict:
-    return {"python": platform.python_version(), "torch": torch.__version__, "pytorch_lightning": pl.__version__,
-            "cuda": torch.version.cuda, "host": socket.gethostname(), "platform": platform.platform()}
+    return {"resdepth": code_version(), "python": platform.python_version(), "torch": torch.__version__,
+            "pytorch_lightning": pl.__version__, "cuda": torch.version.cuda, "host": socket.gethostname(),
+            "platform": platform.platform()}
+
+
+def code_version() -> str:
+    """Which code trains a run: '0.1.0 (git 1a2b3c4d5e)', with ' + local changes' where resdepth/ or conf/ differ
+    from that commit; the package version alone outside a git checkout."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        out = version("resdepth")
+    except PackageNotFoundError:
+        out = "unknown"
+    git = ["git", "-C", str(REPO_ROOT)]
+    try:
+        head = subprocess.run([*git, "rev-parse", "--short=10", "HEAD"], capture_output=True, text=True, timeout=10)
+        changes = subprocess.run([*git, "status", "--porcelain", "--untracked-files=no", "--", "resdepth", "conf"],
+                                 capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):  # no git here
+        return out
+    if head.returncode or changes.returncode:  # not a git checkout (an installed copy, a bare working tree)
+        return out
+    return f"{out} (git {head.stdout.strip()}{' + local changes' if changes.stdout.strip() else ''})"
 
 
 def train(cfg: DictConfig | dict) -> dict:

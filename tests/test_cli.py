@@ -9,7 +9,7 @@ import json
 import pytest
 import torch
 
-from .conftest import compose, run_cli
+from .conftest import REPO, compose, run_cli
 
 
 @pytest.fixture(scope="module")
@@ -33,6 +33,9 @@ def test_smoke_train_end_to_end(smoke_run):
     assert result["final_test_error"] == float(rows[-1]["test_error"])
     assert result["config"]["model"] == {"depth": 20, "block": "residual", "shortcut": "A"}
     assert result["device"] and result["wall_time_s"] > 0 and result["versions"]["torch"]
+    code = result["versions"]["resdepth"]  # which code made the run: the package, and the commit in a checkout
+    assert re.fullmatch(r"0\.1\.0( \(git [0-9a-f]{10}( \+ local changes)?\))?", code), code
+    assert ("(git " in code) is (REPO / ".git").exists()
     for name in ("model.pt", "last.ckpt", "responses.json", "config.json"):
         assert (root / run_dir[len(str(root)) + 1:] / name).exists(), name
     assert len(list(Path(run_dir).glob(".hydra/*/config.yaml"))) >= 1  # Hydra's record of the invocation
