@@ -46,7 +46,9 @@ def _clean_up_refused(run_dir: Path, *, record_only: bool = False) -> None:
             (run_dir / subdir).parent.rmdir()  # .hydra/, if that was the only record
         except OSError:
             pass
-    if record_only or not run_dir.is_dir() or not all(p.name in (".hydra", ".lock") or p.suffix == ".log" for p in run_dir.iterdir()):
+    if record_only or not run_dir.is_dir():
+        return
+    if not all(p.name in (".hydra", ".lock") or p.suffix == ".log" for p in run_dir.iterdir()):
         return
     try:
         lock = lock_run(run_dir)

@@ -115,8 +115,9 @@ def load_fashion_mnist(root: str, download: bool) -> tuple[Split, Split, list[st
         splits = [FashionMNIST(str(folder), train=train, download=download) for train in (True, False)]
     except Exception as e:  # missing files and no network, a bad archive, a malformed idx file
         files = ", ".join(name for name, _ in FashionMNIST.resources)
+        why = str(e).splitlines()[0].rstrip(" :") if str(e) else ""
         raise DatasetError(
-            f"FashionMNIST not usable in {raw}: {type(e).__name__}: {str(e).splitlines()[0].rstrip(' :') if str(e) else ''}. "
+            f"FashionMNIST not usable in {raw}: {type(e).__name__}: {why}. "
             f"Fix: put {files} (from {FashionMNIST.mirrors[0]}) in {raw} and run again (they are md5-checked and "
             f"unpacked), or pass data.root=<folder holding FashionMNIST/raw>") from None
     out = [Split(ds.data.unsqueeze(1).contiguous(), ds.targets.clone()) for ds in splits]

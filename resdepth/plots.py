@@ -297,8 +297,10 @@ def depth_figure(groups: list[Group]) -> Figure:
     ref = sorted({g.depth for g in groups if g.block == "residual" and paper_reference(g)} & set(PAPER_TEST_ERROR))
     if ref:
         jpeg = "; ours: JPEG copy" if groups[0].dataset == "cifar10_jpeg" else ""
+        mean_of_5 = "; 110: mean ± std of 5" if 110 in ref else ""
         ax_test.errorbar(ref, [PAPER_TEST_ERROR[d] for d in ref], yerr=[PAPER_TEST_STD.get(d, 0) for d in ref],
-                         fmt="x", color="black", ms=9, mew=2, capsize=3, label=f"paper (ResNet, Table 6{jpeg}{'; 110: mean ± std of 5' if 110 in ref else ''})")
+                         fmt="x", color="black", ms=9, mew=2, capsize=3,
+                         label=f"paper (ResNet, Table 6{jpeg}{mean_of_5})")
         points[ax_test] += [(d, PAPER_TEST_ERROR[d], PAPER_TEST_STD.get(d, 0.0), "black", "paper") for d in ref]
     depths = sorted({g.depth for g in groups})
     for ax, what in ((ax_train, "training"), (ax_test, "test")):
@@ -425,16 +427,17 @@ def table_markdown(rows: list[dict]) -> str:
     for r in rows:
         params = "-" if r["params"] is None else f"{r['params'] / 1e6:.2f}M ({r['params']:,})"
         cells = [f"{r['depth']}{r['variant']}", _pct(r["resnet_test"], r["resnet_test_best"]),
-                 *([_paper(r), _diff(r)] if paper else []), _pct(r["plain_test"], r["plain_test_best"]), _pct(r["resnet_train"]), _pct(r["plain_train"]), params,
+                 *([_paper(r), _diff(r)] if paper else []), _pct(r["plain_test"], r["plain_test_best"]),
+                 _pct(r["resnet_train"]), _pct(r["plain_train"]), params,
                  *([r["paper_params"]] if paper else []), r["status"]]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
 CSV_COLUMNS = ("dataset", "depth", "variant", "resnet_test_mean", "resnet_test_std", "resnet_n", "resnet_test_best",
-               "plain_test_mean", "plain_test_std", "plain_n", "plain_test_best", "paper_resnet_test", "ours_minus_paper",
-               "resnet_train_mean", "resnet_train_std", "plain_train_mean", "plain_train_std", "params", "paper_params",
-               "status")
+               "plain_test_mean", "plain_test_std", "plain_n", "plain_test_best", "paper_resnet_test",
+               "ours_minus_paper", "resnet_train_mean", "resnet_train_std", "plain_train_mean", "plain_train_std",
+               "params", "paper_params", "status")
 
 
 def table_csv(rows: list[dict]) -> str:

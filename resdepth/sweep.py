@@ -130,6 +130,7 @@ def plan_notes(jobs: list[dict], overrides: list[str], devices: list[str], gpus:
     """What to expect, and the faster way where there is one, for a sweep of long runs (`devices`: where each job
     trains, "cpu" or "gpu"; `gpus`: CUDA devices visible). Short sweeps (tests, smoke) get no note."""
     long = [d for j, d in zip(jobs, devices) if j["trainer"]["max_steps"] >= CPU_NOTE_STEPS]
+    runs = len({j.get("run_dir", i) for i, j in enumerate(jobs)})  # a repeated run (plain under A,B) once
     notes = []
     if "cpu" in long:
         notes.append(f"no CUDA GPU is used, so these runs train on the CPU ({os.cpu_count()} cores). The paper's "
@@ -138,19 +139,19 @@ def plan_notes(jobs: list[dict], overrides: list[str], devices: list[str], gpus:
                      f"20-30 min.")
     one_at_a_time = not any(o.split("=")[0].lstrip("+~") in ("hydra/launcher", "hydra.launcher.n_jobs")
                             for o in overrides)
-    if "gpu" in long and len(jobs) > 1 and one_at_a_time:
+    if "gpu" in long and runs > 1 and one_at_a_time:
         def parallel(k: int) -> str:
             return " ".join(["resdepth sweep", *map(shlex.quote, overrides), "hydra/launcher=parallel",
                              f"hydra.launcher.n_jobs={k}"])
 
         stop = "Ctrl-C stops this sweep and keeps what it trained; then"
         if gpus > 1:
-            notes.append(f"these {len(jobs)} runs go one at a time, on one of the {gpus} GPUs here. {stop} "
+            notes.append(f"these {runs} runs go one at a time, on one of the {gpus} GPUs here. {stop} "
                          f"`{parallel(gpus)}` trains {gpus} at once, each on its own GPU.")
         else:
-            notes.append(f"these {len(jobs)} runs go one at a time, and one of these small nets keeps only part "
-                         f"of a GPU's cores busy: on an H200, 4 runs at once under NVIDIA MPS had 1.9x the throughput of one "
-                         f"(experiments/bench). {stop} `nvidia-cuda-mps-control -d` starts MPS and "
+            notes.append(f"these {runs} runs go one at a time, and one of these small nets keeps only part of a "
+                         f"GPU's cores busy: on an H200, 4 runs at once under NVIDIA MPS had 1.9x the throughput of "
+                         f"one (experiments/bench). {stop} `nvidia-cuda-mps-control -d` starts MPS and "
                          f"`{parallel(4)}` trains 4 at once.")
     return notes
 

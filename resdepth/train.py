@@ -94,9 +94,9 @@ def validate(cfg: dict) -> None:
                                 ("trainer.cuda_graph", str(t["cuda_graph"]).lower(), ("auto", "true", "false"))):
         if str(value) not in allowed:
             raise ValueError(f"{key}={value!r} is not one of {', '.join(allowed)}")
-    for key in ("val_size", "test_subset"):
+    for key, zero in (("val_size", "no validation split"), ("test_subset", "the whole test set")):
         if d[key] < 0:
-            raise ValueError(f"data.{key}={d[key]} must be >= 0 (0: {'no validation split' if key == 'val_size' else 'the whole test set'})")
+            raise ValueError(f"data.{key}={d[key]} must be >= 0 (0: {zero})")
     if d["kind"] == "synthetic":  # sizes the generator is given; real datasets take theirs from the files
         for key, least in (("train_size", 2), ("test_size", 1), ("num_classes", 2)):
             if d[key] < least:
