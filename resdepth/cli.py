@@ -132,9 +132,10 @@ def _main(argv: list[str]) -> None:
         print(USAGE)
         return
     cmd, rest = argv[0], argv[1:]
-    if cmd == "train":
+    if cmd in ("train", "sweep"):
         for note in _config.repeated_keys(rest):
             print(f"resdepth: note: {note}", file=sys.stderr, flush=True)
+    if cmd == "train":
         _hydra(rest)
     elif cmd == "sweep":
         from .sweep import sweep

@@ -121,10 +121,15 @@ def semantic_config(cfg: DictConfig | dict) -> dict:
         for p in parents:
             node = node.get(p, {})
         node.pop(last, None)
-    model = out.get("model", {})
-    if model.get("block") == "plain" and "shortcut" in model:  # no shortcuts: A and B build the very same net
-        model["shortcut"] = "A"
+    if "model" in out:
+        out["model"] = the_net(out["model"])
     return out
+
+
+def the_net(model: dict) -> dict:
+    """The model config with what cannot change the net made canonical: a plain net has no shortcuts, so under
+    shortcut A or B it is the very same net (and the same run)."""
+    return {**model, "shortcut": "A"} if model.get("block") == "plain" and "shortcut" in model else model
 
 
 def config_hash(cfg: DictConfig | dict, without: tuple[str, ...] = ("seed",)) -> str:

@@ -30,7 +30,7 @@ from omegaconf import OmegaConf
 from . import results as rec
 from .config import CONF_DIR
 from .config import compose as compose_configs
-from .config import one_line_error, repeated_keys
+from .config import one_line_error
 
 SWEEP_USAGE = """usage: resdepth sweep [--plan] [KEY=VALUE ...]
 
@@ -171,8 +171,6 @@ def sweep(overrides: list[str], launch: Callable[[list[str]], None]) -> int:
         print(f"resdepth: error: resdepth sweep takes KEY=VALUE overrides and --plan only, not {flags[0]!r} "
               f"(resdepth sweep --help; `resdepth train ... --cfg job` prints one run's config)", file=sys.stderr)
         return 2
-    for note in repeated_keys(overrides):
-        print(f"resdepth: note: {note}", file=sys.stderr, flush=True)
     given = overrides
     try:
         overrides = longest_first(overrides)

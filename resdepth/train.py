@@ -30,7 +30,7 @@ from omegaconf import DictConfig
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from . import results as rec
-from .config import REPO_ROOT, Config, config_hash, semantic_config, to_plain
+from .config import REPO_ROOT, Config, config_hash, semantic_config, the_net, to_plain
 from .data import DataModule
 from .models import check_depth, count_parameters
 from .system import System, warmup_enabled
@@ -324,8 +324,8 @@ def train(cfg: DictConfig | dict) -> dict:
     """
     cfg = to_plain(cfg) if isinstance(cfg, DictConfig) else cfg
     validate(cfg)
-    if cfg["model"]["block"] == "plain" and cfg["model"]["shortcut"] != "A":
-        cfg = {**cfg, "model": {**cfg["model"], "shortcut": "A"}}
+    if the_net(cfg["model"]) != cfg["model"]:
+        cfg = {**cfg, "model": the_net(cfg["model"])}
         print(f"[{label(cfg)}] note: a plain net has no shortcuts, so model.shortcut does not change it: "
               f"this is the same run as shortcut A", flush=True)
     run_dir = Path(cfg["run_dir"])
