@@ -31,12 +31,17 @@ class Shortcut(str, Enum):
     B = "B"
 
 
-class DataKind(str, Enum):
-    cifar10 = "cifar10"
-    cifar100 = "cifar100"
-    fashion_mnist = "fashion_mnist"
-    image_folder = "image_folder"
-    synthetic = "synthetic"
+# Choices that are not identifiers ("32-true") use Enum's functional form; OmegaConf matches a value by name
+# (and an int such as precision 32 by value), so Hydra itself rejects anything else with the allowed list.
+Precision = Enum("Precision", [("auto", "auto"), ("32-true", "32-true"), ("32", 32), ("bf16-mixed", "bf16-mixed"),
+                               ("16-mixed", "16-mixed")])
+Accelerator = Enum("Accelerator", [(name, name) for name in ("auto", "cpu", "gpu", "cuda")])
+CompileMode = Enum("CompileMode", [(name, name) for name in
+                                   ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")])
+# auto | true | false settings (trainer.cuda_graph, optim.warmup) stay strings in the schema: OmegaConf refuses a
+# bool for an Enum field, and `trainer.cuda_graph=false` on the shell is a bool. AUTO_BOOL is their allowed list,
+# checked by choice() when a config is composed (train, sweep and --cfg alike).
+AUTO_BOOL = ("auto", "true", "false")
 
 
 @dataclass
@@ -49,7 +54,7 @@ class ModelConfig:
 @dataclass
 class DataConfig:
     name: str = MISSING  # label used in run directories and tables
-    kind: DataKind = MISSING
+    kind: str = MISSING  # a loader registered in data.DATASETS
     root: str = MISSING  # cifar10/cifar100/fashion_mnist: folder holding cifar-10-batches-py, FashionMNIST/raw
     path: Optional[str] = MISSING  # image_folder: a folder or .tar/.tar.gz with train/<class>/*, test/<class>/*
     download: bool = MISSING
@@ -59,6 +64,7 @@ class DataConfig:
     train_size: int = MISSING  # synthetic only
     test_size: int = MISSING  # synthetic only
     num_classes: int = MISSING  # synthetic only
+    pad: int = MISSING  # pixels of zero padding on each side before the random crop (the paper: 4)
 
 
 @dataclass
@@ -69,10 +75,13 @@ class OptimConfig:
     batch_size: int = MISSING
     milestones: List[int] = MISSING
     gamma: float = MISSING
-    warmup: str = MISSING  # auto | true | false
+    warmup: str = MISSING  # auto | true | false (AUTO_BOOL)
+    warmup_depth: int = MISSING  # warmup=auto warms up nets of this depth and deeper
     warmup_lr: float = MISSING
     warmup_until_error: float = MISSING  # fraction
     warmup_window: int = MISSING  # steps averaged for the warm-up test
+    warmup_max_steps: int = MISSING  # the warm-up ends here at the latest (0: no bound)
+    bn_batch: int = MISSING  # images per batch-norm group in training (0: the whole batch)
 
 
 @dataclass
@@ -80,13 +89,14 @@ class TrainerConfig:
     max_steps: int = MISSING
     eval_every: int = MISSING
     checkpoint_every: int = MISSING  # 0: same as eval_every
-    accelerator: str = MISSING
-    precision: str = MISSING  # auto: bf16-mixed where the device computes in bf16 natively, else 32-true
+    accelerator: Accelerator = MISSING
+    precision: Precision = MISSING  # auto: bf16-mixed where the device computes in bf16 natively, else 32-true
     channels_last: bool = MISSING
     compile: bool = MISSING
-    compile_mode: str = MISSING
-    cuda_graph: str = MISSING  # auto | true | false
+    compile_mode: CompileMode = MISSING
+    cuda_graph: str = MISSING  # auto | true | false (AUTO_BOOL)
     progress: bool = MISSING
+    eval_batch_size: int = MISSING  # images per forward pass when a record evaluates (memory, not results)
 
 
 @dataclass
@@ -104,23 +114,80 @@ class Config:
 # Keys that change where and how a run is shown or executed, never what it computes: left out of the run's hash.
 # (trainer.cuda_graph replays the very same operations.)
 NON_SEMANTIC = ("results_root", "run_dir", "experiment_name", "trainer.progress", "trainer.checkpoint_every",
-                "trainer.cuda_graph",
+                "trainer.cuda_graph", "trainer.eval_batch_size",
                 "data.cache_dir", "data.download", "data.root")
+
+# How a run directory keeps its name (<dataset>/<block>-<depth>/seed<k>-<hash>) when settings are added:
+# 1. A setting added after runs exist is hashed only where it differs from LEGACY, the value that does what resdepth
+#    did before the setting existed. So a new setting whose default keeps today's behaviour renames nothing, and
+#    old runs are still found to skip or resume. Every new setting gets an entry here.
+# 2. What cannot change a run is hashed at one canonical value: a plain net's shortcut (it has none) as A, and the
+#    warm-up settings of a net that does not warm up at their LEGACY values. So changing a warm-up default renames
+#    only the runs that warm up.
+# tests/test_config.py pins the names of the paper's and the demo's run directories.
+LEGACY = {
+    "optim.warmup_depth": 110,
+    "optim.warmup_max_steps": 0,
+    "optim.bn_batch": 0,
+    "data.pad": 4,
+}
+WARMUP_LEGACY = {"optim.warmup_lr": 0.01, "optim.warmup_until_error": 0.8, "optim.warmup_window": 20}
+
+
+def choice(key: str, value, allowed: tuple[str, ...]) -> str:
+    """value as one of `allowed` (lower-cased: `true` on the shell is a bool); ValueError naming key and choices."""
+    text = str(getattr(value, "name", value)).lower()
+    if text not in allowed:
+        raise ValueError(f"{key}={value!r} is not one of {', '.join(allowed)}")
+    return text
+
+
+def warms_up(optim: dict, depth: int) -> bool:
+    """optim.warmup: auto (on for depth >= optim.warmup_depth, the paper's ResNet-110) | true | false."""
+    value = choice("optim.warmup", optim["warmup"], AUTO_BOOL)
+    return depth >= int(optim.get("warmup_depth", LEGACY["optim.warmup_depth"])) if value == "auto" else \
+        value == "true"
+
+
+def _pop(node: dict, dotted: str):
+    *parents, last = dotted.split(".")
+    for p in parents:
+        node = node.get(p, {})
+    return node.pop(last, None)
+
+
+def _put(node: dict, dotted: str, value) -> None:
+    *parents, last = dotted.split(".")
+    for p in parents:
+        node = node.get(p, {})
+    if last in node:
+        node[last] = value
 
 
 def semantic_config(cfg: DictConfig | dict) -> dict:
-    """The resolved config minus the Hydra node and the keys in NON_SEMANTIC: what defines a run's result."""
+    """What defines a run's result, as hashed into its directory's name: the resolved config minus the Hydra node
+    and NON_SEMANTIC, with the rules above (LEGACY values left out, unusable settings made canonical)."""
     if isinstance(cfg, DictConfig):
         keys = [k for k in cfg.keys() if k not in ("hydra", "run_dir")]
         cfg = OmegaConf.to_container(OmegaConf.masked_copy(cfg, keys), resolve=True, enum_to_str=True)
     out = json.loads(json.dumps(cfg, default=str))
     out.pop("hydra", None)
     for dotted in NON_SEMANTIC:
+        _pop(out, dotted)
+    if "optim" in out and "model" in out and not warms_up(out["optim"], out["model"]["depth"]):
+        for dotted, value in WARMUP_LEGACY.items():
+            _put(out, dotted, value)
+        _pop(out, "optim.warmup_max_steps")
+        _pop(out, "optim.warmup_depth")
+    elif "optim" in out and str(out["optim"].get("warmup")).lower() != "auto":
+        _pop(out, "optim.warmup_depth")  # only auto reads it
+    for dotted, value in LEGACY.items():
         node = out
         *parents, last = dotted.split(".")
         for p in parents:
             node = node.get(p, {})
-        node.pop(last, None)
+        if last in node and node[last] == value:
+            del node[last]
     if "model" in out:
         out["model"] = the_net(out["model"])
     return out
