@@ -19,6 +19,7 @@ Prints a table and writes bench.json.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import platform
@@ -32,11 +33,19 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .results import atomic_write_text
+from .rundir import atomic_write_text
 
-PAPER_DEPTHS = (20, 32, 44, 56, 110)
-PAPER_STEPS = 64_000
-PAPER_RECORDS = 64
+
+@functools.cache
+def paper_sweep() -> dict:
+    """The paper's sweep as conf/ defines it (experiment=paper): its depths, iterations and records per run."""
+    from .config import compose
+    from .sweep import expand_grid
+
+    cfg = compose(["experiment=paper"])[0]
+    depths = sorted({int(dict(o.split("=", 1) for o in job)["model.depth"]) for job in expand_grid([])})
+    return {"depths": depths, "steps": cfg["trainer"]["max_steps"],
+            "records": cfg["trainer"]["max_steps"] // cfg["trainer"]["eval_every"]}
 
 
 def _sync(device: torch.device) -> None:
@@ -49,7 +58,7 @@ def bench_config(args, depth: int, block: str, steps: int) -> dict:
     from .config import compose
 
     overrides = [f"data={args.data}", f"model.depth={depth}", f"model.block={block}",
-                 f"optim.batch_size={args.batch_size}", f"trainer.max_steps={steps}",
+                 f"optim.batch_size={args.batch_size}", f"optim.bn_batch={args.bn_batch}", f"trainer.max_steps={steps}",
                  f"trainer.eval_every={steps}", f"trainer.precision={args.precision}",
                  f"trainer.compile={str(args.compile).lower()}", f"trainer.compile_mode={args.compile_mode}",
                  f"trainer.cuda_graph={args.cuda_graph}", f"trainer.accelerator={args.accelerator}",
@@ -109,8 +118,8 @@ def time_minimal(cfg: dict, warmup: int, steps: int, device: torch.device) -> di
     """The same network, data and augmentation in a hand-written loop: no Lightning, no metrics."""
     from .data import DataModule, TrainBatches
     from .models import cifar_resnet
+    from .device import resolve_device, use_cuda_graph
     from .system import WholeStep
-    from .train import resolve_device, use_cuda_graph
 
     data = DataModule(cfg["data"], batch_size=cfg["optim"]["batch_size"], seed=0).load().to(device)
     m, o, t = cfg["model"], cfg["optim"], cfg["trainer"]
@@ -125,7 +134,7 @@ def time_minimal(cfg: dict, warmup: int, steps: int, device: torch.device) -> di
     bf16 = precision == "bf16-mixed"
     graphed = use_cuda_graph(t, accelerator, precision)
     whole = WholeStep(forward, opt, bf16) if graphed else None
-    batches = iter(TrainBatches(data.train, o["batch_size"], seed=0))
+    batches = iter(TrainBatches(data.train, o["batch_size"], seed=0, pad=data.cfg["pad"]))
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     for i in range(warmup + steps):
@@ -247,12 +256,12 @@ def _linear(d: int, xs: list[int], ys: list[float]) -> float:
 def run_seconds(ms: dict[int, float], eval_s: dict[int, float]) -> list[float]:
     """Seconds of each run of the paper's sweep alone (64k iterations, 64 test evaluations), in the order
     `resdepth sweep` starts them: deepest first, plain then residual."""
-    xs = sorted(ms)
+    xs, paper = sorted(ms), paper_sweep()
     out = []
-    for d in sorted(PAPER_DEPTHS, reverse=True):
+    for d in sorted(paper["depths"], reverse=True):
         step_s = _linear(d, xs, [ms[x] for x in xs]) / 1e3
         eval_once = _linear(d, xs, [eval_s[x] for x in xs]) if eval_s else 0.0
-        out += 2 * [PAPER_STEPS * step_s + PAPER_RECORDS * eval_once]
+        out += 2 * [paper["steps"] * step_s + paper["records"] * eval_once]
     return out
 
 
@@ -281,13 +290,14 @@ def project_sweep_at_once(seconds: list[float], speedup: dict[int, float], k: in
     return t
 
 
-def bench_cli(argv: list[str]) -> int:
-    cuda = torch.cuda.is_available()
+def _parser(cuda: bool) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="resdepth bench", description=__doc__.split("\n\n")[0])
     p.add_argument("--depths", default="20,56,110" if cuda else "20,56", help="comma list of depths 6n+2")
     p.add_argument("--blocks", default="residual", help="comma list: plain,residual")
     p.add_argument("--pipelines", default="ours,minimal,conventional", help="comma list of those to time")
     p.add_argument("--batch-size", type=int, default=128, help="images per step (the paper: 128)")
+    p.add_argument("--bn-batch", type=int, default=0,
+                   help="images per batch-norm group in training (optim.bn_batch; 0: the whole batch)")
     p.add_argument("--steps", type=int, default=200 if cuda else 20, help="timed iterations per measurement")
     p.add_argument("--warmup", type=int, default=30 if cuda else 5, help="untimed iterations first")
     p.add_argument("--precision", default="auto", help="auto | 32-true | bf16-mixed")
@@ -303,7 +313,12 @@ def bench_cli(argv: list[str]) -> int:
     p.add_argument("--out", default="bench.json", help="the JSON written (an earlier one there is kept, renamed)")
     p.add_argument("--quiet", action="store_true", help="print nothing but errors")
     p.add_argument("--barrier", default=None, help=argparse.SUPPRESS)  # DIR:K, set for the concurrent children
-    args = p.parse_args(argv)
+    return p
+
+
+def bench_cli(argv: list[str]) -> int:
+    cuda = torch.cuda.is_available()
+    args = _parser(cuda).parse_args(argv)
     args.compile = args.compile == "true"
     try:
         depths, blocks, pipelines, ks = _check_options(args, cuda)
@@ -314,29 +329,10 @@ def bench_cli(argv: list[str]) -> int:
         _keep_earlier(Path(args.out))
     say = (lambda *a: None) if args.quiet else (lambda *a: print(*a, flush=True))
 
-    rows = []
-    device = None
+    rows, device = [], None
     for depth in depths:
         for block in blocks:
-            cfg = bench_config(args, depth, block, args.warmup + args.steps)
-            row = {"depth": depth, "block": block, "batch_size": args.batch_size}
-            if "ours" in pipelines:
-                r = time_ours(cfg, args.warmup, args.steps, args.barrier)
-                device = r.pop("device")
-                row.update({f"ours_{k}": v for k, v in r.items()})
-            device = device or torch.device("cuda" if cuda and args.accelerator != "cpu" else "cpu")
-            if "minimal" in pipelines:
-                row.update({f"minimal_{k}": v for k, v in time_minimal(cfg, args.warmup, args.steps, device).items()})
-            if "conventional" in pipelines:
-                row.update({f"conventional_{k}": v for k, v in
-                            time_conventional(cfg, args.warmup, args.steps, device, args.workers).items()})
-            for name in ("ours", "minimal", "conventional"):
-                if f"{name}_ms_per_step" in row:
-                    row[f"{name}_images_per_s"] = args.batch_size * 1e3 / row[f"{name}_ms_per_step"]
-            if "ours_ms_per_step" in row and "minimal_ms_per_step" in row:
-                row["lightning_overhead"] = row["ours_ms_per_step"] / row["minimal_ms_per_step"] - 1
-            if "ours_ms_per_step" in row and "conventional_ms_per_step" in row:
-                row["speedup_vs_conventional"] = row["conventional_ms_per_step"] / row["ours_ms_per_step"]
+            row, device = measure(args, depth, block, pipelines, device)
             rows.append(row)
             say(_row_line(row))
             _write(args, device, argv, rows)  # after every row, so an interrupted bench keeps what it measured
@@ -347,27 +343,56 @@ def bench_cli(argv: list[str]) -> int:
     if ours:
         out["projected_paper_sweep_s"] = project_sweep(ours, evals)
     if ks and ours:
-        depth = 56 if 56 in depths else depths[0]
-        out["concurrent"] = [concurrent(args, k, depth) for k in ks]
-        base = next((c["images_per_s"] for c in out["concurrent"] if c.get("k") == 1 and "images_per_s" in c), None)
-        speedup = {c["k"]: c["images_per_s"] / base for c in out["concurrent"] if base and "images_per_s" in c}
-        for c in out["concurrent"]:
-            if c["k"] in speedup:
-                c["speedup_vs_k1"] = speedup[c["k"]]
-                if "projected_paper_sweep_s" in out:  # the paper's sweep with k runs at once, deepest first
-                    c["projected_paper_sweep_s"] = project_sweep_at_once(run_seconds(ours, evals), speedup, c["k"])
-            _save(args.out, out)
-            say(f"  k={c['k']} concurrent runs of depth {c.get('depth')}: "
-                + (f"{c['images_per_s']:,.0f} images/s in all ({c.get('speedup_vs_k1', 1):.2f}x k=1)"
-                   if "images_per_s" in c else f"error: {c['error']}")
-                + (f"; paper sweep with {c['k']} at once: {c['projected_paper_sweep_s'] / 60:.0f} min"
-                   if "projected_paper_sweep_s" in c else ""))
+        at_once(args, out, ks, 56 if 56 in depths else depths[0], run_seconds(ours, evals), say)
     _save(args.out, out)
     if "projected_paper_sweep_s" in out:
         say(f"projected full paper sweep (10 nets x 64k iterations, one at a time) on {out['device']}, "
             f"{out['precision_used']}: {out['projected_paper_sweep_s'] / 3600:.2f} h")
     say(f"wrote {args.out}")
     return 0
+
+
+def measure(args, depth: int, block: str, pipelines: list[str], device) -> tuple[dict, torch.device]:
+    """One row of the table: each pipeline's ms/step at this depth and block, and their ratios."""
+    cfg = bench_config(args, depth, block, args.warmup + args.steps)
+    row = {"depth": depth, "block": block, "batch_size": args.batch_size}
+    if "ours" in pipelines:
+        r = time_ours(cfg, args.warmup, args.steps, args.barrier)
+        device = r.pop("device")
+        row.update({f"ours_{k}": v for k, v in r.items()})
+    device = device or torch.device("cuda" if torch.cuda.is_available() and args.accelerator != "cpu" else "cpu")
+    if "minimal" in pipelines:
+        row.update({f"minimal_{k}": v for k, v in time_minimal(cfg, args.warmup, args.steps, device).items()})
+    if "conventional" in pipelines:
+        row.update({f"conventional_{k}": v for k, v in
+                    time_conventional(cfg, args.warmup, args.steps, device, args.workers).items()})
+    for name in ("ours", "minimal", "conventional"):
+        if f"{name}_ms_per_step" in row:
+            row[f"{name}_images_per_s"] = args.batch_size * 1e3 / row[f"{name}_ms_per_step"]
+    if "ours_ms_per_step" in row and "minimal_ms_per_step" in row:
+        row["lightning_overhead"] = row["ours_ms_per_step"] / row["minimal_ms_per_step"] - 1
+    if "ours_ms_per_step" in row and "conventional_ms_per_step" in row:
+        row["speedup_vs_conventional"] = row["conventional_ms_per_step"] / row["ours_ms_per_step"]
+    return row, device
+
+
+def at_once(args, out: dict, ks: list[int], depth: int, seconds: list[float], say) -> None:
+    """k runs of `depth` at once for each k: aggregate images/s, speed-up over one, and the paper's sweep with k
+    at once (`seconds`: each run alone), into out["concurrent"]."""
+    out["concurrent"] = [concurrent(args, k, depth) for k in ks]
+    base = next((c["images_per_s"] for c in out["concurrent"] if c.get("k") == 1 and "images_per_s" in c), None)
+    speedup = {c["k"]: c["images_per_s"] / base for c in out["concurrent"] if base and "images_per_s" in c}
+    for c in out["concurrent"]:
+        if c["k"] in speedup:
+            c["speedup_vs_k1"] = speedup[c["k"]]
+            if "projected_paper_sweep_s" in out:  # the paper's sweep with k runs at once, deepest first
+                c["projected_paper_sweep_s"] = project_sweep_at_once(seconds, speedup, c["k"])
+        _save(args.out, out)
+        say(f"  k={c['k']} concurrent runs of depth {c.get('depth')}: "
+            + (f"{c['images_per_s']:,.0f} images/s in all ({c.get('speedup_vs_k1', 1):.2f}x k=1)"
+               if "images_per_s" in c else f"error: {c['error']}")
+            + (f"; paper sweep with {c['k']} at once: {c['projected_paper_sweep_s'] / 60:.0f} min"
+               if "projected_paper_sweep_s" in c else ""))
 
 
 def _int_list(option: str, value: str, allowed: str) -> list[int]:
@@ -379,14 +404,13 @@ def _int_list(option: str, value: str, allowed: str) -> list[int]:
 
 def _check_options(args, cuda: bool) -> tuple[list[int], list[str], list[str], list[int]]:
     """Every option checked before anything is measured or written; ValueError with a one-line message."""
-    from hydra.errors import HydraException
-    from omegaconf.errors import OmegaConfBaseException
-
-    from .config import one_line_error
-    from .data import DataModule, DatasetError
+    from .config import Accelerator, CompileMode, Precision, choice
     from .models import check_depth
-    from .train import resolve_device, validate
 
+    for option, value, enum in (("--precision", args.precision, Precision),
+                                ("--accelerator", args.accelerator, Accelerator),
+                                ("--compile-mode", args.compile_mode, CompileMode)):
+        choice(option, value, tuple(enum.__members__))
     depths = _int_list("--depths", args.depths, "depths 6n+2 (20,56,110)")
     for d in depths:
         check_depth(d)
@@ -406,9 +430,24 @@ def _check_options(args, cuda: bool) -> tuple[list[int], list[str], list[str], l
             raise ValueError(f"{option}={value} must be a positive integer")
     if args.workers < 0:
         raise ValueError(f"--workers={args.workers}: must be >= 0 (0: load in the main process)")
+    _check_config(args, depths[0], blocks[0])
+    return depths, blocks, pipelines, [k for k in ks if k > 0]
+
+
+def _check_config(args, depth: int, block: str) -> None:
+    """The run config the options make, checked as `resdepth train` checks it, its dataset loaded once, and --out;
+    sets args.precision_used (what precision auto means on this device)."""
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    from .config import one_line_error, validate
+    from .data import DataModule, DatasetError
+    from .device import check, resolve_device
+
     try:  # the same checks as `resdepth train`: --data, --precision, --accelerator, --compile-mode
-        cfg = bench_config(args, depths[0], blocks[0], args.warmup + args.steps)
+        cfg = bench_config(args, depth, block, args.warmup + args.steps)
         validate(cfg)
+        check(cfg["trainer"])
         args.precision_used = resolve_device(cfg["trainer"])[1]  # what auto means on this device
     except (HydraException, OmegaConfBaseException, ValueError) as e:
         message = str(e) if isinstance(e, ValueError) else f"--data={args.data}: {one_line_error(e)}"
@@ -422,7 +461,6 @@ def _check_options(args, cuda: bool) -> tuple[list[int], list[str], list[str], l
         DataModule(cfg["data"], batch_size=args.batch_size, seed=0).load()
     except DatasetError as e:
         raise ValueError(str(e).replace("optim.batch_size=", "--batch-size=")) from None
-    return depths, blocks, pipelines, [k for k in ks if k > 0]
 
 
 def _existing_parent(path: Path) -> Path:

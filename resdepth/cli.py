@@ -37,7 +37,7 @@ def _clean_up_refused(run_dir: Path, *, record_only: bool = False) -> None:
     checks. A refused command trained nothing there: its record goes (the run's earlier records stay), and a
     directory left with nothing else goes too (not with `record_only`), unless another process holds its lock
     (it is starting that run right now)."""
-    from .train import RunBusy, lock_run
+    from .rundir import RunBusy, lock_run
 
     subdir = HydraConfig.get().output_subdir  # the same time stamp as Hydra's: ${now:} is resolved once
     if subdir:
@@ -66,7 +66,7 @@ def _clean_up_refused(run_dir: Path, *, record_only: bool = False) -> None:
 @hydra.main(version_base="1.3", config_path=str(_config.CONF_DIR), config_name="config")
 def hydra_task(cfg: DictConfig):
     from .data import DatasetError
-    from .results import read_json
+    from .rundir import read_json
     from .sweep import SWEEP_PLAN_ENV, sweep_progress
     from .train import RunBusy, RunConflict, train
 
@@ -101,10 +101,30 @@ def hydra_task(cfg: DictConfig):
         _fail(f"run failed: {type(e).__name__}: {e} (traceback in {cfg.run_dir}/error.txt)", 1)
 
 
+def _check_printed_config(argv: list[str]) -> None:
+    """`--cfg job|hydra|all` prints the config without running the task: check it first, as a run would (Hydra's
+    schema checks types and most choices; auto|true|false choices and ranges are resdepth's own)."""
+    if not {"--cfg", "-c"} & set(argv) or "--multirun" in argv or "-m" in argv:
+        return
+    flags = {i for i, a in enumerate(argv) if a.startswith("-")}
+    flags |= {i + 1 for i in flags if argv[i] in ("--cfg", "-c", "--package", "-p", "--config-name", "-cn",
+                                                     "--config-path", "-cp", "--config-dir", "-cd")}
+    overrides = [a for i, a in enumerate(argv) if i not in flags and not a.startswith("hydra")]
+    try:
+        cfg = _config.compose(overrides)[0]
+    except Exception:  # Hydra's own errors: Hydra reports them below, as for any command
+        return
+    try:
+        _config.validate(cfg)
+    except ValueError as e:
+        _fail(str(e))
+
+
 def _hydra(argv: list[str]) -> None:
     """Run the Hydra app. Hydra prints its own errors (a bad key, type or group option) over several lines; here
     Hydra raises them instead (HYDRA_FULL_ERROR) and they become one line, exit 2. A user who sets
     HYDRA_FULL_ERROR=1 gets Hydra's full traceback as usual."""
+    _check_printed_config(argv)
     sys.argv = ["resdepth", *argv]
     if os.environ.get("HYDRA_FULL_ERROR"):
         return hydra_task()

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from enum import Enum
 from pathlib import Path
 from typing import Any, List, Optional
@@ -17,13 +17,14 @@ from typing import Any, List, Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
+from .models import BLOCKS
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 CONF_DIR = REPO_ROOT / "conf"
 
 
-class Block(str, Enum):
-    plain = "plain"
-    residual = "residual"
+# model.block's choices are the block kinds registered in models.BLOCKS, so Hydra's error lists what is registered.
+Block = Enum("Block", [(name, name) for name in BLOCKS], type=str)
 
 
 class Shortcut(str, Enum):
@@ -149,6 +150,14 @@ def warms_up(optim: dict, depth: int) -> bool:
         value == "true"
 
 
+def _warms_up_or_unknown(cfg: dict) -> bool:
+    """warms_up for the hash: a bad optim.warmup (validate refuses it with its message) hashes everything."""
+    try:
+        return warms_up(cfg["optim"], cfg["model"]["depth"])
+    except (ValueError, TypeError, KeyError):
+        return True
+
+
 def _pop(node: dict, dotted: str):
     *parents, last = dotted.split(".")
     for p in parents:
@@ -174,7 +183,7 @@ def semantic_config(cfg: DictConfig | dict) -> dict:
     out.pop("hydra", None)
     for dotted in NON_SEMANTIC:
         _pop(out, dotted)
-    if "optim" in out and "model" in out and not warms_up(out["optim"], out["model"]["depth"]):
+    if "optim" in out and "model" in out and not _warms_up_or_unknown(out):
         for dotted, value in WARMUP_LEGACY.items():
             _put(out, dotted, value)
         _pop(out, "optim.warmup_max_steps")
@@ -197,6 +206,62 @@ def the_net(model: dict) -> dict:
     """The model config with what cannot change the net made canonical: a plain net has no shortcuts, so under
     shortcut A or B it is the very same net (and the same run)."""
     return {**model, "shortcut": "A"} if model.get("block") == "plain" and "shortcut" in model else model
+
+
+def validate(cfg: dict) -> None:
+    """Raise ValueError with a one-line message naming the bad value and what is allowed (what Hydra's schema
+    cannot check: ranges, auto|true|false choices, the depth)."""
+    from .data import check_kind
+    from .models import check_depth
+
+    known = [f.name for f in fields(Config)]
+    for key in cfg:
+        if key not in known:  # `+key=value` adds a top-level key that nothing reads but the run's hash
+            raise ValueError(f"unknown setting {key!r} (added with +{key}=...); the config has {', '.join(known)}")
+    check_depth(cfg["model"]["depth"])
+    warms_up(cfg["optim"], cfg["model"]["depth"])
+    choice("trainer.cuda_graph", cfg["trainer"]["cuda_graph"], AUTO_BOOL)
+    if not 0 <= cfg["seed"] < 2**32:  # what numpy and Lightning accept (their own message does not name the key)
+        raise ValueError(f"seed={cfg['seed']} must be in [0, {2**32 - 1}]")
+    for key, value, ok, allowed in _ranges(cfg):
+        if not ok:  # `not ok` also catches nan
+            raise ValueError(f"{key}={value} must be {allowed}")
+    m = cfg["optim"]["milestones"]
+    if any(s < 0 for s in m) or any(a >= b for a, b in zip(m, m[1:])):
+        raise ValueError(f"optim.milestones={m} must be increasing iterations >= 0")
+    d = cfg["data"]
+    check_kind(d["kind"])
+    if d["kind"] == "synthetic":  # sizes the generator is given; real datasets take theirs from the files
+        for key, least in (("train_size", 2), ("test_size", 1), ("num_classes", 2)):
+            if d[key] < least:
+                raise ValueError(f"data.{key}={d[key]} must be >= {least} for data=synthetic")
+
+
+def _ranges(cfg: dict) -> list[tuple]:
+    """(key, value, whether it is allowed, what is allowed) of every setting with a range."""
+    o, t, d = cfg["optim"], cfg["trainer"], cfg["data"]
+    positive = "a positive integer"
+    return [
+        ("trainer.max_steps", t["max_steps"], t["max_steps"] >= 1, positive),
+        ("trainer.eval_every", t["eval_every"], t["eval_every"] >= 1, positive),
+        ("optim.batch_size", o["batch_size"], o["batch_size"] >= 1, positive),
+        ("optim.warmup_window", o["warmup_window"], o["warmup_window"] >= 1, positive),
+        ("trainer.checkpoint_every", t["checkpoint_every"], t["checkpoint_every"] >= 0,
+         ">= 0 (0: same as eval_every)"),
+        ("optim.lr", o["lr"], o["lr"] > 0, "> 0"),
+        ("optim.momentum", o["momentum"], 0 <= o["momentum"] < 1, "in [0, 1)"),
+        ("optim.weight_decay", o["weight_decay"], o["weight_decay"] >= 0, ">= 0"),
+        ("optim.gamma", o["gamma"], 0 < o["gamma"] <= 1, "in (0, 1]: the lr is multiplied by it at each milestone"),
+        ("optim.warmup_lr", o["warmup_lr"], o["warmup_lr"] > 0, "> 0"),
+        ("optim.warmup_until_error", o["warmup_until_error"], 0 <= o["warmup_until_error"] <= 1,
+         "a fraction in [0, 1] (0: warm up until the first milestone)"),
+        ("optim.warmup_max_steps", o["warmup_max_steps"], o["warmup_max_steps"] >= 0, ">= 0 (0: no bound)"),
+        ("optim.bn_batch", o["bn_batch"], o["bn_batch"] >= 0, ">= 0 (0: the whole batch)"),
+        ("data.val_size", d["val_size"], d["val_size"] >= 0, ">= 0 (0: no validation split)"),
+        ("data.test_subset", d["test_subset"], d["test_subset"] >= 0, ">= 0 (0: the whole test set)"),
+        ("data.pad", d["pad"], d["pad"] >= 0, ">= 0 (pixels)"),
+        ("trainer.eval_batch_size", t["eval_batch_size"], t["eval_batch_size"] >= 1, positive),
+    ]
 
 
 def config_hash(cfg: DictConfig | dict, without: tuple[str, ...] = ("seed",)) -> str:

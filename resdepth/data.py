@@ -1,27 +1,34 @@
 """Datasets as uint8 tensors on the training device, and the paper's augmentation applied to whole batches.
 
-kinds: cifar10 / cifar100 / fashion_mnist (torchvision, md5-checked, downloaded when missing and the network
-allows; Fashion-MNIST is 28x28 grayscale, so its nets take one input channel and crop 28x28),
+Datasets are a registry, DATASETS: data.kind -> loader, where a loader is a function of the data config (a dict)
+that returns (train Split, test Split, class names). Registered here:
+cifar10 / cifar100 / fashion_mnist (torchvision, md5-checked, downloaded when missing and the network allows;
+Fashion-MNIST is 28x28 grayscale, so its nets take one input channel and crop 28x28),
 image_folder (train/<class>/*, test/<class>/* as a folder or .tar/.tar.gz; decoded once, cached as uint8),
 synthetic (generated, deterministic, learnable; no files).
+A new dataset is one loader, registered with register_dataset(kind, loader), plus one conf/data/<name>.yaml that
+extends _common and sets `kind: <kind>`; error messages list whatever is registered.
 
-Preprocessing as in the paper: per-pixel mean (computed on the training images) subtracted; for training, 4 zero
-pixels padded on each side and a random 32x32 crop of the padded image or of its horizontal flip, chosen per image.
+Preprocessing as in the paper: per-pixel mean (computed on the training images) subtracted; for training, data.pad
+zero pixels (the paper's 4) padded on each side and a random crop of the image's size from the padded image or from
+its horizontal flip, chosen per image.
 The whole data path is tensor operations on the device that holds the data: batches are index slices of a
 per-epoch permutation, with no DataLoader workers and no per-sample Python.
 """
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import io
+import json
 import os
 import sys
 import tarfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Iterator
+from typing import Any, Callable, Iterable, Iterator, Mapping
 
 import numpy as np
 import pytorch_lightning as pl
@@ -31,8 +38,14 @@ import torch.nn.functional as F
 from .config import REPO_ROOT
 
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")  # torchvision's
-PAD = 4  # pixels of zero padding on each side before the random crop
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: cache files named by their source as well, so a rebuilt one replaces the stale one
+# An image folder's file (or archive member) above this many bytes, on disk or decoded, is skipped unread: an
+# uncompressed 4096x4096 RGB bitmap is 48 MiB, far beyond the images these nets train on, while a stray video, disk
+# image or decompression bomb is larger.
+MAX_IMAGE_BYTES = 64 * 2**20
+# The most decoded uint8 image bytes one image folder may hold: they stay in memory (briefly twice, while they are
+# stacked) and then on the training device. 23x CIFAR-10's 184 MB; ImageNet at 32x32 (4.09e9 bytes) fits.
+MAX_DATASET_BYTES = 4 * 2**30
 # torchvision 0.29 deprecates its decoders in favour of TorchCodec; they are still the fastest here, and PIL is the
 # fallback for when they go (or fail on a format).
 warnings.filterwarnings("ignore", message="The image decoding and encoding capabilities of TorchVision",
@@ -53,6 +66,10 @@ class Split:
 
     def __len__(self) -> int:
         return len(self.labels)
+
+
+Loaded = tuple[Split, Split, list[str]]  # (train, test, class names)
+Loader = Callable[[Mapping[str, Any]], Loaded]  # data config -> Loaded
 
 
 def resolve_path(path: str) -> Path:
@@ -126,6 +143,10 @@ def load_fashion_mnist(root: str, download: bool) -> tuple[Split, Split, list[st
 
 # --------------------------------------------------------------------------------------------- image folder
 
+# One file of an image folder: (path parts inside it, name for messages, size in bytes, a function reading its bytes)
+Entry = tuple[tuple[str, ...], str, int, Callable[[], bytes]]
+Images = dict[str, list[tuple[str, torch.Tensor, str]]]  # split -> [(class, uint8 (3, H, W), name)]
+
 
 def _decode(data: bytes) -> torch.Tensor:
     """Decode one image file's bytes to uint8 (3, H, W)."""
@@ -137,7 +158,20 @@ def _decode(data: bytes) -> torch.Tensor:
         from PIL import Image  # formats torchvision.io cannot read (e.g. BMP, TIFF)
 
         with Image.open(io.BytesIO(data)) as im:
-            return torch.from_numpy(np.asarray(im.convert("RGB"))).permute(2, 0, 1).contiguous()
+            return torch.from_numpy(np.array(im.convert("RGB"))).permute(2, 0, 1).contiguous()
+
+
+def _decoded_bytes(data: bytes) -> int:
+    """Bytes of the uint8 RGB image that `data` decodes to, read from its header alone; 0 where PIL cannot tell."""
+    from PIL import Image
+
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            return 3 * im.width * im.height
+    except Image.DecompressionBombError:  # PIL's own refusal, at about 179M pixels
+        return sys.maxsize
+    except Exception:  # a format PIL does not know: decoding will tell
+        return 0
 
 
 def _place(parts: tuple[str, ...]) -> tuple[str, str] | None:
@@ -150,72 +184,89 @@ def _place(parts: tuple[str, ...]) -> tuple[str, str] | None:
     return split, cls
 
 
-def _iter_folder(root: Path) -> Iterator[tuple[tuple[str, ...], str, bytes | None]]:
-    """(path parts, name, bytes) of the files under root; bytes only for those that could be images."""
+def _folder_files(root: Path) -> list[tuple[str, int, int]]:
+    """(POSIX path relative to root, size in bytes, mtime in ns) of every file under root, in reading order."""
+    files = []
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames.sort()
         for f in sorted(filenames):
             p = Path(dirpath) / f
             if p.is_file():
-                parts = p.relative_to(root).parts
-                yield parts, str(p), p.read_bytes() if _place(parts) else None
+                st = p.stat()
+                files.append((p.relative_to(root).as_posix(), st.st_size, st.st_mtime_ns))
+    return files
 
 
-def _iter_tar(path: Path) -> Iterator[tuple[tuple[str, ...], str, bytes | None]]:
-    """Members that could be images; never extracts anything to disk (links, devices, '..', absolute: skipped)."""
+def _folder_entries(root: Path, files: list[tuple[str, int, int]]) -> Iterator[Entry]:
+    for rel, size, _ in files:
+        path = root / rel
+        yield PurePosixPath(rel).parts, str(path), size, path.read_bytes
+
+
+def _tar_entries(path: Path) -> Iterator[Entry]:
+    """Regular-file members, read only when asked; never extracts anything to disk (links, devices, '..', absolute:
+    skipped)."""
     with tarfile.open(path, "r:*") as tar:
         for m in tar:
             parts = PurePosixPath(m.name).parts
             if not m.isfile() or m.name.startswith("/") or ".." in parts:
                 continue
-            parts = tuple(p for p in parts if p != ".")
-            data = tar.extractfile(m).read() if _place(parts) else None
-            yield parts, f"{path}:{m.name}", data
+            yield tuple(p for p in parts if p != "."), f"{path}:{m.name}", m.size, tar.extractfile(m).read
 
 
-def load_image_folder(path: str, cache_dir: str) -> tuple[Split, Split, list[str]]:
-    """Decode train/<class>/*, test/<class>/* once and cache the uint8 tensors (keyed by path, size, mtime)."""
-    src = resolve_path(path)
-    if not src.exists():
-        raise DatasetError(f"image_folder: data.path={path!r} not found (looked for {src}); give a folder or "
-                           f".tar/.tar.gz holding train/<class>/* and test/<class>/* images")
-    st = src.stat()
-    key = hashlib.sha256(f"{src.resolve()}|{st.st_size}|{st.st_mtime_ns}|{CACHE_VERSION}".encode()).hexdigest()[:16]
-    cache = Path(os.path.expanduser(cache_dir)) / f"image_folder-{src.name}-{key}.pt"
-    if cache.exists():
+def _warn_skipped(names: list[str], why: str) -> None:
+    if names:
+        warnings.warn(f"image_folder: skipped {len(names)} {why}: {', '.join(names[:3])}"
+                      + (", ..." if len(names) > 3 else ""))
+
+
+def _decode_all(src: Path, entries: Iterable[Entry]) -> Images:
+    """The images of train/<class>/* and test/<class>/*, in reading order. A file over MAX_IMAGE_BYTES is skipped
+    without being read (or decoded, if only its decoded size is over) and an unreadable one skipped, each named in
+    a warning; DatasetError when the decoded images pass MAX_DATASET_BYTES."""
+    images: Images = {"train": [], "test": []}
+    too_large: list[str] = []
+    unreadable: list[str] = []
+    total = 0  # decoded bytes held
+    for parts, name, size, read in entries:
+        place = _place(parts)
+        if place is None:
+            continue
+        if size > MAX_IMAGE_BYTES:  # known before reading: such a file must not reach memory
+            too_large.append(name)
+            continue
+        data = read()
+        if _decoded_bytes(data) > MAX_IMAGE_BYTES:
+            too_large.append(name)
+            continue
         try:
-            d = torch.load(cache, weights_only=True)
-            return Split(d["train_x"], d["train_y"]), Split(d["test_x"], d["test_y"]), list(d["classes"])
-        except Exception as e:  # a truncated or foreign cache file is rebuilt, not trusted
-            warnings.warn(f"ignoring unreadable cache {cache}: {e}")
+            img = _decode(data)
+        except Exception:
+            unreadable.append(name)
+            continue
+        total += img.numel()
+        if total > MAX_DATASET_BYTES:
+            raise DatasetError(f"image_folder: {src} holds more than {MAX_DATASET_BYTES:,} bytes "
+                               f"({MAX_DATASET_BYTES / 2**30:g} GiB) of decoded images, the most resdepth holds in "
+                               f"memory (data.MAX_DATASET_BYTES); passed at {name}")
+        images[place[0]].append((place[1], img, name))
+    _warn_skipped(too_large, f"file(s) over {MAX_IMAGE_BYTES >> 20} MiB on disk or decoded, far beyond any image "
+                             f"these nets train on (data.MAX_IMAGE_BYTES), unread")
+    _warn_skipped(unreadable, "unreadable image file(s)")
+    return images
 
-    is_archive = src.is_file()
-    if is_archive and not tarfile.is_tarfile(src):
-        raise DatasetError(f"image_folder: {src} is neither a folder nor a .tar/.tar.gz archive")
-    print(f"decoding {src} once (cached afterwards in {cache.parent}) ...", file=sys.stderr, flush=True)
-    images: dict[str, list[tuple[str, torch.Tensor, str]]] = {"train": [], "test": []}  # (class, image, name)
-    skipped: list[str] = []
-    try:
-        items = _iter_tar(src) if is_archive else _iter_folder(src)
-        for parts, name, data in items:
-            place = _place(parts)
-            if place is None:
-                continue
-            try:
-                img = _decode(data)
-            except Exception:
-                skipped.append(name)
-                continue
-            images[place[0]].append((place[1], img, name))
-    except (tarfile.TarError, EOFError, OSError) as e:
-        raise DatasetError(f"image_folder: cannot read {src}: {type(e).__name__}: {e}") from None
-    if skipped:
-        warnings.warn(f"image_folder: skipped {len(skipped)} unreadable image file(s), first: {skipped[0]}")
+
+def _assemble(src: Path, images: Images) -> Loaded:
+    """The stacked splits, labelled by the sorted training class folders; DatasetError for a missing split, fewer
+    than 2 classes, a test class without training images, or images of different sizes."""
     for split in ("train", "test"):
         if not images[split]:
             raise DatasetError(f"image_folder: {src} has no {split}/<class>/<image> files; expected "
                                f"train/<class>/* and test/<class>/* (ImageFolder layout)")
     classes = sorted({c for c, _, _ in images["train"]})
+    if len(classes) < 2:
+        raise DatasetError(f"image_folder: {src} has 1 class in train/ ({classes[0]}); a classifier needs at least 2, "
+                           f"one folder of images each (train/<class>/*)")
     extra = sorted({c for c, _, _ in images["test"]} - set(classes))
     if extra:
         raise DatasetError(f"image_folder: test classes {extra} in {src} have no training images")
@@ -230,12 +281,68 @@ def load_image_folder(path: str, cache_dir: str) -> tuple[Split, Split, list[str
         x = torch.stack([img for _, img, _ in images[split]])
         y = torch.tensor([index[c] for c, _, _ in images[split]])
         splits.append(Split(x, y))
+    return splits[0], splits[1], classes
+
+
+def _cache_file(src: Path, files: list[tuple[str, int, int]] | None, cache_dir: str) -> Path:
+    """Where src's decoded tensors are cached: named by src's resolved path and keyed by everything they are built
+    from (a folder: every file's relative path, size and mtime; an archive, one file: its size and mtime)."""
+    if files is None:
+        st = src.stat()
+        files = [(src.name, st.st_size, st.st_mtime_ns)]
+    source = hashlib.sha256(str(src.resolve()).encode()).hexdigest()[:8]
+    key = hashlib.sha256(json.dumps([CACHE_VERSION, str(src.resolve()), files]).encode()).hexdigest()[:16]
+    return Path(os.path.expanduser(cache_dir)) / f"image_folder-{src.name}-{source}-{key}.pt"
+
+
+def _read_cache(cache: Path) -> Loaded | None:
+    if not cache.exists():
+        return None
+    try:
+        d = torch.load(cache, weights_only=True)
+        return Split(d["train_x"], d["train_y"]), Split(d["test_x"], d["test_y"]), list(d["classes"])
+    except Exception as e:  # a truncated or foreign cache file is rebuilt, not trusted
+        warnings.warn(f"ignoring unreadable cache {cache}: {e}")
+        return None
+
+
+def _write_cache(cache: Path, loaded: Loaded) -> None:
+    """Write atomically, then remove the caches of the same source's earlier contents: one file per source stays."""
+    train, test, classes = loaded
     cache.parent.mkdir(parents=True, exist_ok=True)
     tmp = cache.with_suffix(f".tmp{os.getpid()}")
-    torch.save({"train_x": splits[0].images, "train_y": splits[0].labels, "test_x": splits[1].images,
-                "test_y": splits[1].labels, "classes": classes}, tmp)
+    torch.save({"train_x": train.images, "train_y": train.labels, "test_x": test.images, "test_y": test.labels,
+                "classes": classes}, tmp)
     os.replace(tmp, cache)
-    return splits[0], splits[1], classes
+    source = cache.name.rsplit("-", 1)[0]  # image_folder-<name>-<hash of its path>
+    for old in cache.parent.glob(f"{glob.escape(source)}-{'[0-9a-f]' * 16}.pt"):
+        if old != cache:
+            old.unlink(missing_ok=True)
+
+
+def load_image_folder(path: str, cache_dir: str) -> Loaded:
+    """(train, test, class names) of train/<class>/*, test/<class>/* in a folder or a .tar/.tar.gz of one, decoded
+    once and cached as uint8 tensors under cache_dir; any change to the files rebuilds the cache (see _cache_file).
+    Memory stays bounded: see _decode_all. DatasetError, naming the file, for what cannot be used."""
+    src = resolve_path(path)
+    if not src.exists():
+        raise DatasetError(f"image_folder: data.path={path!r} not found (looked for {src}); give a folder or "
+                           f".tar/.tar.gz holding train/<class>/* and test/<class>/* images")
+    files = None if src.is_file() else _folder_files(src)  # None: an archive
+    cache = _cache_file(src, files, cache_dir)
+    loaded = _read_cache(cache)
+    if loaded is not None:
+        return loaded
+    if files is None and not tarfile.is_tarfile(src):
+        raise DatasetError(f"image_folder: {src} is neither a folder nor a .tar/.tar.gz archive")
+    print(f"decoding {src} once (cached afterwards in {cache.parent}) ...", file=sys.stderr, flush=True)
+    try:
+        images = _decode_all(src, _tar_entries(src) if files is None else _folder_entries(src, files))
+    except (tarfile.TarError, EOFError, OSError) as e:
+        raise DatasetError(f"image_folder: cannot read {src}: {type(e).__name__}: {e}") from None
+    loaded = _assemble(src, images)
+    _write_cache(cache, loaded)
+    return loaded
 
 
 # ------------------------------------------------------------------------------------------------ synthetic
@@ -257,32 +364,78 @@ def make_synthetic(train_size: int, test_size: int, num_classes: int) -> tuple[S
     return split(train_size), split(test_size), [f"class{i}" for i in range(num_classes)]
 
 
-def load(cfg) -> tuple[Split, Split, list[str]]:
-    """(train, test, class names) for a DataConfig."""
-    kind = getattr(cfg["kind"], "value", cfg["kind"])
-    if kind in ("cifar10", "cifar100"):
-        return load_cifar(kind, cfg["root"], cfg["download"])
-    if kind == "fashion_mnist":
-        return load_fashion_mnist(cfg["root"], cfg["download"])
-    if kind == "image_folder":
-        if not cfg["path"]:
-            raise DatasetError("image_folder needs data.path=<folder or .tar/.tar.gz>")
-        return load_image_folder(cfg["path"], cfg["cache_dir"])
-    if kind == "synthetic":
-        return make_synthetic(cfg["train_size"], cfg["test_size"], cfg["num_classes"])
-    raise DatasetError(f"data.kind={kind!r} is not one of cifar10, cifar100, fashion_mnist, image_folder, synthetic")
+# ------------------------------------------------------------------------------------------------- registry
+
+
+def _cifar10(cfg: Mapping[str, Any]) -> Loaded:
+    return load_cifar("cifar10", cfg["root"], cfg["download"])
+
+
+def _cifar100(cfg: Mapping[str, Any]) -> Loaded:
+    return load_cifar("cifar100", cfg["root"], cfg["download"])
+
+
+def _fashion_mnist(cfg: Mapping[str, Any]) -> Loaded:
+    return load_fashion_mnist(cfg["root"], cfg["download"])
+
+
+def _image_folder(cfg: Mapping[str, Any]) -> Loaded:
+    if not cfg["path"]:
+        raise DatasetError("image_folder needs data.path=<folder or .tar/.tar.gz>")
+    return load_image_folder(cfg["path"], cfg["cache_dir"])
+
+
+def _synthetic(cfg: Mapping[str, Any]) -> Loaded:
+    return make_synthetic(cfg["train_size"], cfg["test_size"], cfg["num_classes"])
+
+
+DATASETS: dict[str, Loader] = {"cifar10": _cifar10, "cifar100": _cifar100, "fashion_mnist": _fashion_mnist,
+                               "image_folder": _image_folder, "synthetic": _synthetic}
+
+
+def register_dataset(kind: str, loader: Loader) -> None:
+    """Make data.kind=<kind> load with `loader` (data config -> (train, test, class names)); registering a kind
+    again replaces its loader."""
+    if not isinstance(kind, str) or not kind:
+        raise ValueError(f"a dataset kind is a non-empty string, not {kind!r}")
+    if not callable(loader):
+        raise TypeError(f"the loader of data.kind={kind!r} must be callable, not {loader!r}")
+    DATASETS[kind] = loader
+
+
+def check_kind(kind: str) -> str:
+    """kind, when a loader is registered for it; else ValueError naming it and the registered kinds."""
+    if kind not in DATASETS:
+        raise ValueError(f"data.kind={kind!r} is not a registered dataset; registered: {', '.join(sorted(DATASETS))}")
+    return kind
+
+
+def load(cfg: Mapping[str, Any]) -> Loaded:
+    """(train, test, class names) for a data config, from the loader registered for data.kind; DatasetError for an
+    unknown kind or a dataset of fewer than 2 classes."""
+    kind = str(cfg["kind"])
+    try:
+        check_kind(kind)
+    except ValueError as e:
+        raise DatasetError(str(e)) from None
+    train, test, classes = DATASETS[kind](cfg)
+    if len(classes) < 2:
+        raise DatasetError(f"data.kind={kind!r} gave {len(classes)} class(es) {classes}; a classifier needs at least 2")
+    return train, test, classes
 
 
 # ----------------------------------------------------------------------------------------------- augmentation
 
 
-def crop_flip(x: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor, flip: torch.Tensor) -> torch.Tensor:
-    """Zero-pad x (N, C, H, W) by PAD and take, per image, the HxW crop at (dy, dx), mirrored where flip.
+def crop_flip(x: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor, flip: torch.Tensor, *, pad: int = 4
+              ) -> torch.Tensor:
+    """Zero-pad x (N, C, H, W) by `pad` pixels on each side (data.pad; the paper's 4) and take, per image, the HxW
+    crop at (dy, dx), mirrored where flip.
 
-    dy, dx in [0, 2*PAD]; one gather for the whole batch, on x's device.
+    dy, dx in [0, 2*pad]; one gather for the whole batch, on x's device.
     """
     n, c, h, w = x.shape
-    padded = F.pad(x, (PAD, PAD, PAD, PAD))
+    padded = F.pad(x, (pad, pad, pad, pad))
     ar_h = torch.arange(h, device=x.device)
     ar_w = torch.arange(w, device=x.device)
     rows = dy[:, None] + ar_h  # (N, H)
@@ -292,9 +445,10 @@ def crop_flip(x: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor, flip: torch.T
     return padded[batch, chan, rows[:, None, :, None], cols[:, None, None, :]]
 
 
-def random_crop_flip_params(n: int, generator: torch.Generator, device) -> tuple[torch.Tensor, ...]:
-    """Per-image crop offsets, uniform over the (2*PAD+1)^2 positions, and flips with probability 1/2."""
-    offsets = torch.randint(0, 2 * PAD + 1, (2, n), generator=generator, device=device)
+def random_crop_flip_params(n: int, generator: torch.Generator, device, *, pad: int = 4) -> tuple[torch.Tensor, ...]:
+    """Per-image crop offsets (dy, dx), uniform over the (2*pad+1)^2 positions of crop_flip with the same `pad`
+    (pixels), and flips with probability 1/2."""
+    offsets = torch.randint(0, 2 * pad + 1, (2, n), generator=generator, device=device)
     flip = torch.randint(0, 2, (n,), generator=generator, device=device).bool()
     return offsets[0], offsets[1], flip
 
@@ -302,19 +456,20 @@ def random_crop_flip_params(n: int, generator: torch.Generator, device) -> tuple
 class TrainBatches:
     """An endless stream of training batches starting at iteration `start`: batch k of epoch e is slice k of a
     permutation drawn from (seed, e), with crop/flip parameters from the same draw. A pure function of
-    (seed, iteration), so a resumed run sees exactly the batches it would have seen."""
+    (seed, iteration), so a resumed run sees exactly the batches it would have seen. Crop offsets are for padding
+    by `pad` pixels (data.pad): the `pad` that crop_flip is given."""
 
-    def __init__(self, split: Split, batch_size: int, seed: int, start: int = 0) -> None:
+    def __init__(self, split: Split, batch_size: int, seed: int, start: int = 0, *, pad: int = 4) -> None:
         if len(split) < batch_size:
             raise DatasetError(f"optim.batch_size={batch_size} is larger than the training set ({len(split)})")
-        self.split, self.batch_size, self.seed, self.start = split, batch_size, seed, start
+        self.split, self.batch_size, self.seed, self.start, self.pad = split, batch_size, seed, start, pad
         self.per_epoch = len(split) // batch_size  # the last incomplete batch of an epoch is dropped
 
     def _epoch(self, epoch: int) -> tuple[torch.Tensor, ...]:
         device = self.split.labels.device
         g = torch.Generator(device=device).manual_seed(self.seed * 1_000_003 + epoch)
         n = len(self.split)
-        return (torch.randperm(n, generator=g, device=device), *random_crop_flip_params(n, g, device))
+        return (torch.randperm(n, generator=g, device=device), *random_crop_flip_params(n, g, device, pad=self.pad))
 
     def __iter__(self):
         step = self.start
@@ -335,6 +490,7 @@ class DataModule(pl.LightningDataModule):
     def __init__(self, cfg, *, batch_size: int, seed: int) -> None:
         super().__init__()
         self.cfg, self.batch_size, self.seed = cfg, batch_size, seed
+        self.pad = int(cfg["pad"])  # pixels of zero padding on each side before the random crop
         self.train: Split | None = None
         self.eval_splits: dict[str, Split] = {}
         self.classes: list[str] = []
@@ -389,14 +545,14 @@ class DataModule(pl.LightningDataModule):
 
     def train_dataloader(self) -> TrainBatches:
         start = self.trainer.global_step if self.trainer is not None else 0
-        return TrainBatches(self.train, self.batch_size, self.seed, start)
+        return TrainBatches(self.train, self.batch_size, self.seed, start, pad=self.pad)
 
     def normalize(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 images -> float with the per-pixel training mean subtracted (the paper's only preprocessing)."""
         return images.float().div_(255).sub_(self.mean)
 
     def augment(self, images: torch.Tensor, dy, dx, flip) -> torch.Tensor:
-        return crop_flip(self.normalize(images), dy, dx, flip)
+        return crop_flip(self.normalize(images), dy, dx, flip, pad=self.pad)
 
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
         images, labels, dy, dx, flip = batch

@@ -11,6 +11,7 @@ the results table is printed and written, and the exit code is non-zero if any r
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 import json
 import os
 import shlex
@@ -21,16 +22,17 @@ from typing import Callable
 import torch
 
 from hydra import compose, initialize_config_dir
-from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import ChoiceSweep
+from hydra.errors import HydraException
 from omegaconf import OmegaConf
 
-from . import results as rec
 from .config import CONF_DIR
 from .config import compose as compose_configs
-from .config import one_line_error
+from .config import one_line_error, validate
+from .results import fmt_time, format_table, write_tables
+from .rundir import COMPLETE, append_jsonl, read_json, write_json
 
 SWEEP_USAGE = """usage: resdepth sweep [--plan] [KEY=VALUE ...]
 
@@ -60,7 +62,17 @@ def expand_grid(overrides: list[str]) -> list[list[str]]:
         base = compose("config", overrides=fixed, return_hydra_config=True)
     params = OmegaConf.to_container(base.hydra.sweeper.params or {}, resolve=False)
     lines = [f"{k}={v}" for k, v in params.items()] + list(overrides)
-    return BasicSweeper.split_arguments(parser.parse_overrides(lines), None)[0]
+    axes: dict[str, list[str]] = {}  # key -> its values as overrides; a later line for a key replaces it in place
+    for o in parser.parse_overrides(lines):
+        key = o.get_key_element()
+        if not o.is_sweep_override():
+            axes[key] = [f"{key}={o.get_value_element_as_str()}"]
+        elif o.is_discrete_sweep():
+            axes[key] = [f"{key}={value}" for value in o.sweep_string_iterator()]
+        else:
+            raise HydraException(f"{o.input_line}: an interval sweep has no list of values to train; use a list "
+                                 f"(a,b,c) or range(start,stop,step)")
+    return [list(job) for job in itertools.product(*axes.values())]
 
 
 def longest_first(overrides: list[str]) -> list[str]:
@@ -86,8 +98,8 @@ def compose_jobs(grid: list[list[str]]) -> list[dict]:
 def run_state(run_dir: Path) -> str:
     """done / diverged (skipped), resume (a checkpoint exists), failed or running (will restart), new."""
     result = run_dir / "result.json"
-    status = rec.read_json(result).get("status") if result.exists() else None
-    if status in rec.COMPLETE:
+    status = read_json(result).get("status") if result.exists() else None
+    if status in COMPLETE:
         return status
     if (run_dir / "last.ckpt").exists():
         return "resume"
@@ -96,7 +108,7 @@ def run_state(run_dir: Path) -> str:
 
 def _steps(run_dir: Path) -> int:
     try:
-        return int(rec.read_json(run_dir / "result.json").get("steps") or 0)
+        return int(read_json(run_dir / "result.json").get("steps") or 0)
     except (OSError, ValueError):
         return 0
 
@@ -105,24 +117,24 @@ def sweep_progress(plan_path: Path, now: dt.datetime | None = None) -> str:
     """'10 (3 finished, 1 failed so far; about 1h05m left)': the sweep's size and state, from its runs'
     result.json files. The time left scales the sweep's elapsed time by the iterations still to train over those
     trained since it started, each weighted by its net's depth (a step costs about that much)."""
-    sweep = rec.read_json(plan_path)
+    sweep = read_json(plan_path)
     done = failed = 0
     work_done = work_left = 0
     plan = [p for i, p in enumerate(sweep["plan"]) if p.get("same_as", i) == i]  # each run once
     for p in plan:
         result = Path(p["run_dir"]) / "result.json"
-        r = rec.read_json(result) if result.exists() else {}
+        r = read_json(result) if result.exists() else {}
         status, steps = r.get("status"), int(r.get("steps") or 0)
         failed_now = status == "failed" and (r.get("finished") or "") >= sweep["started"]  # not a retry to come
-        done += status in rec.COMPLETE
+        done += status in COMPLETE
         failed += failed_now
         work_done += p["depth"] * max(steps - p["start_step"], 0)
-        if status not in rec.COMPLETE and not failed_now:
+        if status not in COMPLETE and not failed_now:
             work_left += p["depth"] * max(p["max_steps"] - steps, 0)
     text = f"{len(plan)} ({done} finished, {failed} failed so far"
     elapsed = ((now or dt.datetime.now()) - dt.datetime.fromisoformat(sweep["started"])).total_seconds()
     if work_done and work_left:
-        text += f"; about {rec.fmt_time(elapsed * work_left / work_done)} left"
+        text += f"; about {fmt_time(elapsed * work_left / work_done)} left"
     return text + ")"
 
 
@@ -158,41 +170,71 @@ def plan_notes(jobs: list[dict], overrides: list[str], devices: list[str], gpus:
 
 def sweep(overrides: list[str], launch: Callable[[list[str]], None]) -> int:
     """Plan, launch and summarise a sweep; return the process exit code."""
-    from .data import DataModule, DatasetError
-    from .train import resolve_device, validate
-
     if any(o in ("-h", "--help", "help") for o in overrides):
         print(SWEEP_USAGE)
         return 0
     plan_only = "--plan" in overrides
-    overrides = [o for o in overrides if o != "--plan"]
-    flags = [o for o in overrides if o.startswith("-")]
+    given = [o for o in overrides if o != "--plan"]
+    flags = [o for o in given if o.startswith("-")]
     if flags:
         print(f"resdepth: error: resdepth sweep takes KEY=VALUE overrides and --plan only, not {flags[0]!r} "
               f"(resdepth sweep --help; `resdepth train ... --cfg job` prints one run's config)", file=sys.stderr)
         return 2
-    given = overrides
     try:
-        overrides = longest_first(overrides)
-        grid = expand_grid(overrides)
-        jobs = compose_jobs(grid)
+        overrides = longest_first(given)
+        jobs = compose_jobs(expand_grid(overrides))
     except Exception as e:  # Hydra's own messages for bad keys, types and values
         GlobalHydra.instance().clear()
         print(f"resdepth: error: {one_line_error(e)}", file=sys.stderr)
         return 2
     try:
+        states = check_jobs(jobs)
+    except ValueError as e:
+        print(f"resdepth: error: {e}", file=sys.stderr)
+        return 2
+    same_as = print_plan(jobs, states, given)
+    if plan_only:  # checked and printed; nothing written, nothing trained
+        return 0
+    command = " ".join(["resdepth sweep", *map(shlex.quote, given)])
+    started = record_sweep(jobs, same_as, command)
+    try:
+        launch(["--multirun", *overrides])
+    except SystemExit as e:  # Hydra exits on its own errors (already printed)
+        if e.code:
+            return int(e.code) if isinstance(e.code, int) else 1
+    except KeyboardInterrupt:
+        print(f"sweep interrupted; finished runs are kept and the others resume from their checkpoints with: "
+              f"{command}", file=sys.stderr, flush=True)
+        raise
+    finally:
+        GlobalHydra.instance().clear()
+    return summarise(jobs, same_as, started)
+
+
+def check_jobs(jobs: list[dict]) -> list[str]:
+    """Every job's config checked and each distinct dataset loaded once (a missing one stops the sweep before
+    anything is written); the state of each job's run directory. ValueError (or DatasetError) with one line."""
+    from .data import DataModule, DatasetError
+    from .device import check
+
+    try:
         for job in jobs:
             validate(job)
+            check(job["trainer"])
         seen = set()
         for job in jobs:
             key = json.dumps(job["data"], sort_keys=True)
             if key not in seen:
                 seen.add(key)
                 DataModule(job["data"], batch_size=job["optim"]["batch_size"], seed=0).load()
-        states = [run_state(Path(job["run_dir"])) for job in jobs]  # a damaged result.json stops it here
-    except (ValueError, DatasetError) as e:
-        print(f"resdepth: error: {e}", file=sys.stderr)
-        return 2
+        return [run_state(Path(job["run_dir"])) for job in jobs]  # a damaged result.json stops it here
+    except DatasetError as e:
+        raise ValueError(str(e)) from None
+
+
+def print_plan(jobs: list[dict], states: list[str], given: list[str]) -> list[int]:
+    """Print what the sweep will do, run by run, and its notes; return, per job, the job that trains its run."""
+    from .device import resolve_device
 
     roots = sorted({job["results_root"] for job in jobs})
     first = {}  # run_dir -> the index of the first job that trains it
@@ -212,42 +254,40 @@ def sweep(overrides: list[str], launch: Callable[[list[str]], None]) -> int:
               f"has no shortcuts, so model.shortcut does not change it): each run is trained once", flush=True)
     for note in plan_notes(jobs, given, [resolve_device(j["trainer"])[0] for j in jobs], torch.cuda.device_count()):
         print(f"note: {note}", flush=True)
-    if plan_only:  # checked and printed; nothing written, nothing trained
-        return 0
-    command = "resdepth sweep " + " ".join(shlex.quote(o) for o in given)
+    return same_as
+
+
+def record_sweep(jobs: list[dict], same_as: list[int], command: str) -> str:
+    """Write each root's sweep.json (the plan every job reads for its progress header) and append the command to
+    its sweeps.jsonl; point the jobs at the plan; return the start time."""
+    roots = sorted({job["results_root"] for job in jobs})
     started = dt.datetime.now().isoformat(timespec="seconds")
     plan = [{"run_dir": j["run_dir"], "depth": j["model"]["depth"], "max_steps": j["trainer"]["max_steps"],
              "start_step": _steps(Path(j["run_dir"])), "same_as": same_as[i],
              "number": sorted(set(same_as)).index(same_as[i]) + 1} for i, j in enumerate(jobs)]
     for root in roots:
         Path(root).mkdir(parents=True, exist_ok=True)
-        rec.write_json(Path(root) / "sweep.json", {"command": command.strip(), "started": started, "plan": plan,
-                                                   "runs": [j["run_dir"] for j in jobs if j["results_root"] == root]})
-        rec.append_jsonl(Path(root) / "sweeps.jsonl", {"command": command.strip(), "started": started})
-
+        write_json(Path(root) / "sweep.json", {"command": command, "started": started, "plan": plan,
+                                               "runs": [j["run_dir"] for j in jobs if j["results_root"] == root]})
+        append_jsonl(Path(root) / "sweeps.jsonl", {"command": command, "started": started})
     os.environ[SWEEP_PLAN_ENV] = str(Path(roots[0]) / "sweep.json")
-    try:
-        launch(["--multirun", *overrides])
-    except SystemExit as e:  # Hydra exits on its own errors (already printed)
-        if e.code:
-            return int(e.code) if isinstance(e.code, int) else 1
-    except KeyboardInterrupt:
-        print(f"sweep interrupted; finished runs are kept and the others resume from their checkpoints with: "
-              f"{command.strip()}", file=sys.stderr, flush=True)
-        raise
-    finally:
-        GlobalHydra.instance().clear()
+    return started
 
+
+def summarise(jobs: list[dict], same_as: list[int], started: str) -> int:
+    """After the launcher: each root's results table, the sweep's statuses, and exit code 1 if a run did not
+    finish (named, with the command that resumes it)."""
+    roots = sorted({job["results_root"] for job in jobs})
     run_dirs = [job["run_dir"] for i, job in enumerate(jobs) if same_as[i] == i]
     final = [run_state(Path(d)) for d in run_dirs]
     for root in roots:
-        rows = rec.write_tables(Path(root))
-        print(f"\nresults under {root} (results.csv, results.md):\n{rec.format_table(rows)}", flush=True)
-    failed = [d for d, s in zip(run_dirs, final) if s not in rec.COMPLETE]
+        rows = write_tables(Path(root))
+        print(f"\nresults under {root} (results.csv, results.md):\n{format_table(rows)}", flush=True)
     summary = {s: final.count(s) for s in dict.fromkeys(final)}
-    took = rec.fmt_time((dt.datetime.now() - dt.datetime.fromisoformat(started)).total_seconds())
+    took = fmt_time((dt.datetime.now() - dt.datetime.fromisoformat(started)).total_seconds())
     print("sweep finished: " + ", ".join(f"{n} {s}" for s, n in summary.items()) + f" in {took}; figures and "
           f"Table 6: {'; '.join(f'resdepth plot {shlex.quote(r)}' for r in roots)}", flush=True)
+    failed = [d for d, s in zip(run_dirs, final) if s not in COMPLETE]
     if failed:
         print(f"resdepth: {len(failed)} run(s) did not finish (failed, interrupted or not run); run the same "
               f"command again to retry/resume them:", file=sys.stderr)

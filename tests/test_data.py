@@ -1,7 +1,11 @@
 import gzip
 import hashlib
 import io
+import json
+import os
 import pickle
+import subprocess
+import sys
 import tarfile
 import warnings
 from pathlib import Path
@@ -14,9 +18,50 @@ from torchvision import transforms as T
 from torchvision.datasets import CIFAR10, FashionMNIST
 
 import resdepth.data as rdata
-from resdepth.data import DataModule, DatasetError, TrainBatches, crop_flip, random_crop_flip_params
+from resdepth.data import DataModule, DatasetError, Split, TrainBatches, crop_flip, random_crop_flip_params
 
-from .conftest import SHARED_JPEG, compose
+from .conftest import REPO, SHARED_JPEG, compose
+
+# ------------------------------------------------------------------------------------------------ the registry
+
+
+def _stripes(cfg) -> tuple[Split, Split, list[str]]:
+    """A throwaway dataset: 40 16x16 images, class 1 striped."""
+    y = torch.arange(40) % 2
+    x = torch.zeros(40, 3, 16, 16, dtype=torch.uint8)
+    x[y == 1, :, ::2] = 255
+    return Split(x[:32], y[:32]), Split(x[32:], y[32:]), ["plain", "striped"]
+
+
+def test_a_registered_dataset_loads_through_the_datamodule(monkeypatch):
+    monkeypatch.setattr(rdata, "DATASETS", dict(rdata.DATASETS))  # the registration ends with this test
+    rdata.register_dataset("stripes", _stripes)
+    assert rdata.check_kind("stripes") == "stripes"
+    cfg = compose(["data=synthetic", "data.kind=stripes", "data.name=stripes"])["data"]
+    dm = DataModule(cfg, batch_size=8, seed=0).load()
+    assert dm.classes == ["plain", "striped"] and dm.num_classes == 2 and dm.in_channels == 3
+    assert len(dm.train) == 32 and len(dm.eval_splits["test"]) == 8
+    x, y = dm.on_after_batch_transfer(next(iter(dm.train_dataloader())), 0)
+    assert x.shape == (8, 3, 16, 16) and y.shape == (8,)
+
+
+def test_an_unknown_kind_is_named_with_the_registered_kinds():
+    with pytest.raises(ValueError) as e:
+        rdata.check_kind("imagenet")
+    msg = str(e.value)
+    assert "'imagenet'" in msg and msg.endswith("registered: cifar10, cifar100, fashion_mnist, image_folder, synthetic")
+    cfg = {**compose(["data=synthetic"])["data"], "kind": "imagenet"}
+    with pytest.raises(DatasetError) as e:
+        DataModule(cfg, batch_size=8, seed=0).load()
+    assert str(e.value) == msg
+
+
+def test_a_dataset_of_one_class_is_refused(monkeypatch):
+    monkeypatch.setattr(rdata, "DATASETS", dict(rdata.DATASETS))
+    rdata.register_dataset("one", lambda cfg: (*_stripes(cfg)[:2], ["only"]))
+    with pytest.raises(DatasetError, match=r"data.kind='one' gave 1 class\(es\) \['only'\]; .* at least 2"):
+        DataModule({**compose(["data=synthetic"])["data"], "kind": "one"}, batch_size=8, seed=0).load()
+
 
 # ------------------------------------------------------------------ cifar10 through torchvision's real code path
 
@@ -258,6 +303,170 @@ def test_missing_image_folder_path(tmp_path, tmp_cache):
         rdata.load_image_folder(str(tmp_path / "nope.tar.gz"), str(tmp_cache))
 
 
+def _image(colour, size: int = 32, fmt: str = "BMP") -> bytes:
+    """One solid image; as BMP, its file size depends on its size alone, not on its pixels."""
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (size, size), colour).save(buf, format=fmt)
+    return buf.getvalue()
+
+
+def _folder(root: Path, classes=("a", "b")) -> Path:
+    """root/{train,test}/<class>/0.bmp, class k coloured (10k, 20, 30)."""
+    for split in ("train", "test"):
+        for k, cls in enumerate(classes):
+            (root / split / cls).mkdir(parents=True)
+            (root / split / cls / "0.bmp").write_bytes(_image((10 * k, 20, 30)))
+    return root
+
+
+def _later(path: Path, data: bytes) -> None:
+    """Write data to path with an mtime 1 s after the old one, whatever the file system's clock resolution."""
+    old = path.stat().st_mtime_ns
+    path.write_bytes(data)
+    os.utime(path, ns=(old + 10**9, old + 10**9))
+
+
+def test_an_image_replaced_by_a_resized_one_is_seen(tmp_path, tmp_cache):
+    root = _folder(tmp_path / "imgs")
+    rdata.load_image_folder(str(root), str(tmp_cache))
+    (root / "train" / "b" / "0.bmp").write_bytes(_image((1, 2, 3), size=40))
+    with pytest.raises(DatasetError, match=r"b/0.bmp is \(40, 40\), the first image is \(32, 32\)"):
+        rdata.load_image_folder(str(root), str(tmp_cache))
+
+
+def test_an_image_edited_in_place_is_decoded_again(tmp_path, tmp_cache):
+    rdata.load_image_folder(str(_folder(tmp_path / "other")), str(tmp_cache))
+    root = _folder(tmp_path / "imgs")
+    train, _, _ = rdata.load_image_folder(str(root), str(tmp_cache))
+    assert train.images[0, :, 0, 0].tolist() == [0, 20, 30]
+    path = root / "train" / "a" / "0.bmp"
+    size = path.stat().st_size
+    _later(path, _image((200, 100, 50)))
+    assert path.stat().st_size == size  # same size, other pixels, a later mtime
+    train, _, _ = rdata.load_image_folder(str(root), str(tmp_cache))
+    assert train.images[0, :, 0, 0].tolist() == [200, 100, 50]
+    assert len(list(tmp_cache.rglob("*.pt"))) == 2  # the stale cache was replaced; the other folder's stays
+
+
+def test_a_class_folder_added_appears(tmp_path, tmp_cache):
+    root = _folder(tmp_path / "imgs")
+    assert rdata.load_image_folder(str(root), str(tmp_cache))[2] == ["a", "b"]
+    for split in ("train", "test"):
+        (root / split / "c").mkdir()
+        (root / split / "c" / "0.bmp").write_bytes(_image((90, 90, 90)))
+    train, test, classes = rdata.load_image_folder(str(root), str(tmp_cache))
+    assert classes == ["a", "b", "c"] and train.labels.tolist() == [0, 1, 2] and len(test) == 3
+
+
+def test_an_archive_rewritten_is_decoded_again(tmp_path, tmp_cache):
+    archive = tmp_path / "imgs.tar"
+    for colour in ((255, 0, 0), (0, 0, 255)):
+        with tarfile.open(tmp_path / "new.tar", "w") as tar:
+            for name in ("train/a/0.png", "train/b/0.png", "test/a/0.png"):
+                _add(tar, name, _png(colour))
+        if archive.exists():
+            _later(archive, (tmp_path / "new.tar").read_bytes())
+        else:
+            (tmp_path / "new.tar").rename(archive)
+        train, _, _ = rdata.load_image_folder(str(archive), str(tmp_cache))
+        assert train.images[0, :, 0, 0].tolist() == list(colour)
+    assert len(list(tmp_cache.rglob("*.pt"))) == 1
+
+
+def test_a_one_class_image_folder_is_refused_when_loaded(tmp_path, tmp_cache):
+    root = _folder(tmp_path / "imgs", classes=("cat",))
+    cfg = compose(["data=image_folder", f"data.path={root}"])["data"]
+    with pytest.raises(DatasetError) as e:
+        DataModule(cfg, batch_size=1, seed=0).load()
+    msg = str(e.value)
+    assert str(root) in msg and "1 class in train/ (cat)" in msg and "at least 2" in msg and "\n" not in msg
+    assert not list(tmp_cache.rglob("*.pt"))
+
+
+class _Zeros(io.RawIOBase):
+    """n zero bytes, handed out piece by piece: a tar member far larger than what is ever held in memory."""
+
+    def __init__(self, n: int) -> None:
+        self.left = n
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, size: int = -1) -> bytes:
+        k = self.left if size < 0 else min(size, self.left)
+        self.left -= k
+        return bytes(k)
+
+
+_LOAD_AND_MEASURE = """
+import json, re, sys, warnings
+from pathlib import Path
+
+import PIL.Image, torchvision.io
+from resdepth.data import load_image_folder
+
+def peak_mib():  # this process's peak resident memory (ru_maxrss would count the parent's, from before exec)
+    status = Path("/proc/self/status")
+    found = re.search(r"VmHWM:\\s*(\\d+) kB", status.read_text()) if status.exists() else None
+    return int(found.group(1)) / 1024 if found else None
+
+before = peak_mib()  # the libraries alone: about 1 GB, most of it torch's shared libraries
+out = {}
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    for src in sys.argv[1:3]:
+        train, test, classes = load_image_folder(src, sys.argv[3])
+        out[src] = [len(train), len(test), classes]
+out["warnings"] = [str(w.message) for w in caught]
+out["growth_mib"] = peak_mib() - before if before is not None else None
+print(json.dumps(out))
+"""
+
+
+@pytest.mark.slow
+def test_a_1_gib_member_or_file_is_skipped_unread(tmp_path):
+    archive = tmp_path / "huge.tar.gz"
+    with tarfile.open(archive, "w:gz", compresslevel=1) as tar:  # about 5 MB
+        _add(tar, "train/cat/a.png", _png((255, 0, 0)))
+        info = tarfile.TarInfo("train/cat/huge.png")
+        info.size = 2**30
+        tar.addfile(info, _Zeros(2**30))
+        for name, colour in (("train/dog/b.png", (0, 255, 0)), ("test/cat/c.png", (255, 0, 0))):
+            _add(tar, name, _png(colour))
+    folder = _folder(tmp_path / "imgs")
+    with open(folder / "train" / "a" / "huge.bmp", "wb") as f:
+        f.truncate(2**30)  # 1 GiB of zeros that take no disk space (a sparse file)
+    run = subprocess.run([sys.executable, "-c", _LOAD_AND_MEASURE, str(archive), str(folder), str(tmp_path / "c")],
+                         capture_output=True, text=True, timeout=600, cwd=REPO)
+    assert run.returncode == 0, run.stderr
+    out = json.loads(run.stdout.splitlines()[-1])
+    assert out[str(archive)] == [2, 1, ["cat", "dog"]] and out[str(folder)] == [2, 2, ["a", "b"]]
+    assert any(f"{archive}:train/cat/huge.png" in w and "64 MiB" in w for w in out["warnings"])
+    assert any(str(folder / "train" / "a" / "huge.bmp") in w for w in out["warnings"])
+    if out["growth_mib"] is not None:  # Linux
+        assert out["growth_mib"] < 256, out  # reading either 1 GiB file would have taken 1024 more
+
+
+def test_an_image_that_decodes_too_large_is_skipped_undecoded(tmp_path, tmp_cache, monkeypatch):
+    monkeypatch.setattr(rdata, "MAX_IMAGE_BYTES", 3 * 40 * 40)  # a 32x32 image passes, a 64x64 one does not
+    root = _folder(tmp_path / "imgs")
+    (root / "train" / "a" / "big.png").write_bytes(_image((1, 1, 1), size=64, fmt="PNG"))  # 200 bytes on disk
+    assert (root / "train" / "a" / "big.png").stat().st_size < rdata.MAX_IMAGE_BYTES
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        train, _, _ = rdata.load_image_folder(str(root), str(tmp_cache))
+    assert len(train) == 2 and any("big.png" in str(w.message) for w in caught)
+
+
+def test_more_decoded_images_than_the_limit_is_an_error_naming_it(tmp_path, tmp_cache, monkeypatch):
+    monkeypatch.setattr(rdata, "MAX_DATASET_BYTES", 3 * 3 * 32 * 32)  # three of the four 32x32 RGB images
+    root = _folder(tmp_path / "imgs")
+    with pytest.raises(DatasetError, match=r"more than 9,216 bytes .* of decoded images.*MAX_DATASET_BYTES"):
+        rdata.load_image_folder(str(root), str(tmp_cache))
+
+
 # ------------------------------------------------------------------------------------------- augmentation
 
 
@@ -270,6 +479,25 @@ def test_crop_flip_equals_pad_slice_and_mirror():
     for i in range(64):
         ref = padded[i, :, dy[i]:dy[i] + 32, dx[i]:dx[i] + 32]
         assert torch.equal(out[i], ref.flip(-1) if flip[i] else ref)
+
+
+@pytest.mark.parametrize("pad", [2, 0])
+def test_crop_padding_comes_from_the_config(pad):
+    dm = DataModule(compose(["data=synthetic", f"data.pad={pad}"])["data"], batch_size=2048, seed=0).load()
+    images, _, dy, dx, flip = next(iter(dm.train_dataloader()))  # one batch: the whole epoch
+    assert torch.cat([dy, dx]).unique().tolist() == list(range(2 * pad + 1))  # every position, no other
+    out = dm.on_after_batch_transfer((images, None, dy, dx, flip), 0)[0]
+    padded = F.pad(dm.normalize(images), (pad, pad, pad, pad))
+    for i in range(0, 2048, 97):
+        ref = padded[i, :, dy[i]:dy[i] + 32, dx[i]:dx[i] + 32]
+        assert torch.equal(out[i], ref.flip(-1) if flip[i] else ref)
+
+
+def test_the_default_padding_is_the_papers_4_pixels():
+    dm = DataModule(compose(["data=synthetic"])["data"], batch_size=2048, seed=0).load()
+    images, _, dy, dx, flip = next(iter(dm.train_dataloader()))
+    assert dm.pad == 4 and torch.cat([dy, dx]).unique().tolist() == list(range(9))
+    assert torch.equal(dm.augment(images, dy, dx, flip), crop_flip(dm.normalize(images), dy, dx, flip))
 
 
 def test_each_image_gets_its_own_crop_and_flip_uniformly():

@@ -38,7 +38,8 @@ def test_smoke_sweep_runs_the_grid(smoke_sweep):
     for i in range(1, 5):  # basic launcher: one after the other, so run i starts with i - 1 finished
         assert f"=== run {i}/4 ({i - 1} finished, 0 failed so far" in proc.stdout
     assert "left) ===" in proc.stdout.split("=== run 2/4")[1].splitlines()[0]
-    assert re.search(rf"sweep finished: 4 done in 0m\d\ds; figures and Table 6: resdepth plot {root}\n", proc.stdout)
+    # how long it took is printed, never asserted: a busy machine may take minutes
+    assert re.search(rf"sweep finished: 4 done in \d+[hm]\d\d[ms]; figures and Table 6: resdepth plot {root}\n", proc.stdout)
     table = (root / "results.md").read_text()
     assert all(net in table for net in ("plain-8", "plain-14", "ResNet-8", "ResNet-14"))
     command = f"resdepth sweep experiment=smoke results_root={root}"
