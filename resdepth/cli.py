@@ -68,7 +68,7 @@ def hydra_task(cfg: DictConfig):
     from .data import DatasetError
     from .rundir import read_json
     from .sweep import SWEEP_PLAN_ENV, sweep_progress
-    from .train import RunBusy, RunConflict, train
+    from .train import RunBusy, RunConflict, RunFailed, train
 
     multirun = HydraConfig.get().mode == RunMode.MULTIRUN
     if multirun and os.environ.get(SWEEP_PLAN_ENV):
@@ -95,16 +95,17 @@ def hydra_task(cfg: DictConfig):
             print(f"resdepth: error: {e}", file=sys.stderr, flush=True)
             return {"status": "error", "error": str(e)}
         _fail(str(e))
-    except Exception as e:  # recorded in result.json as failed by train()
+    except RunFailed as e:  # recorded in result.json as failed by train(), which printed it
         if multirun:
             return {"status": "failed", "error": str(e)}
-        _fail(f"run failed: {type(e).__name__}: {e} (traceback in {cfg.run_dir}/error.txt)", 1)
+        _fail(f"run failed: {e}", 1)
 
 
-def _check_printed_config(argv: list[str]) -> None:
-    """`--cfg job|hydra|all` prints the config without running the task: check it first, as a run would (Hydra's
-    schema checks types and most choices; auto|true|false choices and ranges are resdepth's own)."""
-    if not {"--cfg", "-c"} & set(argv) or "--multirun" in argv or "-m" in argv:
+def _check_first(argv: list[str]) -> None:
+    """Check one run's config before Hydra acts on it, as the run would: `--cfg job` prints the config without
+    running the task, and Hydra makes the run's directory before the task starts (Hydra's schema checks types and
+    most choices; auto|true|false choices, ranges and paths are resdepth's own). A sweep checks its own grid."""
+    if "--multirun" in argv or "-m" in argv:
         return
     flags = {i for i, a in enumerate(argv) if a.startswith("-")}
     flags |= {i + 1 for i in flags if argv[i] in ("--cfg", "-c", "--package", "-p", "--config-name", "-cn",
@@ -124,7 +125,7 @@ def _hydra(argv: list[str]) -> None:
     """Run the Hydra app. Hydra prints its own errors (a bad key, type or group option) over several lines; here
     Hydra raises them instead (HYDRA_FULL_ERROR) and they become one line, exit 2. A user who sets
     HYDRA_FULL_ERROR=1 gets Hydra's full traceback as usual."""
-    _check_printed_config(argv)
+    _check_first(argv)
     sys.argv = ["resdepth", *argv]
     if os.environ.get("HYDRA_FULL_ERROR"):
         return hydra_task()
@@ -155,6 +156,12 @@ def _main(argv: list[str]) -> None:
     if cmd in ("train", "sweep"):
         for note in _config.repeated_keys(rest):
             print(f"resdepth: note: {note}", file=sys.stderr, flush=True)
+        why = _config.unsupported(rest)
+        if why:
+            _fail(why)
+    if cmd == "train" and {"-m", "--multirun"} & set(rest):
+        _fail("resdepth train runs one configuration; for a grid use `resdepth sweep` with the same overrides "
+              "(it checks every run first, skips finished ones and tables the results)")
     if cmd == "train":
         _hydra(rest)
     elif cmd == "sweep":

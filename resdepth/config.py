@@ -8,6 +8,7 @@ in Hydra before anything is trained (the CLI turns the message into one line: `o
 from __future__ import annotations
 
 import hashlib
+import math
 import json
 from dataclasses import dataclass, field, fields
 from enum import Enum
@@ -218,6 +219,7 @@ def validate(cfg: dict) -> None:
     for key in cfg:
         if key not in known:  # `+key=value` adds a top-level key that nothing reads but the run's hash
             raise ValueError(f"unknown setting {key!r} (added with +{key}=...); the config has {', '.join(known)}")
+    _check_paths(cfg)
     check_depth(cfg["model"]["depth"])
     warms_up(cfg["optim"], cfg["model"]["depth"])
     choice("trainer.cuda_graph", cfg["trainer"]["cuda_graph"], AUTO_BOOL)
@@ -237,6 +239,28 @@ def validate(cfg: dict) -> None:
                 raise ValueError(f"data.{key}={d[key]} must be >= {least} for data=synthetic")
 
 
+def _check_paths(cfg: dict) -> None:
+    """Every file a run writes stays under results_root (or the run_dir the user names): no empty root, and the
+    dataset's name is one folder name."""
+    if not str(cfg["results_root"]).strip():
+        raise ValueError("results_root='' is empty: name the folder that holds the results (default: runs)")
+    name = str(cfg["data"]["name"])
+    if not name or name in (".", "..") or "/" in name or "\\" in name or "\0" in name:
+        raise ValueError(f"data.name={name!r} must be one folder name (it names the dataset's folder under "
+                         f"results_root): letters, digits, '-', '_' or '.', without '/' and not '..'")
+
+
+def unsupported(overrides: list[str]) -> str | None:
+    """Why an override cannot be honoured (one line), or None. hydra.job.chdir=true would move each run into its
+    own directory, where relative paths (results_root, data) would nest runs inside runs."""
+    for o in overrides:
+        key, _, value = o.lstrip("+~").partition("=")
+        if key == "hydra.job.chdir" and value.strip().lower() == "true":
+            return ("hydra.job.chdir=true is not supported: resdepth keeps every path relative to where it is run "
+                    "and writes each run into its own run_dir already; leave it false")
+    return None
+
+
 def _ranges(cfg: dict) -> list[tuple]:
     """(key, value, whether it is allowed, what is allowed) of every setting with a range."""
     o, t, d = cfg["optim"], cfg["trainer"], cfg["data"]
@@ -248,7 +272,7 @@ def _ranges(cfg: dict) -> list[tuple]:
         ("optim.warmup_window", o["warmup_window"], o["warmup_window"] >= 1, positive),
         ("trainer.checkpoint_every", t["checkpoint_every"], t["checkpoint_every"] >= 0,
          ">= 0 (0: same as eval_every)"),
-        ("optim.lr", o["lr"], o["lr"] > 0, "> 0"),
+        ("optim.lr", o["lr"], 0 < o["lr"] < math.inf, "> 0 and finite"),
         ("optim.momentum", o["momentum"], 0 <= o["momentum"] < 1, "in [0, 1)"),
         ("optim.weight_decay", o["weight_decay"], o["weight_decay"] >= 0, ">= 0"),
         ("optim.gamma", o["gamma"], 0 < o["gamma"] <= 1, "in (0, 1]: the lr is multiplied by it at each milestone"),

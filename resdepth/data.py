@@ -36,6 +36,7 @@ import torch
 import torch.nn.functional as F
 
 from .config import REPO_ROOT
+from .rundir import atomic_write
 
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")  # torchvision's
 CACHE_VERSION = 2  # 2: cache files named by their source as well, so a rebuilt one replaces the stale one
@@ -310,10 +311,9 @@ def _write_cache(cache: Path, loaded: Loaded) -> None:
     """Write atomically, then remove the caches of the same source's earlier contents: one file per source stays."""
     train, test, classes = loaded
     cache.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cache.with_suffix(f".tmp{os.getpid()}")
-    torch.save({"train_x": train.images, "train_y": train.labels, "test_x": test.images, "test_y": test.labels,
-                "classes": classes}, tmp)
-    os.replace(tmp, cache)
+    data = {"train_x": train.images, "train_y": train.labels, "test_x": test.images, "test_y": test.labels,
+            "classes": classes}
+    atomic_write(cache, lambda tmp: torch.save(data, tmp))
     source = cache.name.rsplit("-", 1)[0]  # image_folder-<name>-<hash of its path>
     for old in cache.parent.glob(f"{glob.escape(source)}-{'[0-9a-f]' * 16}.pt"):
         if old != cache:

@@ -98,7 +98,10 @@ def compose_jobs(grid: list[list[str]]) -> list[dict]:
 def run_state(run_dir: Path) -> str:
     """done / diverged (skipped), resume (a checkpoint exists), failed or running (will restart), new."""
     result = run_dir / "result.json"
-    status = read_json(result).get("status") if result.exists() else None
+    record = read_json(result) if result.exists() else {}
+    if not isinstance(record, dict):
+        raise ValueError(f"{result} is not a run record (a JSON object); fix it or move it away")
+    status = record.get("status")
     if status in COMPLETE:
         return status
     if (run_dir / "last.ckpt").exists():
@@ -221,6 +224,7 @@ def check_jobs(jobs: list[dict]) -> list[str]:
         for job in jobs:
             validate(job)
             check(job["trainer"])
+        _one_directory_per_run(jobs)
         seen = set()
         for job in jobs:
             key = json.dumps(job["data"], sort_keys=True)
@@ -230,6 +234,19 @@ def check_jobs(jobs: list[dict]) -> list[str]:
         return [run_state(Path(job["run_dir"])) for job in jobs]  # a damaged result.json stops it here
     except DatasetError as e:
         raise ValueError(str(e)) from None
+
+
+def _one_directory_per_run(jobs: list[dict]) -> None:
+    """ValueError when jobs of different configurations would share a run directory (a `run_dir=` override in a
+    grid): the sweep would train the first and skip the others as done."""
+    from .config import semantic_config
+
+    runs: dict[str, str] = {}
+    for job in jobs:
+        semantic = json.dumps(semantic_config(job), sort_keys=True)
+        if runs.setdefault(job["run_dir"], semantic) != semantic:
+            raise ValueError(f"run_dir={job['run_dir']} would hold several configurations of this grid: a sweep "
+                             f"trains each in its own directory; drop run_dir (or sweep over results_root)")
 
 
 def print_plan(jobs: list[dict], states: list[str], given: list[str]) -> list[int]:
@@ -289,9 +306,19 @@ def summarise(jobs: list[dict], same_as: list[int], started: str) -> int:
           f"Table 6: {'; '.join(f'resdepth plot {shlex.quote(r)}' for r in roots)}", flush=True)
     failed = [d for d, s in zip(run_dirs, final) if s not in COMPLETE]
     if failed:
-        print(f"resdepth: {len(failed)} run(s) did not finish (failed, interrupted or not run); run the same "
-              f"command again to retry/resume them:", file=sys.stderr)
+        print(f"resdepth: {len(failed)} run(s) did not finish (failed, interrupted or not run); once what an error "
+              f"names is fixed, the same command retries them and resumes the interrupted ones:", file=sys.stderr)
         for d in failed:
-            print(f"  {d}: {run_state(Path(d))}", file=sys.stderr)
+            error = _error(Path(d))
+            print(f"  {d}: {'failed' + error if error else run_state(Path(d))}", file=sys.stderr)
         return 1
     return 0
+
+
+def _error(run_dir: Path) -> str:
+    """': <the error result.json records>' for a failed run, else ''."""
+    try:
+        error = read_json(run_dir / "result.json").get("error")
+    except (OSError, ValueError, AttributeError):
+        return ""
+    return f": {error}" if error else ""

@@ -8,6 +8,7 @@ files in rundir.py, the records in records.py, the training step in system.py.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
 import time
@@ -22,13 +23,21 @@ from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from . import rundir
 from .config import config_hash, semantic_config, the_net, to_plain, validate
-from .data import DataModule
+from .data import DataModule, DatasetError
 from .device import check, claim, claim_gpu, device_name, resolve_device, use_cuda_graph  # noqa: F401 (claim_gpu)
 from .models import count_parameters
 from .records import Recorder, label
 from .results import fmt_time
 from .rundir import RunBusy, RunConflict  # noqa: F401 (raised by train: the CLI and sweep catch them from here)
 from .system import System
+
+
+class RunFailed(RuntimeError):
+    """A run failed after its directory was set up; result.json says failed, error.txt holds the traceback."""
+
+
+class CorruptCheckpoint(RuntimeError):
+    """last.ckpt cannot be read: the run cannot resume from it."""
 
 
 class Interrupted(KeyboardInterrupt):
@@ -61,7 +70,8 @@ def train(cfg: DictConfig | dict) -> dict:
     lock = rundir.lock_run(run_dir)
     gpu, gpu_lock = claim(cfg["trainer"])  # parallel jobs on a machine with several GPUs
     try:
-        return _run(cfg, run_dir, gpu)
+        with failures_recorded(cfg, run_dir):
+            return _run(cfg, run_dir, gpu)
     finally:
         lock.close()
         if gpu_lock is not None:
@@ -97,8 +107,57 @@ def build(cfg: dict, gpu: int | None = None) -> tuple[DataModule, System, dict]:
 
 
 def checkpoint_step(ckpt: Path) -> int:
-    """The iteration of a run's last checkpoint (0: none). mmap: read it without loading the whole checkpoint."""
-    return torch.load(ckpt, map_location="cpu", weights_only=False, mmap=True)["global_step"] if ckpt.exists() else 0
+    """The iteration of a run's last checkpoint (0: none). mmap: read it without loading the whole checkpoint.
+    CorruptCheckpoint, with what to do, when it cannot be read (nothing is deleted without the user asking)."""
+    if not ckpt.exists():
+        return 0
+    try:
+        return int(torch.load(ckpt, map_location="cpu", weights_only=False, mmap=True)["global_step"])
+    except Exception as e:
+        raise CorruptCheckpoint(
+            f"{ckpt} is damaged ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else 'unreadable'}), so the "
+            f"run cannot resume from it; to restart it from iteration 0, move it away and run the same command "
+            f"again: mv '{ckpt}' '{ckpt}.damaged'") from None
+
+
+@contextlib.contextmanager
+def failures_recorded(cfg: dict, run_dir: Path):
+    """A failure at any point of a run (a refusal before anything is written aside) is recorded: result.json says
+    failed with the error, error.txt holds the traceback, and RunFailed says so in one line."""
+    try:
+        yield
+    except (DatasetError, ValueError) as e:
+        if (run_dir / "result.json").exists() and _status(run_dir) == "running":
+            raise RunFailed(_record_failure(cfg, run_dir, e)) from e
+        raise  # refused before anything was written: the CLI says why and removes the empty directory
+    except (RunFailed, KeyboardInterrupt, SystemExit):
+        raise
+    except Exception as e:
+        raise RunFailed(_record_failure(cfg, run_dir, e)) from e
+
+
+def _status(run_dir: Path):
+    try:
+        return rundir.read_json(run_dir / "result.json").get("status")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def _record_failure(cfg: dict, run_dir: Path, e: BaseException) -> str:
+    """Mark the run failed in result.json and keep the traceback in error.txt; return the one-line message."""
+    error = f"{type(e).__name__}: {e}"
+    message = f"{error} (traceback in {run_dir / 'error.txt'})"
+    try:
+        rundir.atomic_write_text(run_dir / "error.txt", traceback.format_exc())
+        previous = rundir.read_json(run_dir / "result.json") if (run_dir / "result.json").exists() else {}
+        result = previous if isinstance(previous, dict) else {}
+        result.update(status="failed", error=error, finished=rundir.now(), run_dir=str(run_dir))
+        result.setdefault("config", cfg)
+        rundir.write_json(run_dir / "result.json", result)
+    except OSError as write_error:  # a read-only or full disk: say so instead of pointing to a missing file
+        message = f"{error} (it could not be recorded in {run_dir}: {write_error.strerror or write_error})"
+    print(f"[{label(cfg)}] FAILED: {message}", file=sys.stderr, flush=True)
+    return message
 
 
 def _run(cfg: dict, run_dir: Path, gpu: int | None) -> dict:
@@ -154,7 +213,7 @@ def _announce(cfg: dict, result: dict, resume_step: int, cuda_graph: bool) -> No
 def _fit(cfg: dict, trainer: pl.Trainer, system: System, data: DataModule, recorder: Recorder,
          resume_step: int) -> None:
     """trainer.fit, resuming from last.ckpt; an interruption says where the run can resume, a failure is recorded."""
-    run_dir, result = recorder.run_dir, recorder.result
+    run_dir = recorder.run_dir
     try:
         trainer.fit(system, datamodule=data, ckpt_path=str(run_dir / "last.ckpt") if resume_step else None)
     except (KeyboardInterrupt, SystemExit) as e:  # Lightning turns Ctrl-C into SystemExit(1) after its shutdown
@@ -166,9 +225,3 @@ def _fit(cfg: dict, trainer: pl.Trainer, system: System, data: DataModule, recor
               f"{trainer.global_step}; " + (f"its checkpoint is at iteration {kept}" if kept else "no checkpoint yet")
               + ": run the same command again to resume", file=sys.stderr, flush=True)
         raise Interrupted(143 if sigterm else 130) from None
-    except Exception as e:
-        result.update(status="failed", error=f"{type(e).__name__}: {e}", finished=rundir.now())
-        rundir.atomic_write_text(run_dir / "error.txt", traceback.format_exc())
-        rundir.write_json(run_dir / "result.json", result)
-        print(f"[{label(cfg)}] FAILED: {result['error']}", file=sys.stderr, flush=True)
-        raise
