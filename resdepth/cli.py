@@ -67,10 +67,12 @@ def _clean_up_refused(run_dir: Path, *, record_only: bool = False) -> None:
 def hydra_task(cfg: DictConfig):
     from .data import DatasetError
     from .rundir import read_json
-    from .sweep import SWEEP_PLAN_ENV, sweep_progress
+    from .sweep import SWEEP_PLAN_ENV, sweep_progress, watch_sweep
     from .train import RunBusy, RunConflict, RunFailed, train
 
     multirun = HydraConfig.get().mode == RunMode.MULTIRUN
+    if multirun and "joblib" in str(HydraConfig.get().launcher.get("_target_", "")):
+        watch_sweep()  # a local parallel worker: it stops when the sweep's process is gone
     if multirun and os.environ.get(SWEEP_PLAN_ENV):
         num = HydraConfig.get().job.num
         try:

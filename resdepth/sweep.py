@@ -16,6 +16,7 @@ import json
 import os
 import shlex
 import sys
+import time
 from pathlib import Path
 from typing import Callable
 
@@ -50,6 +51,7 @@ resume; the results table is printed at the end.
 Every key: `resdepth train --help`; one run's composed config: `resdepth train KEY=VALUE ... --cfg job`."""
 CPU_NOTE_STEPS = 10_000  # a sweep with runs this long on a CPU gets a note on what to expect
 SWEEP_PLAN_ENV = "RESDEPTH_SWEEP_PLAN"  # the sweep.json whose "plan" each job reads for its progress header
+SWEEP_PID_ENV = "RESDEPTH_SWEEP_PID"  # the sweep's process: its parallel workers stop when it is gone
 
 
 def expand_grid(overrides: list[str]) -> list[list[str]]:
@@ -288,7 +290,33 @@ def record_sweep(jobs: list[dict], same_as: list[int], command: str) -> str:
                                                "runs": [j["run_dir"] for j in jobs if j["results_root"] == root]})
         append_jsonl(Path(root) / "sweeps.jsonl", {"command": command, "started": started})
     os.environ[SWEEP_PLAN_ENV] = str(Path(roots[0]) / "sweep.json")
+    os.environ[SWEEP_PID_ENV] = str(os.getpid())
     return started
+
+
+def watch_sweep(poll_s: float = 1.0) -> None:
+    """In a worker process of a local parallel sweep: end this process within about poll_s seconds of the sweep's
+    own process ending, even by SIGKILL, so no orphan keeps training and holding its run's lock (the kernel
+    releases the lock; the last checkpoint resumes the run)."""
+    import threading
+
+    pid = int(os.environ.get(SWEEP_PID_ENV) or 0)
+    if not pid or pid == os.getpid():
+        return
+
+    def watch() -> None:
+        while True:
+            time.sleep(poll_s)
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                print(f"resdepth: the sweep (process {pid}) is gone: this worker stops; the same sweep command "
+                      f"resumes its run", file=sys.stderr, flush=True)
+                os._exit(137)
+            except PermissionError:  # alive, owned by someone else (a reused pid): keep going
+                pass
+
+    threading.Thread(target=watch, name="resdepth-sweep-watch", daemon=True).start()
 
 
 def summarise(jobs: list[dict], same_as: list[int], started: str) -> int:

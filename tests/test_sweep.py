@@ -375,3 +375,32 @@ def test_slurm_launcher_config_composes():
     assert proc.returncode == 0, proc.stderr
     assert "SlurmLauncher" in proc.stdout and "max_num_timeout: 20" in proc.stdout
     assert "partition: gpu" in proc.stdout and "gpus_per_node: 1" in proc.stdout
+
+
+def _locked(run_dir: Path) -> bool:
+    """Whether a process holds the run's lock (is training it) right now."""
+    from resdepth.rundir import RunBusy, lock_run
+
+    try:
+        lock_run(run_dir).close()
+    except RunBusy:
+        return True
+    return False
+
+
+def test_parallel_workers_stop_when_the_sweep_is_killed(tmp_path):
+    overrides = ["experiment=smoke", f"results_root={tmp_path}", "model.depth=8", "trainer.max_steps=3000",
+                 "trainer.eval_every=5"]
+    proc = subprocess.Popen([sys.executable, "-m", "resdepth.cli", "sweep", *overrides, "hydra/launcher=parallel",
+                             "hydra.launcher.n_jobs=2"], cwd=REPO, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    run_dirs = [Path(compose([*overrides, f"model.block={b}"])["run_dir"]) for b in ("plain", "residual")]
+    try:  # both workers are training: each holds its run's lock and has written a record
+        assert _wait_for(lambda: all((d / "metrics.csv").exists() and _locked(d) for d in run_dirs), timeout=300)
+    finally:
+        proc.kill()  # SIGKILL: the sweep cannot tell its workers anything
+        proc.wait()
+    assert _wait_for(lambda: not any(_locked(d) for d in run_dirs), timeout=60)
+    steps = [json.loads((d / "result.json").read_text())["steps"] for d in run_dirs]
+    time.sleep(3)
+    assert [json.loads((d / "result.json").read_text())["steps"] for d in run_dirs] == steps  # nobody trains them any more
