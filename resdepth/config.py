@@ -82,7 +82,7 @@ class OptimConfig:
     warmup_lr: float = MISSING
     warmup_until_error: float = MISSING  # fraction
     warmup_window: int = MISSING  # steps averaged for the warm-up test
-    warmup_max_steps: int = MISSING  # the warm-up ends here at the latest (0: no bound)
+    warmup_max_steps: int = MISSING  # the warm-up ends here at the latest (0: at the first milestone)
     bn_batch: int = MISSING  # images per batch-norm group in training (0: the whole batch)
 
 
@@ -213,7 +213,7 @@ def validate(cfg: dict) -> None:
     """Raise ValueError with a one-line message naming the bad value and what is allowed (what Hydra's schema
     cannot check: ranges, auto|true|false choices, the depth)."""
     from .data import check_kind
-    from .models import check_depth
+    from .models import check_bn_batch, check_depth
 
     known = [f.name for f in fields(Config)]
     for key in cfg:
@@ -221,6 +221,7 @@ def validate(cfg: dict) -> None:
             raise ValueError(f"unknown setting {key!r} (added with +{key}=...); the config has {', '.join(known)}")
     _check_paths(cfg)
     check_depth(cfg["model"]["depth"])
+    check_bn_batch(cfg["optim"]["bn_batch"], cfg["optim"]["batch_size"])
     warms_up(cfg["optim"], cfg["model"]["depth"])
     choice("trainer.cuda_graph", cfg["trainer"]["cuda_graph"], AUTO_BOOL)
     if not 0 <= cfg["seed"] < 2**32:  # what numpy and Lightning accept (their own message does not name the key)
@@ -244,6 +245,8 @@ def _check_paths(cfg: dict) -> None:
     dataset's name is one folder name."""
     if not str(cfg["results_root"]).strip():
         raise ValueError("results_root='' is empty: name the folder that holds the results (default: runs)")
+    if Path(str(cfg["results_root"])).expanduser().is_file():
+        raise ValueError(f"results_root={cfg['results_root']} is a file, not a folder: name a folder for the results")
     name = str(cfg["data"]["name"])
     if not name or name in (".", "..") or "/" in name or "\\" in name or "\0" in name:
         raise ValueError(f"data.name={name!r} must be one folder name (it names the dataset's folder under "
@@ -278,8 +281,8 @@ def _ranges(cfg: dict) -> list[tuple]:
         ("optim.gamma", o["gamma"], 0 < o["gamma"] <= 1, "in (0, 1]: the lr is multiplied by it at each milestone"),
         ("optim.warmup_lr", o["warmup_lr"], o["warmup_lr"] > 0, "> 0"),
         ("optim.warmup_until_error", o["warmup_until_error"], 0 <= o["warmup_until_error"] <= 1,
-         "a fraction in [0, 1] (0: warm up until the first milestone)"),
-        ("optim.warmup_max_steps", o["warmup_max_steps"], o["warmup_max_steps"] >= 0, ">= 0 (0: no bound)"),
+         "a fraction in [0, 1] (0: warm up until optim.warmup_max_steps or the first milestone)"),
+        ("optim.warmup_max_steps", o["warmup_max_steps"], o["warmup_max_steps"] >= 0, ">= 0 (0: the first milestone)"),
         ("optim.bn_batch", o["bn_batch"], o["bn_batch"] >= 0, ">= 0 (0: the whole batch)"),
         ("data.val_size", d["val_size"], d["val_size"] >= 0, ">= 0 (0: no validation split)"),
         ("data.test_subset", d["test_subset"], d["test_subset"] >= 0, ">= 0 (0: the whole test set)"),

@@ -13,6 +13,10 @@ filters; the first conv of stages 2 and 3 has stride 2. Every conv is followed b
 A plain net has exactly the same layers and parameters as its residual twin, without the shortcuts. Option A
 shortcuts have no parameters; option B adds a 1x1 projection + BN where the shape changes (+2,752 parameters).
 
+Block kinds live in the registry BLOCKS ("plain": PlainBlock, "residual": ResidualBlock); register_block adds one.
+`bn_batch` > 0 makes every BN normalise a training batch in groups of that many images, as the paper's two GPUs did
+(64 images each); evaluation is unchanged.
+
 This module knows nothing of training; the counts above are checked by tests/test_models.py.
 """
 
@@ -22,7 +26,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-BLOCKS = ("plain", "residual")
 SHORTCUTS = ("A", "B")
 STAGE_WIDTHS = (16, 32, 64)
 
@@ -42,9 +45,42 @@ def check_depth(depth: int) -> int:
     return (depth - 2) // 6
 
 
+def check_bn_batch(bn_batch: int, batch_size: int) -> int:
+    """Return bn_batch (images per BN group in training; 0: the whole batch), or raise ValueError naming both
+    values when it is negative or does not divide the batch."""
+    if bn_batch < 0 or (bn_batch and batch_size % bn_batch):
+        raise ValueError(f"optim.bn_batch={bn_batch} must be 0 (the whole batch) or divide "
+                         f"optim.batch_size={batch_size} (e.g. {batch_size // 2} for two groups)")
+    return bn_batch
+
+
 def conv3x3(in_planes: int, out_planes: int, stride: int = 1) -> nn.Conv2d:
     """3x3 convolution with padding 1 and no bias (BN follows)."""
     return nn.Conv2d(in_planes, out_planes, kernel_size=3, stride=stride, padding=1, bias=False)
+
+
+class GroupBatchNorm2d(nn.BatchNorm2d):
+    """BatchNorm2d that, in training, normalises a batch in groups of `bn_batch` images: statistics per group, the
+    running statistics updated from each group in turn. bn_batch=0, or evaluation: plain BatchNorm2d. Same
+    parameters and state as BatchNorm2d, so weights load either way."""
+
+    def __init__(self, num_features: int, bn_batch: int = 0) -> None:
+        super().__init__(num_features)
+        if bn_batch < 0:
+            raise ValueError(f"optim.bn_batch={bn_batch} must be >= 0 (0: the whole batch)")
+        self.bn_batch = bn_batch
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or not self.bn_batch or len(x) == self.bn_batch:
+            return super().forward(x)
+        check_bn_batch(self.bn_batch, len(x))
+        norm = super().forward
+        # Slices along the batch keep the memory format (N is outermost in NCHW and NHWC) and have static shapes,
+        # so channels-last inputs and captured CUDA graphs work unchanged.
+        return torch.cat([norm(part) for part in x.split(self.bn_batch)])
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, bn_batch={self.bn_batch}"
 
 
 class PadShortcut(nn.Module):
@@ -61,46 +97,87 @@ class PadShortcut(nn.Module):
         return F.pad(x, (0, 0, 0, 0, self.extra // 2, self.extra - self.extra // 2))
 
 
-def projection(in_planes: int, out_planes: int, stride: int) -> nn.Sequential:
+def projection(in_planes: int, out_planes: int, stride: int, bn_batch: int = 0) -> nn.Sequential:
     """Option B: 1x1 convolution + BN where the shape changes."""
     return nn.Sequential(
-        nn.Conv2d(in_planes, out_planes, kernel_size=1, stride=stride, bias=False), nn.BatchNorm2d(out_planes)
+        nn.Conv2d(in_planes, out_planes, kernel_size=1, stride=stride, bias=False),
+        GroupBatchNorm2d(out_planes, bn_batch),
     )
 
 
-class BasicBlock(nn.Module):
-    """Two 3x3 conv-BN layers; with `residual`, a shortcut is added before the second ReLU."""
+class PlainBlock(nn.Module):
+    """Two 3x3 conv-BN layers, each followed by ReLU: a plain net's pair of layers (`shortcut` is not used)."""
 
-    def __init__(self, in_planes: int, planes: int, stride: int, residual: bool, shortcut: str) -> None:
+    paper_name = "plain"
+
+    def __init__(self, in_planes: int, planes: int, stride: int, *, shortcut: str = "A", bn_batch: int = 0) -> None:
         super().__init__()
         self.conv1 = conv3x3(in_planes, planes, stride)
-        self.bn1 = nn.BatchNorm2d(planes)
+        self.bn1 = GroupBatchNorm2d(planes, bn_batch)
         self.conv2 = conv3x3(planes, planes)
-        self.bn2 = nn.BatchNorm2d(planes)
-        self.residual = residual
-        self.shortcut: nn.Module = nn.Identity()
-        if residual and (stride != 1 or in_planes != planes):
-            self.shortcut = PadShortcut(in_planes, planes, stride) if shortcut == "A" else projection(
-                in_planes, planes, stride
-            )
+        self.bn2 = GroupBatchNorm2d(planes, bn_batch)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def branch(self, x: torch.Tensor) -> torch.Tensor:
+        """The two layers up to the second BN: the paper's F(x)."""
         out = self.conv1(x)
         out = self.bn1(out)
         out = F.relu(out)
         out = self.conv2(out)
-        out = self.bn2(out)
-        if self.residual:
-            out = out + self.shortcut(x)
+        return self.bn2(out)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.relu(self.branch(x))
+
+    def response_layers(self) -> list[nn.BatchNorm2d]:
+        """The BN after each 3x3 conv, in order: where Figure 7 reads the responses."""
+        return [self.bn1, self.bn2]
+
+
+class ResidualBlock(PlainBlock):
+    """A PlainBlock whose shortcut is added before the second ReLU: out = ReLU(F(x) + shortcut(x))."""
+
+    paper_name = "ResNet"
+
+    def __init__(self, in_planes: int, planes: int, stride: int, *, shortcut: str = "A", bn_batch: int = 0) -> None:
+        super().__init__(in_planes, planes, stride, shortcut=shortcut, bn_batch=bn_batch)
+        self.shortcut: nn.Module = nn.Identity()
+        if stride != 1 or in_planes != planes:
+            self.shortcut = PadShortcut(in_planes, planes, stride) if shortcut == "A" else projection(
+                in_planes, planes, stride, bn_batch
+            )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.branch(x)
+        out = out + self.shortcut(x)
         return F.relu(out)
 
 
-class CifarResNet(nn.Module):
-    """A plain or residual CIFAR network of depth 6n + 2 (see the module docstring)."""
+# model.block -> block class. A class is built as cls(in_planes, planes, stride, shortcut=..., bn_batch=...) and
+# carries `paper_name` (net_name) and response_layers() (Figure 7): subclassing PlainBlock gives both.
+BLOCKS: dict[str, type[nn.Module]] = {}
 
-    def __init__(
-        self, *, depth: int, block: str = "residual", shortcut: str = "A", in_channels: int = 3, num_classes: int = 10
-    ) -> None:
+
+def register_block(name: str, cls: type[nn.Module]) -> type[nn.Module]:
+    """Add the block kind `name` (model.block=name); returns cls. The config schema's choices are read from BLOCKS
+    when resdepth.config is first imported: register before that for Hydra to accept the name."""
+    BLOCKS[name] = cls
+    return cls
+
+
+register_block("plain", PlainBlock)
+register_block("residual", ResidualBlock)
+
+
+def net_name(block: str, depth: int) -> str:
+    """The paper's name of a net: plain-20, ResNet-56 (an unregistered kind: its own name, e.g. dense-20)."""
+    return f"{getattr(BLOCKS.get(block), 'paper_name', block)}-{depth}"
+
+
+class CifarResNet(nn.Module):
+    """A CIFAR network of depth 6n + 2 made of one registered block kind (see the module docstring)."""
+
+    def __init__(self, *, depth: int, block: str = "residual", shortcut: str = "A", in_channels: int = 3,
+                 num_classes: int = 10, bn_batch: int = 0) -> None:
         super().__init__()
         n = check_depth(depth)
         if block not in BLOCKS:
@@ -109,15 +186,16 @@ class CifarResNet(nn.Module):
             raise ValueError(f"model.shortcut={shortcut!r} is not one of {', '.join(SHORTCUTS)}")
         if in_channels < 1 or num_classes < 2:
             raise ValueError(f"need in_channels >= 1 and num_classes >= 2, got {in_channels} and {num_classes}")
-        self.depth, self.block, self.shortcut = depth, block, shortcut
+        self.depth, self.block, self.shortcut, self.bn_batch = depth, block, shortcut, bn_batch
         self.conv1 = conv3x3(in_channels, STAGE_WIDTHS[0])
-        self.bn1 = nn.BatchNorm2d(STAGE_WIDTHS[0])
+        self.bn1 = GroupBatchNorm2d(STAGE_WIDTHS[0], bn_batch)
+        make_block = BLOCKS[block]
         layers: list[nn.Module] = []
         in_planes = STAGE_WIDTHS[0]
         for stage, planes in enumerate(STAGE_WIDTHS):
             for i in range(n):
                 stride = 2 if stage > 0 and i == 0 else 1
-                layers.append(BasicBlock(in_planes, planes, stride, block == "residual", shortcut))
+                layers.append(make_block(in_planes, planes, stride, shortcut=shortcut, bn_batch=bn_batch))
                 in_planes = planes
         self.blocks = nn.Sequential(*layers)
         self.fc = nn.Linear(in_planes, num_classes)
@@ -140,7 +218,7 @@ class CifarResNet(nn.Module):
         """The BN after every 3x3 conv, in layer order (6n + 1 of them): where Figure 7 reads the responses."""
         layers = [self.bn1]
         for b in self.blocks:
-            layers += [b.bn1, b.bn2]
+            layers += b.response_layers()
         return layers
 
 
@@ -180,11 +258,13 @@ class ResponseStd:
         return var.clamp_min(0).sqrt().tolist()
 
 
-def cifar_resnet(
-    *, depth: int, block: str = "residual", shortcut: str = "A", in_channels: int = 3, num_classes: int = 10
-) -> CifarResNet:
-    """Build a CIFAR ResNet (or its plain twin) of depth 6n + 2; raises ValueError on bad arguments."""
-    return CifarResNet(depth=depth, block=block, shortcut=shortcut, in_channels=in_channels, num_classes=num_classes)
+def cifar_resnet(*, depth: int, block: str = "residual", shortcut: str = "A", in_channels: int = 3,
+                 num_classes: int = 10, bn_batch: int = 0) -> CifarResNet:
+    """Build a CIFAR ResNet (or its plain twin, or another registered block kind) of depth 6n + 2, its BN
+    normalising training batches in groups of bn_batch images (0: whole batches); raises ValueError on bad
+    arguments."""
+    return CifarResNet(depth=depth, block=block, shortcut=shortcut, in_channels=in_channels, num_classes=num_classes,
+                       bn_batch=bn_batch)
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -12,10 +12,11 @@ import time
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
+from torch import nn
 
-from .models import ResponseStd, cifar_resnet
+from .config import warms_up
+from .models import ResponseStd, check_bn_batch, cifar_resnet
 
-WARMUP_DEPTH = 110  # optim.warmup=auto turns the warm-up on from this depth (the paper's ResNet-110)
 GRAPH_WARMUP = 3  # eager iterations (real ones) before a CUDA graph is captured: cuDNN autotuning, SGD state
 
 
@@ -28,12 +29,97 @@ def lr_at(step: int, optim: dict, warming_up: bool = False) -> float:
     return float(optim["lr"]) * float(optim["gamma"]) ** sum(step >= m for m in milestones)
 
 
-def warmup_enabled(optim: dict, depth: int) -> bool:
-    """optim.warmup: auto (on for depth >= 110) | true | false; raises ValueError otherwise."""
-    value = str(optim["warmup"]).lower()
-    if value not in ("auto", "true", "false"):
-        raise ValueError(f"optim.warmup={optim['warmup']!r} is not one of auto, true, false")
-    return depth >= WARMUP_DEPTH if value == "auto" else value == "true"
+warmup_enabled = warms_up  # whether a run warms up: auto (depth >= optim.warmup_depth) | true | false
+
+
+def warmup_bound(optim: dict) -> int | None:
+    """The iteration at which a warm-up ends at the latest: optim.warmup_max_steps (0: none) or the first
+    milestone, whichever comes first (the warm-up lr is never used past it); None when neither is set."""
+    bounds = [int(m) for m in sorted(optim["milestones"])[:1]]
+    if int(optim.get("warmup_max_steps") or 0) > 0:
+        bounds.append(int(optim["warmup_max_steps"]))
+    return min(bounds, default=None)
+
+
+def warmup_end(step: int, optim: dict, window_error: float | None) -> str | None:
+    """Why the warm-up ends before iteration `step` (0-based): "training error" when window_error (the mean
+    training error, a fraction, of the last optim.warmup_window iterations; None: not measured at this step) is
+    below optim.warmup_until_error, "bound" at warmup_bound; None while it goes on."""
+    if window_error is not None and window_error < float(optim["warmup_until_error"]):
+        return "training error"
+    bound = warmup_bound(optim)
+    return "bound" if bound is not None and step >= bound else None
+
+
+class Window(nn.Module):
+    """The training loss and error of every iteration since the last record, kept on the device and read once per
+    record. A module only for its device buffer: it adds nothing to the state dict."""
+
+    def __init__(self, size: int) -> None:
+        super().__init__()
+        self.start = 0  # iteration of values[0]
+        self.register_buffer("values", torch.zeros(size, 2), persistent=False)
+
+    def put(self, step: int, loss: torch.Tensor, error: torch.Tensor) -> None:
+        """Keep iteration `step`'s loss and error (device scalars; error a fraction)."""
+        i = (step - self.start) % len(self.values)
+        self.values[i, 0] = loss.detach().float()
+        self.values[i, 1] = error
+
+    def take(self, step: int) -> tuple[float, float, int | None]:
+        """(mean loss, mean error, the first 1-based iteration whose loss is not finite or None) of iterations
+        start to step - 1; the next window starts at `step`."""
+        values = self.values[:step - self.start].double().cpu()
+        bad = (~torch.isfinite(values[:, 0])).nonzero()
+        diverged_at = self.start + int(bad[0]) + 1 if len(bad) else None
+        self.start = step
+        return values[:, 0].mean().item(), values[:, 1].mean().item(), diverged_at
+
+
+class Warmup(nn.Module):
+    """The paper's warm-up (section 4.2): optim.warmup_lr until the mean training error of the last
+    optim.warmup_window iterations is below optim.warmup_until_error, at the latest until warmup_bound.
+    The per-iteration errors stay on the device, read once per window and only while warming up. A module only
+    for its device buffer: it holds no parameters and adds nothing to the state dict."""
+
+    def __init__(self, optim: dict, depth: int) -> None:
+        super().__init__()
+        self.optim = optim
+        self.on = warmup_enabled(optim, depth)  # warming up now
+        self.ended_at = 0  # the iteration at which it ended (0: it did not, or never began)
+        self.ended_by: str | None = None  # "training error" | "bound" (see warmup_end), None until it ends
+        self.register_buffer("errors", torch.ones(int(optim["warmup_window"])), persistent=False)
+
+    def record(self, step: int, error: torch.Tensor) -> None:
+        """Keep iteration `step`'s training error (a device scalar, fraction) while warming up."""
+        if self.on:
+            self.errors[step % len(self.errors)] = error
+
+    def check(self, step: int) -> str | None:
+        """Before iteration `step`: end the warm-up where warmup_end says so, returning a line that says why."""
+        w = len(self.errors)
+        err = self.errors.mean().item() if step > 0 and step % w == 0 else None
+        self.ended_by = warmup_end(step, self.optim, err)
+        if self.ended_by is None:
+            return None
+        self.on, self.ended_at = False, step
+        limit = f"{100 * float(self.optim['warmup_until_error']):.0f}%"
+        why = (f"training error {100 * err:.1f}% over the last {w} iterations < {limit}"
+               if self.ended_by == "training error" else f"its bound (the earlier of optim.warmup_max_steps and "
+               f"the first milestone), the training error not yet below {limit}")
+        return f"warm-up over at iteration {step}: {why}; lr {lr_at(step, self.optim)} from here"
+
+    def state(self) -> dict:
+        return {"warming_up": self.on, "warmup_steps": self.ended_at, "warmup_ended_by": self.ended_by,
+                "warm_window": self.errors.cpu()}
+
+    def load(self, state: dict) -> None:
+        """Restore state(); reads checkpoints written before the bound existed (no warmup_ended_by)."""
+        self.on, self.ended_at = state["warming_up"], state["warmup_steps"]
+        # Then only the training error could end a warm-up.
+        self.ended_by = state.get("warmup_ended_by", "training error" if self.ended_at else None)
+        if self.on:  # a net that does not warm up may have been saved with another window length
+            self.errors.copy_(state["warm_window"])
 
 
 class WholeStep:
@@ -105,20 +191,16 @@ class System(pl.LightningModule):
         self.save_hyperparameters()  # plain dicts only: torch >= 2.6 refuses to unpickle DictConfig
         self.cfg = cfg
         m, self.optim_cfg, t = cfg["model"], cfg["optim"], cfg["trainer"]
+        bn_batch = check_bn_batch(int(self.optim_cfg.get("bn_batch", 0)), int(self.optim_cfg["batch_size"]))
         self.net = cifar_resnet(depth=m["depth"], block=m["block"], shortcut=m["shortcut"],
-                                in_channels=in_channels, num_classes=num_classes)
+                                in_channels=in_channels, num_classes=num_classes, bn_batch=bn_batch)
         self.channels_last = bool(t["channels_last"])
         if self.channels_last:
             self.net = self.net.to(memory_format=torch.channels_last)
         # Kept out of the module registry (plain __dict__ entry) so checkpoints hold the weights once.
         self.__dict__["forward_net"] = torch.compile(self.net, mode=t["compile_mode"]) if t["compile"] else self.net
-        self.eval_every = int(t["eval_every"])
-        self.warming_up = warmup_enabled(self.optim_cfg, m["depth"])
-        self.warmup_steps = 0  # iterations spent warming up
-        # Per-iteration values since the last record, on the device: [loss, error] x eval_every.
-        self.register_buffer("window", torch.zeros(self.eval_every, 2), persistent=False)
-        self.register_buffer("warm_window", torch.ones(int(self.optim_cfg["warmup_window"])), persistent=False)
-        self.window_start = 0  # iteration of window[0]
+        self.warmup = Warmup(self.optim_cfg, m["depth"])
+        self.window = Window(int(t["eval_every"]))
         self.elapsed_before = 0.0  # training seconds of earlier sessions of this run (resume)
         self.session_start = time.perf_counter()
         self.datamodule = None  # set by train.py; records evaluate on its test/val splits
@@ -126,6 +208,20 @@ class System(pl.LightningModule):
         # zero_grad/backward/step; set by train.build from trainer.cuda_graph.
         self.whole_step = False
         self._whole: WholeStep | None = None
+
+    @property
+    def warming_up(self) -> bool:
+        return self.warmup.on
+
+    @property
+    def warmup_steps(self) -> int:
+        """The iteration at which the warm-up ended (0: it did not, or never began)."""
+        return self.warmup.ended_at
+
+    @property
+    def warmup_ended_by(self) -> str | None:
+        """What ended the warm-up: "training error" or "bound"; None when it did not end, or never began."""
+        return self.warmup.ended_by
 
     # ------------------------------------------------------------------------------------------ training
     def configure_optimizers(self):
@@ -149,24 +245,11 @@ class System(pl.LightningModule):
 
     def on_train_batch_start(self, batch, batch_idx: int) -> None:
         step = self.trainer.global_step
-        if self.warming_up:
-            self._check_warmup(step)
+        if self.warming_up and (line := self.warmup.check(step)):
+            self.print(line)
         lr = lr_at(step, self.optim_cfg, self.warming_up)
         for group in self.trainer.optimizers[0].param_groups:
             group["lr"] = lr
-
-    def _check_warmup(self, step: int) -> None:
-        """Warm-up ends once the mean training error of the last `warmup_window` iterations is below the limit.
-        Reads the device once per window, and only while warming up."""
-        w = len(self.warm_window)
-        if step > 0 and step % w == 0:
-            err = self.warm_window.mean().item()
-            if err < float(self.optim_cfg["warmup_until_error"]):
-                self.warming_up = False
-                self.warmup_steps = step
-                self.print(f"warm-up over at iteration {step}: training error {100 * err:.1f}% "
-                           f"< {100 * float(self.optim_cfg['warmup_until_error']):.0f}%, lr back to "
-                           f"{self.optim_cfg['lr']}")
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor | None:
         x, y = batch
@@ -183,30 +266,27 @@ class System(pl.LightningModule):
             with torch.no_grad():
                 err = (logits.argmax(1) != y).float().mean()
         with torch.no_grad():
-            i = (self.trainer.global_step - self.window_start) % self.eval_every
-            self.window[i, 0] = loss.detach().float()
-            self.window[i, 1] = err
-            if self.warming_up:
-                self.warm_window[self.trainer.global_step % len(self.warm_window)] = err
+            self.window.put(self.trainer.global_step, loss, err)
+            self.warmup.record(self.trainer.global_step, err)
         return None if self.whole_step else loss  # None: Lightning has no backward/step left to do
 
     # ------------------------------------------------------------------------------------------- records
-    def _inputs(self, split, batch_size: int):
-        """(normalised images, labels) of a Split in chunks, without augmentation."""
-        for s in range(0, len(split), batch_size):
-            x = self.datamodule.normalize(split.images[s:s + batch_size])
-            yield x.contiguous(memory_format=torch.channels_last) if self.channels_last else x, \
-                split.labels[s:s + batch_size]
+    def _inputs(self, split):
+        """(normalised images, labels) of a Split in chunks of trainer.eval_batch_size, without augmentation."""
+        n = int(self.cfg["trainer"]["eval_batch_size"])
+        for s in range(0, len(split), n):
+            x = self.datamodule.normalize(split.images[s:s + n])
+            yield x.contiguous(memory_format=torch.channels_last) if self.channels_last else x, split.labels[s:s + n]
 
     @torch.no_grad()
-    def evaluate(self, split, batch_size: int = 1000) -> float:
+    def evaluate(self, split) -> float:
         """Error (fraction) of the current network on a Split, in eval mode, in the trainer's precision."""
         was_training = self.net.training
         self.net.eval()
         wrong = torch.zeros((), device=split.labels.device)
         ctx = self.trainer.precision_plugin.forward_context if self._trainer is not None else torch.no_grad
         with ctx():
-            for x, y in self._inputs(split, batch_size):
+            for x, y in self._inputs(split):
                 wrong += (self.forward_net(x).argmax(1) != y).sum()
         self.net.train(was_training)
         return wrong.item() / len(split)
@@ -214,42 +294,30 @@ class System(pl.LightningModule):
     def take_record(self) -> dict:
         """One row of metrics.csv for the iterations since the last record (reads the device once)."""
         step = self.trainer.global_step
-        n = step - self.window_start
-        window = self.window[:n].double().cpu()
-        bad = (~torch.isfinite(window[:, 0])).nonzero()
-        row = {
-            "iteration": step,
-            "lr": lr_at(step - 1, self.optim_cfg, self.warming_up),
-            "train_loss": window[:, 0].mean().item(),
-            "train_error": window[:, 1].mean().item(),
-            "val_error": math.nan,
-            "test_error": math.nan,
-            "elapsed_s": self.elapsed_before + time.perf_counter() - self.session_start,
-            "diverged_at": self.window_start + int(bad[0]) + 1 if len(bad) else None,
-        }
-        if row["diverged_at"] is None:
+        loss, error, diverged_at = self.window.take(step)
+        row = {"iteration": step, "lr": lr_at(step - 1, self.optim_cfg, self.warming_up), "train_loss": loss,
+               "train_error": error, "val_error": math.nan, "test_error": math.nan,
+               "elapsed_s": self.elapsed_before + time.perf_counter() - self.session_start, "diverged_at": diverged_at}
+        if diverged_at is None:
             for name, split in self.datamodule.eval_splits.items():
                 row[f"{name}_error"] = self.evaluate(split)
-        self.window_start = step
         return row
 
     @torch.no_grad()
-    def layer_responses(self, split, batch_size: int = 1000) -> list[float]:
+    def layer_responses(self, split) -> list[float]:
         """Figure 7: std of every 3x3 layer's response (after BN, before ReLU/addition) over a whole split, fp32."""
         self.net.eval()
         with ResponseStd(self.net) as responses:
-            for x, _ in self._inputs(split, batch_size):
+            for x, _ in self._inputs(split):
                 self.net(x)
         return responses.std()
 
     # ------------------------------------------------------------------------------------------ resume
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["resdepth"] = {
-            "warming_up": self.warming_up,
-            "warmup_steps": self.warmup_steps,
-            "window": self.window.cpu(),
-            "warm_window": self.warm_window.cpu(),
-            "window_start": self.window_start,
+            **self.warmup.state(),
+            "window": self.window.values.cpu(),
+            "window_start": self.window.start,
             "elapsed_s": self.elapsed_before + time.perf_counter() - self.session_start,
             "rng": {"torch": torch.get_rng_state(),
                     "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
@@ -257,10 +325,9 @@ class System(pl.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         state = checkpoint["resdepth"]
-        self.warming_up, self.warmup_steps = state["warming_up"], state["warmup_steps"]
-        self.window.copy_(state["window"])
-        self.warm_window.copy_(state["warm_window"])
-        self.window_start = state["window_start"]
+        self.warmup.load(state)
+        self.window.values.copy_(state["window"])
+        self.window.start = state["window_start"]
         self.elapsed_before = state["elapsed_s"]
         self.session_start = time.perf_counter()
         torch.set_rng_state(state["rng"]["torch"])

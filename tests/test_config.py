@@ -10,6 +10,16 @@ from resdepth.config import config_hash, semantic_config
 
 from .conftest import REPO, compose, run_cli
 
+# The names `resdepth sweep` (the paper's protocol: BN over 64 images, the bounded warm-up of depth 110) gives its
+# runs (results_root=R).
+PAPER_RUNS = {
+    (20, "plain"): "R/cifar10/plain-20/seed0-985021b4",
+    (20, "residual"): "R/cifar10/residual-20/seed0-61ae526d",
+    (56, "plain"): "R/cifar10/plain-56/seed0-ecd969a6",
+    (56, "residual"): "R/cifar10/residual-56/seed0-b73dda00",
+    (110, "plain"): "R/cifar10/plain-110/seed0-81c60959",
+    (110, "residual"): "R/cifar10/residual-110/seed0-68575113",
+}
 # The names `resdepth sweep experiment=demo` gives its runs (results_root=R). Changing one of these loses every
 # user's finished demo runs: they are no longer found to skip or resume.
 DEMO_RUNS = {
@@ -24,7 +34,7 @@ SMOKE_RUNS = {
 }
 
 
-@pytest.mark.parametrize("preset, runs", [("demo", DEMO_RUNS), ("smoke", SMOKE_RUNS)])
+@pytest.mark.parametrize("preset, runs", [("paper", PAPER_RUNS), ("demo", DEMO_RUNS), ("smoke", SMOKE_RUNS)])
 def test_run_directory_names_are_pinned(preset, runs):
     for (depth, block), name in runs.items():
         cfg = compose([f"experiment={preset}", f"model.depth={depth}", f"model.block={block}", "results_root=R"])

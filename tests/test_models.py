@@ -3,7 +3,8 @@ import pickle
 import pytest
 import torch
 
-from resdepth.models import ResponseStd, check_depth, cifar_resnet, count_parameters
+from resdepth.models import (BLOCKS, PlainBlock, ResponseStd, check_bn_batch, check_depth, cifar_resnet,
+                             count_parameters, net_name, register_block)
 
 PAPER_PARAMS = {20: 269_722, 32: 464_154, 44: 658_586, 56: 853_018, 110: 1_727_962}
 
@@ -98,3 +99,65 @@ def test_layer_response_std_over_whole_tensor():
         whole = torch.cat([outputs[i], outputs[19 + i]])
         assert s == pytest.approx(whole.double().std().item(), rel=1e-6)
     assert all(not layer._forward_hooks for layer in net.response_layers())  # hooks removed on exit
+
+
+@pytest.mark.parametrize("shortcut", ["A", "B"])
+def test_bn_over_groups_of_64_is_bn_over_each_half(shortcut):
+    """bn_batch=64, a batch of 128 in training: the same outputs and running statistics as the two halves through
+    whole-batch BN one after the other (the paper's two GPUs); evaluation is unchanged."""
+    torch.manual_seed(0)
+    grouped = cifar_resnet(depth=20, shortcut=shortcut, bn_batch=64).to(memory_format=torch.channels_last)
+    whole = cifar_resnet(depth=20, shortcut=shortcut)
+    whole.load_state_dict(grouped.state_dict())
+    x = torch.randn(128, 3, 32, 32)
+    out = grouped.train()(x.contiguous(memory_format=torch.channels_last))
+    halves = torch.cat([whole.train()(x[:64]), whole(x[64:])])
+    torch.testing.assert_close(out, halves, rtol=1e-4, atol=1e-5)
+    for a, b in zip(grouped.state_dict().values(), whole.state_dict().values()):  # running mean/var, counts
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(grouped.eval()(x), whole.eval()(x))
+    assert not torch.allclose(out, whole.train()(x), atol=1e-3)  # one group of 128 normalises differently
+
+
+@pytest.mark.parametrize("depth", [20, 110])
+def test_bn_groups_add_no_parameters(depth):
+    assert count_parameters(cifar_resnet(depth=depth, block="plain", bn_batch=64)) == PAPER_PARAMS[depth]
+
+
+def test_bn_batch_that_does_not_divide_the_batch_is_refused():
+    assert check_bn_batch(64, 128) == 64 and check_bn_batch(0, 100) == 0
+    with pytest.raises(ValueError, match="optim.bn_batch=48 .*optim.batch_size=128"):
+        check_bn_batch(48, 128)
+    with pytest.raises(ValueError, match="optim.bn_batch=48 .*optim.batch_size=100"):
+        cifar_resnet(depth=8, bn_batch=48).train()(torch.randn(100, 3, 32, 32))
+    with pytest.raises(ValueError, match="optim.bn_batch=-1"):
+        cifar_resnet(depth=8, bn_batch=-1)
+    assert cifar_resnet(depth=8, bn_batch=48).eval()(torch.randn(100, 3, 32, 32)).shape == (100, 10)
+
+
+def test_block_kinds_come_from_the_registry():
+    assert list(BLOCKS) == ["plain", "residual"]
+    assert [net_name(b, d) for b, d in [("plain", 20), ("residual", 56), ("residual", 110)]] == [
+        "plain-20", "ResNet-56", "ResNet-110"]
+
+
+class DoubledBlock(PlainBlock):
+    """A throwaway kind: the plain pair of layers, its output doubled."""
+
+    paper_name = "doubled"
+
+    def forward(self, x):
+        return 2 * super().forward(x)
+
+
+def test_a_registered_block_kind_builds_a_net():
+    register_block("doubled", DoubledBlock)
+    try:
+        net = cifar_resnet(depth=20, block="doubled")
+        assert isinstance(net.blocks[0], DoubledBlock) and net_name("doubled", 20) == "doubled-20"
+        assert count_parameters(net) == PAPER_PARAMS[20] and len(net.response_layers()) == 19
+        assert net(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+        with pytest.raises(ValueError, match="not one of plain, residual, doubled"):
+            cifar_resnet(depth=20, block="dense")
+    finally:
+        del BLOCKS["doubled"]

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from resdepth.results import read_json, read_metrics
-from resdepth.system import lr_at, warmup_enabled
+from resdepth.system import System, lr_at, warmup_bound, warmup_enabled, warmup_end
 import resdepth.train
 from resdepth.train import train
 
@@ -70,6 +70,88 @@ def test_warmup_that_never_reaches_the_threshold_keeps_warming(tmp_path):
     assert {r["lr"] for r in read_metrics(f"{cfg['run_dir']}/metrics.csv")} == {0.01}
 
 
+def test_warmup_ends_by_training_error_or_at_its_bound():
+    o = {**PAPER, "warmup_until_error": 0.8, "warmup_max_steps": 1200}
+    assert warmup_end(400, o, 0.79) == "training error"
+    assert warmup_end(400, o, 0.80) is None and warmup_end(401, o, None) is None
+    assert warmup_end(1199, o, None) is None and warmup_end(1200, o, None) == "bound"
+    assert warmup_bound(o) == 1200
+    assert warmup_bound({**o, "warmup_max_steps": 0}) == 32_000  # no bound set: the first milestone
+    assert warmup_bound({**o, "milestones": [500, 700]}) == 500
+    assert warmup_bound({**o, "warmup_max_steps": 0, "milestones": []}) is None
+
+
+def test_paper_warmup_bounds_plain_110_like_resnet_110():
+    """warmup=auto warms up both nets of depth 110 under one rule, so plain-110 (which never reaches 80% training
+    error) is back at lr 0.1 after warmup_max_steps, far before the first milestone."""
+    for block in ("plain", "residual"):
+        o = compose(["model.depth=110", f"model.block={block}"])["optim"]
+        assert warmup_enabled(o, 110) and 0 < warmup_bound(o) < o["milestones"][0]
+        assert warmup_bound(o) % o["warmup_window"] == 0  # the bound falls on a test of the training error
+
+
+def test_warmup_that_never_reaches_the_threshold_ends_at_its_bound(tmp_path):
+    cfg = _tiny(tmp_path, "optim.warmup=true", "optim.warmup_window=5", "optim.warmup_until_error=0.0",
+                "optim.warmup_max_steps=20", "optim.milestones=[1000]", "trainer.eval_every=5",
+                "trainer.max_steps=30")
+    result = train(cfg)
+    assert (result["warmup_ended_at"], result["warmup_ended_by"]) == (20, "bound")
+    lrs = {r["iteration"]: r["lr"] for r in read_metrics(f"{cfg['run_dir']}/metrics.csv")}
+    assert lrs == {5: 0.01, 10: 0.01, 15: 0.01, 20: 0.01, 25: 0.1, 30: 0.1}  # record i: the lr of iteration i - 1
+
+
+class Stop(RuntimeError):
+    """Stands for an interruption: the run stops after iteration k, its checkpoint there."""
+
+
+def test_warmup_resumed_mid_window_ends_where_an_uninterrupted_one_does(tmp_path, monkeypatch):
+    """Stopped at iteration 7 (inside the second window of 5 iterations), resumed from its checkpoint: the warm-up
+    ends at the same iteration, for the same reason, with the same lr in every record."""
+    args = ("optim.warmup=true", "optim.warmup_window=5", "optim.warmup_until_error=0.7", "optim.milestones=[1000]",
+            "trainer.eval_every=5", "trainer.checkpoint_every=1", "trainer.max_steps=25")
+    clean = train(_tiny(tmp_path / "clean", *args))
+    assert clean["warmup_ended_by"] == "training error" and clean["warmup_ended_at"] > 7
+
+    def stop_at_7(self, outputs, batch, batch_idx):
+        if self.trainer.global_step == 7:  # after the recorder's hook wrote last.ckpt at iteration 7
+            raise Stop("stopped at iteration 7")
+
+    cfg = _tiny(tmp_path / "resumed", *args)
+    with monkeypatch.context() as m:
+        m.setattr(System, "on_train_batch_end", stop_at_7)
+        with pytest.raises(Exception, match="stopped at iteration 7"):  # recorded as a failed run
+            train(cfg)
+    resumed = train(cfg)
+    assert resumed["resumed_from"] == 7
+    assert (resumed["warmup_ended_at"], resumed["warmup_ended_by"]) == (clean["warmup_ended_at"], "training error")
+    assert [r["lr"] for r in read_metrics(f"{cfg['run_dir']}/metrics.csv")] == [
+        r["lr"] for r in read_metrics(f"{clean['run_dir']}/metrics.csv")]
+
+
+def test_bn_batch_reaches_the_net_and_must_divide_the_batch():
+    cfg = compose(["experiment=smoke", "model.depth=8", "optim.bn_batch=16"])  # batch 32: two groups
+    assert {m.bn_batch for m in System(cfg).net.modules() if hasattr(m, "bn_batch")} == {16}
+    with pytest.raises(ValueError, match="optim.bn_batch=24 .*optim.batch_size=32"):
+        System(compose(["experiment=smoke", "model.depth=8", "optim.bn_batch=24"]))
+
+
+def test_evaluation_runs_in_chunks_of_eval_batch_size():
+    from resdepth.data import DataModule
+
+    errors, sizes = {}, {}
+    for n in (1000, 48):
+        cfg = compose(["experiment=smoke", "model.depth=8", f"trainer.eval_batch_size={n}"])
+        torch.manual_seed(0)
+        system = System(cfg)
+        system.datamodule = DataModule(cfg["data"], batch_size=32, seed=0).load()
+        sizes[n] = []
+        system.net.register_forward_hook(lambda m, i, o, n=n: sizes[n].append(len(o)))
+        errors[n] = system.evaluate(system.datamodule.eval_splits["test"])
+    images = len(system.datamodule.eval_splits["test"])
+    assert sizes[1000] == [images] and max(sizes[48]) == 48 and sum(sizes[48]) == images  # memory: 48 at once
+    assert errors[48] == errors[1000]  # results: the same
+
+
 def test_records_and_result(tmp_path):
     cfg = _tiny(tmp_path, "data.val_size=256")
     result = train(cfg)
@@ -126,7 +208,8 @@ def test_cuda_graph_trains_like_eager(tmp_path, monkeypatch, precision):
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA GPU")
-def test_whole_step_graph_replays_the_eager_updates_and_follows_lr_changes(monkeypatch):
+@pytest.mark.parametrize("bn_batch, channels_last", [(0, False), (16, True)])
+def test_whole_step_graph_replays_the_eager_updates_and_follows_lr_changes(monkeypatch, bn_batch, channels_last):
     """Step by step against a plain eager loop (deterministic cuDNN, fp32): same losses and weights, through
     the eager warm-up, the capture, and a re-capture when the lr changes."""
     import torch.nn.functional as F
@@ -141,11 +224,15 @@ def test_whole_step_graph_replays_the_eager_updates_and_follows_lr_changes(monke
     g = torch.Generator().manual_seed(0)
     batches = [(torch.randn(32, 3, 32, 32, generator=g).cuda(), torch.randint(0, 10, (32,), generator=g).cuda())
                for _ in range(10)]
+    if channels_last:  # with BN in groups of 16 images: slices of static shape that keep the memory format
+        batches = [(x.contiguous(memory_format=torch.channels_last), y) for x, y in batches]
     lrs = [0.1] * 6 + [0.01] * 4
     nets, losses = [], {}
     for graphed in (False, True):
         torch.manual_seed(0)
-        net = cifar_resnet(depth=8, block="residual", shortcut="A").cuda()
+        net = cifar_resnet(depth=8, block="residual", shortcut="A", bn_batch=bn_batch).cuda()
+        if channels_last:
+            net = net.to(memory_format=torch.channels_last)
         opt = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4, fused=True)
         step = WholeStep(net, opt, bf16=False)
         out = []
