@@ -136,6 +136,8 @@ def _hydra(argv: list[str]) -> None:
         hydra_task()
     except (HydraException, OmegaConfBaseException) as e:  # a bad key, type, value or group option
         _fail(_config.one_line_error(e).replace("add --multirun to your command line", "use `resdepth sweep`"))
+    except OSError as e:  # the run directory cannot be made: a read-only disk, a file in the way, too long a path
+        _fail(os_error(e), 1)
     except Exception as e:  # anything else (a launcher's own failure): say how to see the traceback
         _fail(f"{type(e).__name__}: {_config.one_line_error(e)} (HYDRA_FULL_ERROR=1 shows the traceback)")
     finally:
@@ -148,6 +150,14 @@ def main(argv: list[str] | None = None) -> None:
     except KeyboardInterrupt as e:  # each run interrupted has said where it stopped; results stay resumable
         print("resdepth: interrupted", file=sys.stderr, flush=True)
         sys.exit(getattr(e, "exit_code", 130))  # 128 + the signal: 130 for Ctrl-C, 143 for SIGTERM
+    except OSError as e:  # a read-only or full disk, a file where a folder should be, a path too long
+        _fail(os_error(e), 1)
+
+
+def os_error(e: OSError) -> str:
+    """One line for file-system trouble: what went wrong, on which path."""
+    paths = " -> ".join(str(p) for p in (e.filename, e.filename2) if p is not None)
+    return f"{e.strerror or type(e).__name__}{': ' + paths if paths else ''}" if e.strerror or paths else str(e)
 
 
 def _main(argv: list[str]) -> None:

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytorch_lightning as pl
 
-from .results import fmt_time, net_name
+from .models import net_name
+from .tables import fmt_time
 from .rundir import append_metrics, atomic_write, write_json
 
 PACE_AFTER_S = 30.0  # seconds: a run that has not reached a record by then says its pace once (in logs)

@@ -1,4 +1,4 @@
-"""Run directories and their records: atomic writes, metrics.csv, result.json, and the results table.
+"""Reading run directories and the results table: find_results, and results.csv / results.md of a results root.
 
 A run directory holds:
   config.json     the resolved config and its hash (a changed config is refused, never mixed)
@@ -11,92 +11,15 @@ Errors are fractions in these files and percentages in the printed and Markdown 
 
 from __future__ import annotations
 
-import csv
-import io
-import json
 import math
-import os
-import statistics
 import sys
 from pathlib import Path
 
-METRICS = ("iteration", "lr", "train_loss", "train_error", "val_error", "test_error", "elapsed_s")
-COMPLETE = ("done", "diverged")  # a run with one of these statuses is skipped by a sweep
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write via a temp file in the same folder + os.replace: readers see the old or the new file, never half."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode())
-
-
-def write_json(path: Path, obj) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str, allow_nan=True) + "\n")
-
-
-def read_json(path: Path):
-    """The JSON in path; ValueError naming the file when it is not valid JSON (edited or damaged by hand: resdepth
-    itself writes every file atomically)."""
-    with open(path) as f:
-        try:
-            return json.load(f)
-        except ValueError as e:
-            raise ValueError(f"{path} is not valid JSON ({e}); fix it or move it away") from None
-
-
-def read_metrics(path: Path) -> list[dict]:
-    """Rows of a metrics.csv as dicts of floats (iteration as int); [] when the file is missing."""
-    if not Path(path).exists():
-        return []
-    with open(path, newline="") as f:
-        rows = []
-        for r in csv.DictReader(f):
-            try:
-                rows.append({k: (int(float(v)) if k == "iteration" else float(v)) for k, v in r.items() if k})
-            except (TypeError, ValueError):  # a torn last line after power loss: ignore it
-                continue
-        return rows
-
-
-def truncate_metrics(path: Path, last_iteration: int) -> None:
-    """Drop rows after `last_iteration` (written after the checkpoint a resumed run starts from)."""
-    rows = [r for r in read_metrics(path) if r["iteration"] <= last_iteration]
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=METRICS, extrasaction="ignore")
-    w.writeheader()
-    w.writerows(rows)
-    atomic_write_text(path, buf.getvalue())
-
-
-def _append_synced(path: Path, text: str) -> None:
-    """Append to a log whose earlier lines are never rewritten, and sync it to disk."""
-    with open(path, "a", newline="") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-
-
-def append_metrics(path: Path, row: dict) -> None:
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=METRICS, extrasaction="ignore")
-    if not Path(path).exists():
-        w.writeheader()
-    w.writerow(row)
-    _append_synced(path, buf.getvalue())
-
-
-def append_jsonl(path: Path, obj) -> None:
-    """One JSON line appended and synced."""
-    _append_synced(path, json.dumps(obj, sort_keys=True) + "\n")
+# rundir writes and reads a run directory's files; read_metrics, truncate_metrics and write_json are named here too
+# for callers that read runs through this module.
+from .models import net_name
+from .rundir import atomic_write_text, read_json, read_metrics, truncate_metrics, write_json  # noqa: F401
+from .tables import aligned, csv_text, error_cell, fmt_time, markdown  # noqa: F401 (fmt_time: for callers)
 
 
 def find_results(root: Path) -> list[tuple[Path, dict]]:
@@ -122,100 +45,55 @@ def no_runs(root: Path) -> str | None:
 
 # ------------------------------------------------------------------------------------------ results table
 
-TABLE_COLUMNS = ("dataset", "net", "depth", "block", "shortcut", "seeds", "test_error_mean", "test_error_std",
-                 "train_error_mean", "train_error_std", "params", "steps", "wall_time_s", "status", "settings",
-                 "config_hash")
+# results.csv: its column for each key of a table row. Errors are fractions there (as in result.json), named so.
+CSV_COLUMNS = {"dataset": "dataset", "net": "net", "depth": "depth", "block": "block", "shortcut": "shortcut",
+               "seeds": "seeds", "test_error_mean": "test_error_fraction_mean",
+               "test_error_std": "test_error_fraction_std", "train_error_mean": "train_error_fraction_mean",
+               "train_error_std": "train_error_fraction_std", "params": "params", "steps": "steps",
+               "max_steps": "max_steps", "wall_time_s": "wall_time_s", "status": "status", "settings": "settings",
+               "config_hash": "config_hash"}
 
 
-def mean_std(values: list[float]) -> tuple[float, float, int]:
-    """(mean, sample std (0 for one value), n); (nan, nan, 0) for none."""
-    if not values:
-        return math.nan, math.nan, 0
-    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0), len(values)
+def table_rows(groups: list) -> list[dict]:
+    """One row per configuration (all seeds of it), from runs.Group objects: errors are fractions, means and
+    sample stds over the seeds whose status is done; the other runs are counted in `status`, never dropped."""
+    from .config import config_hash
+    from .runs import block_kinds
 
-
-def fmt_time(seconds: float) -> str:
-    """'4m05s', '1h12m': a duration for people ('?' when unknown)."""
-    if not math.isfinite(seconds):
-        return "?"
-    h, r = divmod(max(0, round(seconds)), 3600)
-    return f"{h}h{r // 60:02d}m" if h else f"{r // 60}m{r % 60:02d}s"
-
-
-def net_name(block: str, depth: int) -> str:
-    """The paper's names: plain-20, ResNet-56."""
-    return f"{'ResNet' if block == 'residual' else 'plain'}-{depth}"
-
-
-def flatten(node, prefix: str = "") -> dict:
-    """A nested config as {dotted.key: value}."""
-    if isinstance(node, dict):
-        return {k: v for key, sub in node.items() for k, v in flatten(sub, f"{prefix}{key}.").items()}
-    return {prefix[:-1]: node}
-
-
-def differing_settings(configs: list[dict], shown: tuple[str, ...] = ("seed", "model.", "data.name")) -> list[str]:
-    """For each config, `key=value ...` of the settings (those that define a result) whose values are not the
-    same in all of them, leaving out what a table or legend already shows (the net, the dataset, the seed)."""
-    from .config import semantic_config
-
-    flat = [flatten(semantic_config(c or {})) for c in configs]
-    keys = sorted({k for f in flat for k in f if not k.startswith(shown)})
-    differ = [k for k in keys if len({json.dumps(f.get(k), sort_keys=True) for f in flat}) > 1]
-    return [" ".join(f"{k}={json.dumps(f[k]).replace(' ', '')}".replace('"', "") for k in differ if k in f)
-            for f in flat]
+    kinds = block_kinds(groups)
+    rows = []
+    for g in groups:
+        test, train = g.stats("final_test_error"), g.stats("final_train_error")
+        statuses = [r.status for r in g.runs]
+        results = [r.result for r in g.runs]
+        rows.append({
+            "dataset": g.dataset, "net": net_name(g.block, g.depth), "depth": g.depth, "block": g.block,
+            "shortcut": g.shortcut, "seeds": len(g.done), "test_error_mean": test.mean,
+            "test_error_std": test.std, "train_error_mean": train.mean, "train_error_std": train.std,
+            "params": results[0].get("params"), "steps": max(r.get("steps") or 0 for r in results),
+            "max_steps": results[0].get("max_steps"), "wall_time_s": sum(r.get("wall_time_s") or 0 for r in results),
+            "status": ", ".join(f"{statuses.count(s)} {s}" for s in dict.fromkeys(statuses)),
+            "settings": g.settings, "config_hash": config_hash(g.config), "seed_list": sorted(r.seed for r in g.runs),
+            "config": g.config})
+    return sorted(rows, key=lambda r: (r["dataset"], kinds.index(r["block"]), r["depth"], r["shortcut"],
+                                       r["config_hash"]))
 
 
 def summarize(root: Path) -> list[dict]:
-    """One row per configuration (all seeds of it) under root, from result.json files only.
+    """The results table of root's runs (runs.load_runs: unusable files and copies left out, with a warning):
+    one row per configuration, errors as fractions (see table_rows)."""
+    from .runs import group_runs, load_runs
 
-    Errors are fractions; means and sample stds are over the seeds whose status is done. Runs that are running,
-    interrupted, diverged or failed are counted in `status` and never silently dropped.
-    """
-    from .config import config_hash
-
-    groups: dict[tuple, list[dict]] = {}
-    for _, r in find_results(root):
-        if "config" not in r:
-            continue
-        key = (r["dataset"], r["block"], r["depth"], r["shortcut"], config_hash(r["config"]))
-        groups.setdefault(key, []).append(r)
-    rows = []
-    for (dataset, block, depth, shortcut, chash), runs in sorted(groups.items(), key=lambda kv: kv[0]):
-        done = [r for r in runs if r.get("status") == "done"]
-        statuses = [r.get("status", "?") for r in runs]
-        test_m, test_s, _ = mean_std([r["final_test_error"] for r in done if r.get("final_test_error") is not None])
-        train_m, train_s, _ = mean_std([r["final_train_error"] for r in done
-                                        if r.get("final_train_error") is not None])
-        rows.append({
-            "dataset": dataset, "net": net_name(block, depth), "depth": depth, "block": block, "shortcut": shortcut,
-            "seeds": len(done), "test_error_mean": test_m, "test_error_std": test_s, "train_error_mean": train_m,
-            "train_error_std": train_s, "params": runs[0].get("params"),
-            "steps": max(r.get("steps") or 0 for r in runs), "max_steps": runs[0].get("max_steps"),
-            "wall_time_s": sum(r.get("wall_time_s") or 0 for r in runs),
-            "status": ", ".join(f"{statuses.count(s)} {s}" for s in dict.fromkeys(statuses)),
-            "config_hash": chash, "seed_list": sorted(r.get("seed") for r in runs), "config": runs[0]["config"],
-        })
-    for dataset in {r["dataset"] for r in rows}:  # what tells apart configs of the same net: shown, not hashed
-        mine = [r for r in rows if r["dataset"] == dataset]
-        for row, settings in zip(mine, differing_settings([r["config"] for r in mine])):
-            row["settings"] = settings
-    return rows
-
-
-def _pct(mean: float, std: float, n: int) -> str:
-    if math.isnan(mean):
-        return "-"
-    return f"{100 * mean:.2f} ± {100 * std:.2f}" if n > 1 else f"{100 * mean:.2f}"
+    return table_rows(group_runs(load_runs(root)))
 
 
 def _display(rows: list[dict]) -> tuple[list[str], list[list[str]]]:
     head = ["dataset", "net", "shortcut", "seeds", "test err %", "train err %", "params", "iterations",
             "wall time", "status"]
-    body = [[r["dataset"], r["net"], r["shortcut"], str(r["seeds"]),
-             _pct(r["test_error_mean"], r["test_error_std"], r["seeds"]),
-             _pct(r["train_error_mean"], r["train_error_std"], r["seeds"]), f"{r['params']:,}",
-             f"{r['steps']}/{r['max_steps']}", fmt_time(r["wall_time_s"]), r["status"]] for r in rows]
+    err = lambda r, key: error_cell(100 * r[f"{key}_mean"], 100 * r[f"{key}_std"], r["seeds"])
+    body = [[r["dataset"], r["net"], r["shortcut"], str(r["seeds"]), err(r, "test_error"), err(r, "train_error"),
+             "-" if r["params"] is None else f"{r['params']:,}", f"{r['steps']}/{r['max_steps']}",
+             fmt_time(r["wall_time_s"]), r["status"]] for r in rows]
     if any(r.get("settings") for r in rows):  # only where configs of a dataset differ beyond the net and seed
         head.append("settings")
         for cells, r in zip(body, rows):
@@ -227,29 +105,31 @@ def format_table(rows: list[dict]) -> str:
     """The table aligned for a terminal (errors in %, mean ± sample std over the done seeds)."""
     if not rows:
         return "(no runs)"
-    head, body = _display(rows)
-    widths = [max(len(x) for x in col) for col in zip(head, *body)]
-    right = range(3, 10)  # the numbers and the status; names and settings stay left
-    line = lambda cells: "  ".join(c.rjust(w) if i in right else c.ljust(w)
-                                   for i, (c, w) in enumerate(zip(cells, widths))).rstrip()
-    return "\n".join([line(head), line(["-" * w for w in widths]), *map(line, body)])
+    return aligned(*_display(rows), right=range(3, 10))  # the numbers and the status; names and settings left
 
 
 def format_markdown(rows: list[dict]) -> str:
-    head, body = _display(rows)
-    out = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
-    out += ["| " + " | ".join(cells) + " |" for cells in body]
-    return "\n".join(out) + "\n"
+    """The table as Markdown (errors in %)."""
+    return markdown(*_display(rows))
 
 
-def write_tables(root: Path) -> list[dict]:
-    """Rebuild ROOT/results.csv and ROOT/results.md (atomically) from the result.json files; return the rows."""
-    rows = summarize(root)
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=[*TABLE_COLUMNS, "max_steps"], extrasaction="ignore")
-    w.writeheader()
-    w.writerows(rows)
-    atomic_write_text(Path(root) / "results.csv", buf.getvalue())
+def _csv_row(row: dict) -> list:
+    """A row of results.csv: numbers only in numeric columns, empty where there is none (no finished seed; a std
+    of one seed, which is undefined)."""
+    cells = []
+    for key in CSV_COLUMNS:
+        value = row.get(key)
+        if isinstance(value, float) and (math.isnan(value) or (key.endswith("_std") and row["seeds"] < 2)):
+            value = None
+        cells.append(value)
+    return cells
+
+
+def write_tables(root: Path, rows: list[dict] | None = None) -> list[dict]:
+    """Rebuild ROOT/results.csv (errors as fractions, in columns named so) and ROOT/results.md (errors in %)
+    atomically from the result.json files (or from `rows` of summarize(root)); return the rows."""
+    rows = summarize(root) if rows is None else rows
+    atomic_write_text(Path(root) / "results.csv", csv_text(list(CSV_COLUMNS.values()), [_csv_row(r) for r in rows]))
     md = (f"# Results under {root}\n\nErrors in %, mean ± sample std over the seeds that finished "
           f"(status done); rebuilt from the result.json files by `resdepth results {root}`.\n\n"
           + format_markdown(rows))
@@ -257,7 +137,11 @@ def write_tables(root: Path) -> list[dict]:
     return rows
 
 
+NO_USABLE = "no usable runs under {root}: every result.json was left out (see the warnings above)"
+
+
 def results_cli(argv: list[str]) -> int:
+    """`resdepth results [ROOT]`: 0 when written; 2 (nothing written) when ROOT holds no usable runs."""
     import argparse
 
     p = argparse.ArgumentParser(prog="resdepth results", description="Rebuild the results table of a sweep.")
@@ -268,7 +152,11 @@ def results_cli(argv: list[str]) -> int:
     if why:
         print(f"resdepth: error: {why}", file=sys.stderr)
         return 2
-    rows = write_tables(root)
+    rows = summarize(root)
+    if not rows:
+        print(f"resdepth: error: {NO_USABLE.format(root=root)}", file=sys.stderr)
+        return 2
+    write_tables(root, rows)
     print(format_table(rows))
     print(f"\nwrote {root / 'results.csv'} and {root / 'results.md'}")
     return 0

@@ -21,6 +21,7 @@ import os
 import platform
 import socket
 import subprocess
+import sys
 from pathlib import Path
 from typing import Callable
 
@@ -91,17 +92,21 @@ def append_jsonl(path: Path, obj) -> None:
 # ------------------------------------------------------------------------------------------------ metrics
 
 def read_metrics(path: Path) -> list[dict]:
-    """Rows of a metrics.csv as dicts of floats (iteration as int); [] when the file is missing."""
+    """Rows of a metrics.csv as dicts of floats (iteration as int); [] when the file is missing. A row that cannot be
+    read is left out: silently when it is the last (torn by a crash), with a warning naming it otherwise."""
     if not Path(path).exists():
         return []
     with open(path, newline="") as f:
-        rows = []
-        for r in csv.DictReader(f):
-            try:
-                rows.append({k: (int(float(v)) if k == "iteration" else float(v)) for k, v in r.items() if k})
-            except (TypeError, ValueError):  # a torn last line after power loss: ignore it
-                continue
-        return rows
+        lines = list(csv.DictReader(f))
+    rows = []
+    for n, r in enumerate(lines):
+        try:
+            rows.append({k: (int(float(v)) if k == "iteration" else float(v)) for k, v in r.items() if k})
+        except (TypeError, ValueError):
+            if n < len(lines) - 1:  # a torn last line after power loss is expected; a damaged row is not
+                print(f"resdepth: warning: {path}: row {n + 2} cannot be read and is left out (a gap in the "
+                      f"curve): {','.join(str(v) for v in r.values())[:80]}", file=sys.stderr, flush=True)
+    return rows
 
 
 def truncate_metrics(path: Path, last_iteration: int) -> None:

@@ -32,8 +32,9 @@ from omegaconf import OmegaConf
 from .config import CONF_DIR
 from .config import compose as compose_configs
 from .config import one_line_error, validate
-from .results import fmt_time, format_table, write_tables
+from .results import format_table, write_tables
 from .rundir import COMPLETE, append_jsonl, read_json, write_json
+from .tables import fmt_time
 
 SWEEP_USAGE = """usage: resdepth sweep [--plan] [KEY=VALUE ...]
 

@@ -24,10 +24,10 @@ from pytorch_lightning.utilities.exceptions import SIGTERMException
 from . import rundir
 from .config import config_hash, semantic_config, the_net, to_plain, validate
 from .data import DataModule, DatasetError
-from .device import check, claim, claim_gpu, device_name, resolve_device, use_cuda_graph  # noqa: F401 (claim_gpu)
+from .device import check, claim, device_name, resolve_device, use_cuda_graph
 from .models import count_parameters
 from .records import Recorder, label
-from .results import fmt_time
+from .tables import fmt_time
 from .rundir import RunBusy, RunConflict  # noqa: F401 (raised by train: the CLI and sweep catch them from here)
 from .system import System
 

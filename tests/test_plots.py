@@ -10,7 +10,10 @@ import numpy as np
 import pytest
 
 from resdepth import plots
+from resdepth.report import (degradation_sentence, sweep_command, sweep_commands, table_csv, table_markdown,
+                             table_rows, write_outputs)
 from resdepth.results import find_results, read_json, truncate_metrics, write_json
+from resdepth.runs import Run, group_runs, load_runs, paper_reference
 from resdepth.train import train
 
 from .conftest import compose
@@ -56,7 +59,7 @@ def legend_texts(ax) -> list[str]:
 
 
 def figures(root: Path):
-    return plots.group_runs(plots.load_runs(root))
+    return group_runs(load_runs(root))
 
 
 slow = pytest.mark.slow  # these share a module fixture that trains 5 small nets (about 15 s on 2 cores)
@@ -147,12 +150,12 @@ def test_table_numbers_equal_result_json(plotted):
         for block, col in (("residual", "resnet"), ("plain", "plain")):
             test = finals(plotted, block, depth, "final_test_error")
             train_ = finals(plotted, block, depth, "final_train_error")
-            assert float(row[f"{col}_test_mean"]) == pytest.approx(statistics.fmean(test), abs=1e-4)
-            assert float(row[f"{col}_train_mean"]) == pytest.approx(statistics.fmean(train_), abs=1e-4)
-            assert int(row[f"{col}_n"]) == len(test)
-        assert row["paper_resnet_test"] == "n/a (different protocol)"
+            assert float(row[f"{col}_test_error_pct_mean"]) == pytest.approx(statistics.fmean(test), abs=1e-4)
+            assert float(row[f"{col}_train_error_pct_mean"]) == pytest.approx(statistics.fmean(train_), abs=1e-4)
+            assert int(row[f"{col}_seeds"]) == len(test)
+        assert row["paper_reference"] == "false" and row["paper_resnet_test_error_pct"] == ""
         assert row["status"] == "done"
-    assert float(rows[14]["plain_test_std"]) == pytest.approx(
+    assert float(rows[14]["plain_test_error_pct_std"]) == pytest.approx(
         statistics.stdev(finals(plotted, "plain", 14, "final_test_error")), abs=1e-4)
     params = read_json(run_dir(plotted, "plain", 14) / "result.json")["params"]
     assert int(rows[14]["params"]) == params
@@ -178,15 +181,15 @@ def test_report_states_command_data_hardware_versions_compute_and_statuses(plott
 
     root = copy_of(plotted, tmp_path / "hydra")
     (root / "multirun.yaml").write_text("hydra:\n  overrides:\n    task:\n    - experiment=smoke\n    - seed=0,1\n")
-    assert plots.sweep_command(root) == "resdepth sweep experiment=smoke seed=0,1"
+    assert sweep_command(root) == "resdepth sweep experiment=smoke seed=0,1"
     write_json(root / "sweep.json", {"command": "resdepth sweep experiment=smoke model.depth=8,14"})
-    assert plots.sweep_command(root) == "resdepth sweep experiment=smoke model.depth=8,14"
-    assert plots.sweep_commands(root) == ["resdepth sweep experiment=smoke model.depth=8,14"]
+    assert sweep_command(root) == "resdepth sweep experiment=smoke model.depth=8,14"
+    assert sweep_commands(root) == ["resdepth sweep experiment=smoke model.depth=8,14"]
     # every sweep into the root is listed, first use first, each once; a torn line is skipped
     (root / "sweeps.jsonl").write_text('{"command": "resdepth sweep seed=0"}\n{"command": "resdepth sweep seed=1"}\n'
                                        '{"command": "resdepth sweep seed=0"}\n{"comm')
-    assert plots.sweep_commands(root) == ["resdepth sweep seed=0", "resdepth sweep seed=1"]
-    plots.write_outputs(root)
+    assert sweep_commands(root) == ["resdepth sweep seed=0", "resdepth sweep seed=1"]
+    write_outputs(root)
     report = (root / "figures" / "report.md").read_text()
     assert "- sweep command 1 of 2: `resdepth sweep seed=0`\n- sweep command 2 of 2: `resdepth sweep seed=1`" in report
     assert "resumed on another device" not in report
@@ -196,7 +199,7 @@ def test_report_states_command_data_hardware_versions_compute_and_statuses(plott
     here = {"device": record["device"], "precision": record["precision"]}
     write_json(plain8 / "result.json", {**record, "segments": [{"from": 0, "device": "Other GPU", "precision":
                                                                 "bf16-mixed"}, {"from": 20, **here}]})
-    plots.write_outputs(root)
+    write_outputs(root)
     report = (root / "figures" / "report.md").read_text()
     assert "Other GPU (bf16-mixed, host " in report and f"{here['device']} ({here['precision']}, host " in report
     assert (f"- resumed on another device or precision: plain-8 seed 0 (from it 0: Other GPU, bf16-mixed, from it "
@@ -227,8 +230,8 @@ def test_partial_sweep_shows_running_and_diverged_runs(sweep, tmp_path):
 
     with open(root / "figures" / "table6.csv") as f:
         rows = {int(r["depth"]): r for r in csv.DictReader(f)}
-    assert rows[8]["status"] == "plain seed 0: running, it 20" and rows[8]["plain_n"] == "0"
-    assert rows[14]["status"] == "ResNet seed 0: diverged at 30" and rows[14]["resnet_n"] == "0"
+    assert rows[8]["status"] == "plain seed 0: running, it 20" and rows[8]["plain_seeds"] == "0"
+    assert rows[14]["status"] == "ResNet seed 0: diverged at 30" and rows[14]["resnet_seeds"] == "0"
     report = (root / "figures" / "report.md").read_text()
     assert "1 diverged, 3 done, 1 running" in report
     assert "Left out of Figure 7 (no responses.json): plain-8 (running, it 20); ResNet-14 (diverged at 30)" in report
@@ -274,7 +277,7 @@ def _group(overrides, depth, **result):
     cfg = compose(["model.block=residual", f"model.depth={depth}", *overrides])
     r = {"config": cfg, "dataset": cfg["data"]["name"], "block": "residual", "depth": depth, "shortcut": "A",
          "seed": 0, "status": "done", "max_steps": cfg["trainer"]["max_steps"], **result}
-    return plots.group_runs([plots.Run(Path("."), r, [], None)])
+    return group_runs([Run(Path("."), r, [], None)])
 
 
 @pytest.mark.parametrize("overrides,applies", [
@@ -284,8 +287,8 @@ def _group(overrides, depth, **result):
 ])
 def test_paper_reference_only_for_cifar10_on_the_paper_protocol(overrides, applies):
     groups = _group(overrides, 20, final_test_error=0.09, final_train_error=0.01, params=269722)
-    assert plots.paper_reference(groups[0]) is applies
-    row = plots.table_rows(groups)[0]
+    assert paper_reference(groups[0]) is applies
+    row = table_rows(groups)[0]
     assert row["paper_test"] == (8.75 if applies else None)
     if applies:
         assert row["diff"] == pytest.approx(9.0 - 8.75)
@@ -296,17 +299,17 @@ def test_paper_reference_only_for_cifar10_on_the_paper_protocol(overrides, appli
 
 def test_resnet110_is_compared_with_the_papers_mean_and_seeds_show_their_best():
     cfg = compose(["experiment=paper", "model.depth=110"])
-    runs = [plots.Run(Path("."), {"config": cfg, "dataset": "cifar10", "block": "residual", "depth": 110,
+    runs = [Run(Path("."), {"config": cfg, "dataset": "cifar10", "block": "residual", "depth": 110,
                                   "shortcut": "A", "seed": seed, "status": "done", "max_steps": 64000,
                                   "final_test_error": err, "final_train_error": 0.001, "params": 1727962}, [], None)
             for seed, err in enumerate((0.070, 0.064, 0.067))]
-    groups = plots.group_runs(runs)
-    row = plots.table_rows(groups)[0]
+    groups = group_runs(runs)
+    row = table_rows(groups)[0]
     # ours is a mean over seeds, so it is set against the paper's mean of 5 runs (6.61), not its best (6.43)
     assert row["paper_test"] == 6.61 and row["diff"] == pytest.approx(6.7 - 6.61)
-    md = plots.table_markdown([row])
+    md = table_markdown([row])
     assert "| 6.70 ± 0.30 (n=3; best 6.40) | 6.61 ± 0.16 (mean of 5; best 6.43) | +0.09 |" in md
-    best = next(csv.DictReader(io.StringIO(plots.table_csv([row]))))["resnet_test_best"]
+    best = next(csv.DictReader(io.StringIO(table_csv([row]))))["resnet_test_error_pct_best"]
     assert float(best) == pytest.approx(6.4)
 
 
@@ -315,10 +318,10 @@ def _row(depth, plain_train, res_train):
 
 
 def test_degradation_sentence_says_which_comparisons_held():
-    yes = plots.degradation_sentence([_row(20, 1.0, 0.5), _row(32, 1.5, 0.3), _row(56, 4.0, 0.1)])
+    yes = degradation_sentence([_row(20, 1.0, 0.5), _row(32, 1.5, 0.3), _row(56, 4.0, 0.1)])
     assert yes.startswith("Degradation reproduced")
     assert "plain-56 4.00% > plain-20 1.00%: yes" in yes and "every step of depth 20/32/56: yes" in yes
     assert "ResNet-56 0.10% <= ResNet-20 0.50%: yes" in yes and "below plain at 3 of 3 depths" in yes
-    no = plots.degradation_sentence([_row(20, 3.0, 0.5), _row(56, 1.0, 2.0)])
+    no = degradation_sentence([_row(20, 3.0, 0.5), _row(56, 1.0, 2.0)])
     assert no.startswith("Degradation not reproduced") and "plain-56 1.00% > plain-20 3.00%: no" in no
-    assert plots.degradation_sentence([_row(20, 1.0, 0.5)]).startswith("Degradation not judged")
+    assert degradation_sentence([_row(20, 1.0, 0.5)]).startswith("Degradation not judged")

@@ -256,7 +256,7 @@ def test_whole_step_graph_replays_the_eager_updates_and_follows_lr_changes(monke
 
 
 def test_runs_take_the_gpu_with_the_fewest_runs(tmp_path):
-    from resdepth.train import claim_gpu
+    from resdepth.device import claim_gpu
 
     held = [claim_gpu(2, tmp_path) for _ in range(5)]
     assert [g for g, _ in held] == [0, 1, 0, 1, 0]  # spread first, then double up
@@ -268,6 +268,6 @@ def test_runs_take_the_gpu_with_the_fewest_runs(tmp_path):
         f.close()
     lock.close()
     # a run that dies without closing its lock does not leave its GPU marked busy
-    code = f"from resdepth.train import claim_gpu; print(claim_gpu(2, {str(tmp_path)!r})[0])"
+    code = f"from resdepth.device import claim_gpu; print(claim_gpu(2, {str(tmp_path)!r})[0])"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip() == "0"
     assert claim_gpu(2, tmp_path)[0] == 0

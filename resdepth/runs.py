@@ -1,0 +1,396 @@
+"""The runs under a results root, read once and grouped: the one model that the results table, Table 6, the
+figures and the report share.
+
+A run is one run directory (result.json, metrics.csv, responses.json). Runs are grouped by (dataset, block, depth,
+shortcut, protocol), the protocol being every setting but the model and the seed, so seeds are averaged and
+different protocols never are. A group's statistics are over its seeds whose status is done; runs that are
+running, interrupted, diverged or failed stay in their group and are shown with their status.
+Errors are fractions here, as in the run files; the tables and figures show percentages.
+
+Reading never stops at a bad file: a result.json that cannot be used (not JSON, not an object, a key missing or
+of the wrong type) is named in a warning on stderr and left out, and a copy of a run directory inside the root
+(the same configuration, seed and status) is counted once, with a warning naming the copy.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+import statistics
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .models import net_name
+from .results import find_results
+from .rundir import flatten, read_json, read_metrics
+
+PAPER_DATASETS = ("cifar10", "cifar10_jpeg")  # where the paper's numbers apply (ours: also its JPEG copy)
+REFERENCE_KIND = "residual"  # the block kind whose errors the paper's Table 6 gives
+# Table 6 of the paper: ResNet test error (%) on CIFAR-10; parameter counts as the paper prints them.
+# For ResNet-110 the paper gives the best of 5 runs (6.43) and their mean ± std (6.61 ± 0.16); our numbers are
+# means over seeds (or one run), so they are compared with the paper's mean.
+PAPER_TEST_ERROR = {20: 8.75, 32: 7.51, 44: 7.17, 56: 6.97, 110: 6.61, 1202: 7.93}
+PAPER_TEST_STD = {110: 0.16}
+PAPER_TEST_CELL = {110: "6.61 ± 0.16 (mean of 5; best 6.43)"}
+PAPER_PARAMS = {20: "0.27M", 32: "0.46M", 44: "0.66M", 56: "0.85M", 110: "1.7M", 1202: "19.4M"}
+CURVE_KEYS = ("iteration", "train_error", "test_error")  # what Figure 6 reads of each metrics.csv row
+INT, NUMBER = (int,), (int, float)
+TYPE_NAMES = {INT: "an integer", NUMBER: "a number", (str,): "a string", (dict,): "an object", (list,): "a list"}
+# Keys of result.json a table or figure reads: the type each must have. Required ones must be there;
+# optional ones may be missing or null.
+REQUIRED = {"status": (str,), "dataset": (str,), "block": (str,), "depth": INT, "shortcut": (str,), "seed": INT,
+            "config": (dict,)}
+OPTIONAL = {"final_test_error": NUMBER, "final_train_error": NUMBER, "params": INT, "steps": INT,
+            "max_steps": INT, "wall_time_s": NUMBER, "diverged_at": INT, "warmup_ended_at": INT,
+            "warmup_ended_by": (str,), "versions": (dict,), "segments": (list,)}
+CONFIG_SECTIONS = ("model", "data", "optim", "trainer")
+
+
+def warn(text: str) -> None:
+    print(f"resdepth: warning: {text}", file=sys.stderr, flush=True)
+
+
+@dataclass(frozen=True)
+class Stats:
+    """Mean, sample std (0.0 for one value), count and lowest of some values: (nan, nan, 0, nan) for none."""
+
+    mean: float
+    std: float
+    n: int
+    best: float
+
+    @classmethod
+    def of(cls, values: list[float]) -> "Stats":
+        if not values:
+            return cls(math.nan, math.nan, 0, math.nan)
+        return cls(statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0, len(values),
+                   min(values))
+
+    def pct(self) -> tuple[float, float, int]:
+        """(mean, std, n) with the errors in %."""
+        return 100 * self.mean, 100 * self.std, self.n
+
+
+@dataclass
+class Run:
+    """One run directory: its result.json, metrics.csv rows and layer response stds (None when missing)."""
+
+    dir: Path
+    result: dict
+    metrics: list[dict]
+    responses: list[float] | None
+
+    @property
+    def status(self) -> str:
+        return self.result.get("status", "unknown")
+
+    @property
+    def seed(self):
+        return self.result.get("seed")
+
+
+@dataclass
+class Group:
+    """The seeds of one net under one protocol. `variant` tells apart groups of the same net ("-B", " (40 it)");
+    `settings` names the settings (`optim.lr=0.05`) that tell apart the configurations of one dataset."""
+
+    dataset: str
+    block: str
+    depth: int
+    shortcut: str
+    protocol: str  # hash of every setting but the model and the seed
+    runs: list[Run] = field(default_factory=list)
+    variant: str = ""
+    settings: str = ""
+
+    @property
+    def name(self) -> str:
+        return net_name(self.block, self.depth) + self.variant
+
+    @property
+    def done(self) -> list[Run]:
+        return [r for r in self.runs if r.status == "done"]
+
+    @property
+    def config(self) -> dict:
+        return self.runs[0].result.get("config", {})
+
+    @property
+    def max_steps(self) -> int:
+        return self.runs[0].result.get("max_steps") or 0
+
+    def stats(self, key: str) -> Stats:
+        """Stats of result[key] (a fraction, e.g. final_test_error) over the done runs that have it."""
+        return Stats.of([r.result[key] for r in self.done if r.result.get(key) is not None])
+
+
+# ------------------------------------------------------------------------------------------ block kinds
+
+def kind_label(block: str) -> str:
+    """What a block kind's nets are called: 'plain', 'ResNet'."""
+    return net_name(block, 0).rsplit("-", 1)[0]
+
+
+def block_kinds(groups: list[Group] = ()) -> list[str]:
+    """The registered block kinds in registration order (plain, residual, ...), then any other kind the groups
+    hold (runs of a kind registered elsewhere), so no run vanishes from a table or figure."""
+    from .models import BLOCKS
+
+    registered = list(BLOCKS)
+    return registered + sorted({g.block for g in groups} - set(registered))
+
+
+# ------------------------------------------------------------------------------------------ reading
+
+def unusable(result) -> str | None:
+    """Why a result.json's content cannot be tabled or drawn (a key missing or of the wrong type), or None."""
+    if not isinstance(result, dict):
+        return f"it holds {type(result).__name__ if result is not None else 'null'}, not a run's record"
+    for key, types in {**REQUIRED, **OPTIONAL}.items():
+        value = result.get(key)
+        if value is None and key in OPTIONAL:
+            continue
+        if value is None or isinstance(value, bool) or not isinstance(value, types):
+            what = "missing" if key not in result else f"{json.dumps(value)[:40]}, not {TYPE_NAMES[types]}"
+            return f"{key} is {what}"
+    missing = [s for s in CONFIG_SECTIONS if not isinstance(result["config"].get(s), dict)]
+    if missing:
+        return f"its config has no {', '.join(missing)} section"
+    if result["depth"] < 1:
+        return f"depth is {result['depth']}"
+    if not all(isinstance(s, dict) and "from" in s for s in result.get("segments") or []):
+        return "segments is not a list of {from, device, precision}"
+    try:
+        config_key(result)
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        return f"its config cannot be read ({type(e).__name__}: {e})"
+    return None
+
+
+def config_key(result: dict) -> tuple:
+    """What makes a run the same run: its dataset, net, configuration (hashed) and seed."""
+    from .config import config_hash
+
+    return (result["dataset"], result["block"], result["depth"], result["shortcut"], result["seed"],
+            config_hash(result["config"]))
+
+
+def _curve_rows(path: Path) -> list[dict]:
+    """metrics.csv rows that hold the iteration and both errors (others: a file of another shape)."""
+    return [row for row in read_metrics(path) if all(k in row for k in CURVE_KEYS)]
+
+
+def _responses(path: Path, depth: int) -> list[float] | None:
+    """Layer stds of responses.json: one number per 3x3 layer (depth - 1), else None (warned if the file exists)."""
+    if not path.exists():
+        return None
+    try:
+        stds = read_json(path)["layer_std"]
+        if len(stds) == depth - 1 and all(isinstance(s, (int, float)) and not isinstance(s, bool) for s in stds):
+            return [float(s) for s in stds]
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    warn(f"{path} left out of Figure 7: it does not hold {depth - 1} layer stds")
+    return None
+
+
+def canonical(run: Run) -> bool:
+    """The run directory sits where training puts it: <dataset>/<block>-<depth>/seed<k>-<hash>."""
+    r, d = run.result, run.dir
+    return (d.parent.parent.name, d.parent.name) == (r["dataset"], f"{r['block']}-{r['depth']}") and \
+        d.name.startswith(f"seed{r['seed']}-")
+
+
+def dedupe(runs: list[Run]) -> list[Run]:
+    """Runs with one (configuration, seed, status) counted once: the one where training puts it (else the first
+    by path); the others are copies of a run directory and are named in a warning. (A copy that is still running
+    while the original is done does not enter the means either: only done runs do.)"""
+    kept: dict[tuple, Run] = {}
+    for run in sorted(runs, key=lambda r: not canonical(r)):  # stable: path order within each
+        key = (*config_key(run.result), run.status)
+        if key in kept:
+            warn(f"{run.dir / 'result.json'} left out: it repeats {kept[key].dir} (the same configuration, seed "
+                 f"{run.seed} and status {run.status}), so it is counted once")
+            continue
+        kept[key] = run
+    ids = {id(k) for k in kept.values()}
+    return [r for r in runs if id(r) in ids]
+
+
+def load_runs(root: Path) -> list[Run]:
+    """Every usable run under root, once, sorted by path; what cannot be used is named on stderr and left out."""
+    runs = []
+    for run_dir, result in find_results(root):
+        why = unusable(result)
+        if why:
+            warn(f"{run_dir / 'result.json'} left out: {why}")
+            continue
+        runs.append(Run(run_dir, result, _curve_rows(run_dir / "metrics.csv"),
+                        _responses(run_dir / "responses.json", result["depth"])))
+    return dedupe(runs)
+
+
+# ------------------------------------------------------------------------------------------ grouping
+
+def protocol_hash(config: dict) -> str:
+    """8 hex digits naming every setting of a run except the model and the seed."""
+    from .config import config_hash
+
+    return config_hash(config or {}, without=("seed", "model"))
+
+
+def differing_settings(configs: list[dict], shown: tuple[str, ...] = ("seed", "model.", "data.name")) -> list[str]:
+    """For each config, `key=value ...` of the settings (those that define a result) whose values are not the
+    same in all of them, leaving out what a table or legend already shows (the net, the dataset, the seed)."""
+    from .config import semantic_config
+
+    flat = [flatten(semantic_config(c or {})) for c in configs]
+    keys = sorted({k for f in flat for k in f if not k.startswith(shown)})
+    differ = [k for k in keys if len({json.dumps(f.get(k), sort_keys=True) for f in flat}) > 1]
+    return [" ".join(f"{k}={json.dumps(f[k]).replace(' ', '')}".replace('"', "") for k in differ if k in f)
+            for f in flat]
+
+
+def group_runs(runs: list[Run]) -> list[Group]:
+    """Runs grouped by (dataset, block, depth, shortcut, protocol), sorted by dataset, iterations, protocol,
+    shortcut, block kind (in registration order) and depth; variants and settings named where needed."""
+    groups: dict[tuple, Group] = {}
+    for run in runs:
+        r = run.result
+        key = (r.get("dataset", "?"), r.get("block", "?"), r.get("depth", 0), r.get("shortcut", "A"),
+               protocol_hash(r.get("config", {})))
+        groups.setdefault(key, Group(*key)).runs.append(run)
+    kinds = block_kinds(list(groups.values()))
+    out = sorted(groups.values(), key=lambda g: (g.dataset, g.max_steps, g.protocol, g.shortcut,
+                                                 kinds.index(g.block), g.depth))
+    for dataset in {g.dataset for g in out}:
+        mine = [g for g in out if g.dataset == dataset]
+        steps = {g.protocol: g.max_steps for g in mine}
+        unique = len(set(steps.values())) == len(steps)
+        for g, differ in zip(mine, differing_settings([g.config for g in mine])):
+            g.settings = differ
+            g.variant = "-B" if g.shortcut == "B" else ""
+            if len(steps) > 1:  # several protocols: say which (by iterations when that tells them apart)
+                g.variant += f" ({g.max_steps} it)" if unique else f" ({differ or g.protocol})"
+    return out
+
+
+def by_dataset(groups: list[Group]) -> dict[str, list[Group]]:
+    out: dict[str, list[Group]] = {}
+    for g in groups:
+        out.setdefault(g.dataset, []).append(g)
+    return dict(sorted(out.items()))
+
+
+# ------------------------------------------------------------------------------------------ the paper
+
+@functools.cache
+def paper_protocol() -> dict:
+    """The paper's schedule as conf/experiment/paper.yaml gives it: max_steps, milestones, lr, batch_size."""
+    from .config import compose
+
+    cfg, = compose(["experiment=paper"])
+    return protocol_of(cfg)
+
+
+def protocol_of(config: dict) -> dict:
+    o, t = config.get("optim", {}), config.get("trainer", {})
+    return {"max_steps": t.get("max_steps"), "milestones": o.get("milestones"), "lr": o.get("lr"),
+            "batch_size": o.get("batch_size")}
+
+
+def paper_reference(group: Group) -> bool:
+    """The paper's numbers apply: CIFAR-10 (or its JPEG copy) trained on the paper's protocol."""
+    return group.dataset in PAPER_DATASETS and protocol_of(group.config) == paper_protocol()
+
+
+# ------------------------------------------------------------------------------------------ statuses
+
+def last_iteration(run: Run) -> int:
+    return run.metrics[-1]["iteration"] if run.metrics else (run.result.get("steps") or 0)
+
+
+def status_note(run: Run) -> str:
+    """'' for a done run, else 'running, it N', 'diverged at N', 'failed at it N'."""
+    s = run.status
+    if s == "done":
+        return ""
+    if s == "running":
+        return f"running, it {last_iteration(run)}"
+    if s == "diverged":
+        return f"diverged at {run.result.get('diverged_at') or last_iteration(run)}"
+    return f"{s} at it {last_iteration(run)}"
+
+
+@dataclass(frozen=True)
+class WarmupEnd:
+    """Where a run's warm-up ended: the iteration, why ('training error', 'bound', '' when not recorded) and
+    whether result.json records it (exact) or it is the first record of metrics.csv at the lr after the warm-up
+    (the warm-up ended at or before that record: a run that has not finished)."""
+
+    iteration: int
+    by: str
+    exact: bool
+
+
+def warmup_end(run: Run) -> WarmupEnd | None:
+    """The end of the run's warm-up, or None: no warm-up, or one that has not ended (or cannot be told)."""
+    r = run.result
+    if r.get("warmup_ended_at"):
+        return WarmupEnd(r["warmup_ended_at"], r.get("warmup_ended_by") or "", True)
+    if r.get("warmup") is not True or r.get("finished"):  # no warm-up, or a finished run that records none
+        return None
+    optim = r["config"]["optim"]
+    milestones = [m for m in optim.get("milestones") or [] if isinstance(m, (int, float))] \
+        if isinstance(optim.get("milestones"), list) else []
+    first = min(milestones, default=math.inf)  # from there the lr after a milestone may equal the warm-up lr
+    after = [row["iteration"] for row in run.metrics
+             if "lr" in row and row["lr"] != optim.get("warmup_lr") and row["iteration"] < first]
+    if after:
+        return WarmupEnd(after[0], "", False)
+    if run.metrics and run.metrics[-1]["iteration"] >= first:  # still at the warm-up lr there: the bound ended it
+        return WarmupEnd(int(first), "bound", False)
+    return None
+
+
+def warmup_note(group: Group, run: Run) -> str | None:
+    """'ResNet-110 seed 0: ended at iteration 400 (training error below 80%)': where the run's warm-up ended and
+    why, or None (no warm-up)."""
+    end, r = warmup_end(run), run.result
+    name = f"{group.name} seed {run.seed}"
+    if end is None:
+        if r.get("warmup") is True and not r.get("finished"):
+            return f"{name}: not ended by its last record (iteration {last_iteration(run)})"
+        return None
+    limit = r["config"]["optim"].get("warmup_until_error")
+    below = f"below {100 * limit:.0f}%" if isinstance(limit, (int, float)) else "below its threshold"
+    why = {"training error": f"training error {below}", "bound": f"its bound, the training error not yet {below}"}
+    if end.exact:
+        return f"{name}: ended at iteration {end.iteration}" + (f" ({why[end.by]})" if end.by in why else "")
+    if end.by == "bound":
+        return (f"{name}: ended at its bound, the first milestone (iteration {end.iteration}): metrics.csv shows "
+                "the warm-up lr up to there (result.json records the end only when a run finishes)")
+    return (f"{name}: ended by iteration {end.iteration}, the first record at the lr after the warm-up "
+            "(result.json records the end only when a run finishes)")
+
+
+def warmup_notes(groups: list[Group]) -> list[str]:
+    """warmup_note of every run that warms up."""
+    return [n for g in groups for r in g.runs if (n := warmup_note(g, r))]
+
+
+def excluded_runs(groups: list[Group]) -> list[str]:
+    """'plain-20 seed 1 (diverged at 1200)' for every run that is not done (so not in the means)."""
+    return [f"{g.name} seed {r.seed} ({status_note(r)})" for g in groups for r in g.runs if r.status != "done"]
+
+
+def missing_responses(groups: list[Group]) -> list[str]:
+    """Nets left out of Figure 7 for want of a responses.json, with why."""
+    out = []
+    for g in groups:
+        if not any(r.responses for r in g.runs):
+            why = ", ".join(status_note(r) or "done, no responses.json" for r in g.runs)
+            out.append(f"{g.name} ({why})")
+    return out

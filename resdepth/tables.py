@@ -1,0 +1,61 @@
+"""Tables as text, one writer for all of them (the results table, Table 6): Markdown, CSV, columns aligned for a
+terminal, and the cells they share (errors in %, durations)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+
+
+def markdown(head: list[str], body: list[list[str]]) -> str:
+    """A Markdown table, one line per row, ending in a newline."""
+    lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
+    lines += ["| " + " | ".join(cells) + " |" for cells in body]
+    return "\n".join(lines) + "\n"
+
+
+def csv_text(head: list[str], body: list[list]) -> str:
+    """CSV with a header line, lines ending in a newline; None is written as an empty cell."""
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(head)
+    w.writerows(body)
+    return buf.getvalue()
+
+
+def aligned(head: list[str], body: list[list[str]], right: range | set) -> str:
+    """Columns padded to their widest cell (those in `right` right-aligned), with a dashed line under the head."""
+    widths = [max(len(x) for x in col) for col in zip(head, *body)]
+
+    def line(cells: list[str]) -> str:
+        return "  ".join(c.rjust(w) if i in right else c.ljust(w)
+                         for i, (c, w) in enumerate(zip(cells, widths))).rstrip()
+
+    return "\n".join([line(head), line(["-" * w for w in widths]), *map(line, body)])
+
+
+def error_cell(mean: float, std: float, n: int, *, counts: bool = False, best: float = math.nan) -> str:
+    """Errors given in % as a cell with 2 decimals: '8.00 ± 1.00' (mean ± sample std; one value: '8.00'), '-' for
+    none. With counts: '8.00 ± 1.00 (n=3)', '8.00 (n=1)', and the lowest when given: '(n=3; best 7.00)'."""
+    if n == 0 or math.isnan(mean):
+        return "-"
+    if n == 1:
+        return f"{mean:.2f}" + (" (n=1)" if counts else "")
+    cell = f"{mean:.2f} ± {std:.2f}"
+    if counts:
+        cell += f" (n={n}" + ("" if math.isnan(best) else f"; best {best:.2f}") + ")"
+    return cell
+
+
+def number(value, digits: int = 4) -> str:
+    """A CSV number cell: fixed decimals; empty where there is no number (None, nan)."""
+    return "" if value is None or math.isnan(value) else f"{value:.{digits}f}"
+
+
+def fmt_time(seconds: float) -> str:
+    """'4m05s', '1h12m': a duration for people ('?' when unknown)."""
+    if not math.isfinite(seconds):
+        return "?"
+    h, r = divmod(max(0, round(seconds)), 3600)
+    return f"{h}h{r // 60:02d}m" if h else f"{r // 60}m{r % 60:02d}s"

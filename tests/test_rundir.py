@@ -1,0 +1,147 @@
+"""The run directory and the files resdepth writes: atomic writes that leave nothing behind, failures recorded
+before training too, file-system trouble as one line in every command."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from resdepth import rundir
+from resdepth.train import RunFailed, train
+
+from .conftest import compose, run_cli
+
+
+def _smoke(tmp_path, *extra):
+    return compose(["experiment=smoke", "model.depth=8", f"results_root={tmp_path}", "trainer.progress=false",
+                    *extra])
+
+
+def test_atomic_write_leaves_no_temp_file_when_writing_fails(tmp_path):
+    target = tmp_path / "result.json"
+    target.write_text("the old one")
+
+    def fail(tmp):
+        tmp.write_text("half")
+        raise OSError(28, "No space left on device")
+
+    with pytest.raises(OSError):
+        rundir.atomic_write(target, fail)
+    assert target.read_text() == "the old one" and sorted(p.name for p in tmp_path.iterdir()) == ["result.json"]
+
+
+def test_a_damaged_metrics_row_is_named_and_a_torn_last_line_is_not(tmp_path, capsys):
+    path = tmp_path / "metrics.csv"
+    for row in ({"iteration": 10, "lr": 0.1}, {"iteration": 20, "lr": 0.1}, {"iteration": 30, "lr": 0.1}):
+        rundir.append_metrics(path, row)
+    lines = path.read_text().splitlines()
+    path.write_text("\n".join([lines[0], lines[1], "20,zz,garbled", lines[3], "40,0.1,"]) + "\n")
+    rows = rundir.read_metrics(path)
+    assert [r["iteration"] for r in rows] == [10, 30, 40]
+    err = capsys.readouterr().err
+    assert f"{path}: row 3 cannot be read" in err and err.count("warning") == 1
+
+
+def test_a_damaged_checkpoint_is_named_recorded_and_kept(tmp_path):
+    cfg = _smoke(tmp_path, "trainer.max_steps=20", "trainer.eval_every=10")
+    run_dir = Path(cfg["run_dir"])
+    train(cfg)
+    result = json.loads((run_dir / "result.json").read_text())
+    rundir.write_json(run_dir / "result.json", {**result, "status": "running"})  # as if killed before its end
+    ckpt = run_dir / "last.ckpt"
+    ckpt.write_bytes(ckpt.read_bytes()[:1000])  # truncated by a full disk
+    with pytest.raises(RunFailed, match="last.ckpt is damaged .* mv "):
+        train(cfg)
+    result = json.loads((run_dir / "result.json").read_text())
+    assert result["status"] == "failed" and "CorruptCheckpoint" in result["error"] and "mv " in result["error"]
+    assert "CorruptCheckpoint" in (run_dir / "error.txt").read_text() and ckpt.stat().st_size == 1000
+    proc = run_cli("train", "experiment=smoke", "model.depth=8", f"results_root={tmp_path}",
+                   "trainer.max_steps=20", "trainer.eval_every=10")
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 1 and lines[-1].startswith("resdepth: error: run failed: CorruptCheckpoint: ")
+    assert "Traceback" not in proc.stderr and f"traceback in {run_dir / 'error.txt'}" in lines[-1]
+    os.rename(ckpt, f"{ckpt}.damaged")  # what the message says to do: the run then restarts and finishes
+    proc = run_cli("train", "experiment=smoke", "model.depth=8", f"results_root={tmp_path}",
+                   "trainer.max_steps=20", "trainer.eval_every=10")
+    assert proc.returncode == 0 and json.loads((run_dir / "result.json").read_text())["status"] == "done"
+
+
+def test_a_failure_before_training_is_recorded(tmp_path, tmp_cache):
+    from PIL import Image
+
+    for split in ("train", "test"):
+        for cls in ("a", "b"):
+            (tmp_path / "images" / split / cls).mkdir(parents=True)
+            for i in range(40 if split == "train" else 4):
+                Image.new("RGB", (32, 32), (i * 5, 100 if cls == "a" else 200, 0)).save(
+                    tmp_path / "images" / split / cls / f"{i}.png")
+    (tmp_path / "not-a-folder").write_text("a file where the cache folder should be")
+    args = ["experiment=smoke", "model.depth=8", "data=image_folder", f"data.path={tmp_path / 'images'}",
+            f"data.cache_dir={tmp_path / 'not-a-folder'}", f"results_root={tmp_path / 'runs'}"]
+    proc = run_cli("train", *args)
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    line = proc.stderr.strip().splitlines()[-1]
+    assert line.startswith("resdepth: error: ") and "not-a-folder" in line, proc.stderr
+
+
+@pytest.mark.parametrize("command", ["train", "sweep", "results", "plot"])
+def test_a_file_where_the_results_folder_should_be_is_one_line(tmp_path, command):
+    (tmp_path / "runs").write_text("a file")
+    args = [f"{tmp_path / 'runs'}"] if command in ("results", "plot") else \
+        ["experiment=smoke", f"results_root={tmp_path / 'runs'}"]
+    proc = run_cli(command, *args)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode != 0 and len(lines) == 1 and lines[0].startswith("resdepth: error: "), proc.stderr
+    assert str(tmp_path / "runs") in lines[0] and (tmp_path / "runs").read_text() == "a file"
+
+
+def test_a_path_too_long_is_one_line(tmp_path):
+    proc = run_cli("train", "experiment=smoke", f"results_root={tmp_path / ('x' * 300)}")
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode != 0 and len(lines) == 1 and "File name too long" in lines[0], proc.stderr
+
+
+@pytest.fixture
+def read_only_dir(tmp_path):
+    """A read-only file system (a tmpfs mounted read-only), where this machine allows mounting; else skip."""
+    path = tmp_path / "ro"
+    path.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(path)],
+                      capture_output=True).returncode:
+        pytest.skip("cannot mount a read-only file system here")
+    yield path
+    subprocess.run(["umount", str(path)], capture_output=True)
+
+
+def test_a_read_only_file_system_is_one_line_in_every_command(read_only_dir, tmp_path):
+    for args in (["train", "experiment=smoke", f"results_root={read_only_dir}/runs"],
+                 ["sweep", "experiment=smoke", f"results_root={read_only_dir}/runs"],
+                 ["bench", "--out", f"{read_only_dir}/bench.json", "--data", "synthetic"]):
+        proc = run_cli(*args)
+        lines = proc.stderr.strip().splitlines()
+        assert proc.returncode != 0 and len(lines) == 1 and lines[0].startswith("resdepth: error: "), (args,
+                                                                                                      proc.stderr)
+        assert "Traceback" not in proc.stderr
+    assert list(read_only_dir.iterdir()) == []
+
+
+@pytest.mark.parametrize("args, message", [
+    (["train", "results_root="], "results_root='' is empty"),
+    (["train", "data.name=../elsewhere"], "data.name='../elsewhere' must be one folder name"),
+    (["train", "data.name=a/b"], "data.name='a/b' must be one folder name"),
+    (["train", "optim.lr=inf"], "optim.lr=inf must be > 0 and finite"),
+    (["train", "-m", "model.depth=8,14"], "resdepth train runs one configuration; for a grid use `resdepth sweep`"),
+    (["train", "hydra.job.chdir=true"], "hydra.job.chdir=true is not supported"),
+    (["sweep", "hydra.job.chdir=true"], "hydra.job.chdir=true is not supported"),
+    (["sweep", "model.block=plain,residual", "run_dir={tmp}/one"], "would hold several configurations"),
+])
+def test_writes_stay_contained_and_a_grid_trains_every_point_or_refuses(tmp_path, args, message):
+    args = [a.replace("{tmp}", str(tmp_path)) for a in args]
+    root = [] if any(a.startswith("results_root=") for a in args) else [f"results_root={tmp_path / 'runs'}"]
+    proc = run_cli(args[0], "experiment=smoke", *root, *args[1:], cwd=tmp_path)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1 and message in lines[0], proc.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == [], "nothing written"
