@@ -14,6 +14,8 @@ of `ours` at once on this device and reports the aggregate images/s. The project
 plain/residual x 64k iterations) uses the measured ms/step (unmeasured depths: linear in depth between measured
 ones, proportional to depth past them).
 Prints a table and writes bench.json.
+
+Imports train.build (the run as `resdepth train` builds it), sweep's grid, device, data, models and system.
 """
 
 from __future__ import annotations

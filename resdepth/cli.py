@@ -6,6 +6,8 @@
   resdepth results [ROOT]             rebuild the results table from ROOT's result.json files
   resdepth plot [ROOT]                Figure 6, Figure 7, depth vs error, Table 6 and report.md into ROOT/figures
   resdepth bench [OPTIONS]            speed of the training path against a minimal loop and the usual pipeline
+
+The only room that imports every other; nothing imports it.
 """
 
 from __future__ import annotations

@@ -3,6 +3,9 @@
 The schema is stored in Hydra's ConfigStore as `resdepth_schema` and named first in conf/config.yaml's defaults,
 so a misspelt key (`model.dept=5`) or a wrong type (`model.depth=abc`, `optim.lr=fast`, `model.block=foo`) fails
 in Hydra before anything is trained (the CLI turns the message into one line: `one_line_error`).
+
+Imports models (the block kinds), rundir (the repository root) and, to check data.kind, data; never
+training, device or output code.
 """
 
 from __future__ import annotations
@@ -19,8 +22,8 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
 from .models import BLOCKS
+from .rundir import REPO_ROOT
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
 CONF_DIR = REPO_ROOT / "conf"
 
 

@@ -14,6 +14,8 @@ zero pixels (the paper's 4) padded on each side and a random crop of the image's
 its horizontal flip, chosen per image.
 The whole data path is tensor operations on the device that holds the data: batches are index slices of a
 per-epoch permutation, with no DataLoader workers and no per-sample Python.
+
+Imports only rundir (for the cache's atomic write); knows nothing of models or training.
 """
 
 from __future__ import annotations
@@ -35,8 +37,7 @@ import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 
-from .config import REPO_ROOT
-from .rundir import atomic_write
+from .rundir import REPO_ROOT, atomic_write
 
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")  # torchvision's
 CACHE_VERSION = 2  # 2: cache files named by their source as well, so a rebuilt one replaces the stale one

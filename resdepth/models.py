@@ -18,6 +18,8 @@ Block kinds live in the registry BLOCKS ("plain": PlainBlock, "residual": Residu
 (64 images each); evaluation is unchanged.
 
 This module knows nothing of training; the counts above are checked by tests/test_models.py.
+
+Imports nothing of resdepth (no Lightning, no files).
 """
 
 from __future__ import annotations

@@ -16,6 +16,8 @@ percentages here.
 
 Pure: groups in, matplotlib Figure objects out (built without pyplot, so rendered by Agg and never touching the
 global backend); nothing here knows of training. Re-running on the same runs gives the same bytes.
+
+Imports runs and rundir (plot_cli reaches report lazily); never training code.
 """
 
 from __future__ import annotations
@@ -31,10 +33,9 @@ from matplotlib import colormaps
 from matplotlib.figure import Figure
 from matplotlib.ticker import FormatStrFormatter, MaxNLocator
 
-from .results import NO_USABLE, no_runs
 from .rundir import atomic_write_bytes
-from .runs import (PAPER_TEST_ERROR, PAPER_TEST_STD, REFERENCE_KIND, Group, Run, WarmupEnd, block_kinds,
-                   excluded_runs, kind_label, paper_reference, status_note, warmup_end)
+from .runs import (NO_USABLE, PAPER_TEST_ERROR, PAPER_TEST_STD, REFERENCE_KIND, Group, Run, WarmupEnd, block_kinds,
+                   excluded_runs, kind_label, no_runs, paper_reference, status_note, warmup_end)
 
 OFF_SCALE = 85.0  # %: nets ending near chance (never learned, like the paper's plain-110) do not set the y-limit
 # Colour and line style of a block kind's series (depth figure) and lines (Figure 7); kinds without one of their

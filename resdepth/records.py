@@ -57,6 +57,9 @@ class Recorder(pl.Callback):
         if step % self.eval_every == 0 or step >= self.max_steps:
             row = pl_module.take_record()
             append_metrics(self.run_dir / "metrics.csv", row)
+            # where the warm-up ended is known from then on, also to a run that never finishes
+            self.result.update(warmup_ended_at=pl_module.warmup_steps or None,
+                               warmup_ended_by=getattr(pl_module, "warmup_ended_by", None))
             self._update_result(row)
             if self.progress:
                 self._print(step, row)

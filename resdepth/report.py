@@ -6,6 +6,8 @@
 Table 6 has a column pair per registered block kind (residual first: the paper's column); the paper's numbers
 appear only for cifar10 / cifar10_jpeg runs on the paper's protocol. Errors are fractions in the run files and
 percentages here.
+
+Imports plots, runs, tables and rundir; never training code.
 """
 
 from __future__ import annotations

@@ -7,6 +7,8 @@ A run directory holds:
   last.ckpt       the latest checkpoint (model, optimizer, schedule, warm-up, iteration, RNG), written atomically
   model.pt        the final network weights;  responses.json  Figure 7's layer response stds on the test set
 Errors are fractions in these files and percentages in the printed and Markdown tables.
+
+Imports the run model (runs), tables and rundir; never training code or figures.
 """
 
 from __future__ import annotations
@@ -18,34 +20,11 @@ from pathlib import Path
 # rundir writes and reads a run directory's files; read_metrics, truncate_metrics and write_json are named here too
 # for callers that read runs through this module.
 from .models import net_name
+from .runs import NO_USABLE, block_kinds, find_results, group_runs, load_runs, no_runs  # noqa: F401
 from .rundir import atomic_write_text, read_json, read_metrics, truncate_metrics, write_json  # noqa: F401
 from .tables import aligned, csv_text, error_cell, fmt_time, markdown  # noqa: F401 (fmt_time: for callers)
 
 
-def find_results(root: Path) -> list[tuple[Path, dict]]:
-    """Every run directory under root with a readable result.json, sorted by path. An unreadable one is named
-    in a warning on stderr, never dropped in silence."""
-    out = []
-    for p in sorted(Path(root).rglob("result.json")):
-        try:
-            out.append((p.parent, read_json(p)))
-        except (OSError, ValueError) as e:
-            print(f"resdepth: warning: run left out: {e}", file=sys.stderr, flush=True)
-    return out
-
-
-def no_runs(root: Path) -> str | None:
-    """Why ROOT holds no runs to table or plot, or None when it holds some."""
-    if Path(root).is_dir() and any(Path(root).rglob("result.json")):
-        return None
-    why = "no such folder" if not Path(root).is_dir() else "no */result.json"
-    return (f"no runs found under {root} ({why}); run `resdepth sweep` or `resdepth train` first, or name the "
-            "results root")
-
-
-# ------------------------------------------------------------------------------------------ results table
-
-# results.csv: its column for each key of a table row. Errors are fractions there (as in result.json), named so.
 CSV_COLUMNS = {"dataset": "dataset", "net": "net", "depth": "depth", "block": "block", "shortcut": "shortcut",
                "seeds": "seeds", "test_error_mean": "test_error_fraction_mean",
                "test_error_std": "test_error_fraction_std", "train_error_mean": "train_error_fraction_mean",
@@ -58,7 +37,6 @@ def table_rows(groups: list) -> list[dict]:
     """One row per configuration (all seeds of it), from runs.Group objects: errors are fractions, means and
     sample stds over the seeds whose status is done; the other runs are counted in `status`, never dropped."""
     from .config import config_hash
-    from .runs import block_kinds
 
     kinds = block_kinds(groups)
     rows = []
@@ -82,7 +60,6 @@ def table_rows(groups: list) -> list[dict]:
 def summarize(root: Path) -> list[dict]:
     """The results table of root's runs (runs.load_runs: unusable files and copies left out, with a warning):
     one row per configuration, errors as fractions (see table_rows)."""
-    from .runs import group_runs, load_runs
 
     return table_rows(group_runs(load_runs(root)))
 
@@ -137,7 +114,6 @@ def write_tables(root: Path, rows: list[dict] | None = None) -> list[dict]:
     return rows
 
 
-NO_USABLE = "no usable runs under {root}: every result.json was left out (see the warnings above)"
 
 
 def results_cli(argv: list[str]) -> int:

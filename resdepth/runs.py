@@ -10,6 +10,8 @@ Errors are fractions here, as in the run files; the tables and figures show perc
 Reading never stops at a bad file: a result.json that cannot be used (not JSON, not an object, a key missing or
 of the wrong type) is named in a warning on stderr and left out, and a copy of a run directory inside the root
 (the same configuration, seed and status) is counted once, with a warning naming the copy.
+
+Imports config, models and rundir; never training code, never matplotlib.
 """
 
 from __future__ import annotations
@@ -23,7 +25,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .models import net_name
-from .results import find_results
 from .rundir import flatten, read_json, read_metrics
 
 PAPER_DATASETS = ("cifar10", "cifar10_jpeg")  # where the paper's numbers apply (ours: also its JPEG copy)
@@ -217,6 +218,33 @@ def dedupe(runs: list[Run]) -> list[Run]:
         kept[key] = run
     ids = {id(k) for k in kept.values()}
     return [r for r in runs if id(r) in ids]
+
+
+def find_results(root: Path) -> list[tuple[Path, dict]]:
+    """Every run directory under root with a readable result.json, sorted by path. An unreadable one is named
+    in a warning on stderr, never dropped in silence."""
+    out = []
+    for p in sorted(Path(root).rglob("result.json")):
+        try:
+            out.append((p.parent, read_json(p)))
+        except (OSError, ValueError) as e:
+            print(f"resdepth: warning: run left out: {e}", file=sys.stderr, flush=True)
+    return out
+
+
+def no_runs(root: Path) -> str | None:
+    """Why ROOT holds no runs to table or plot, or None when it holds some."""
+    if Path(root).is_dir() and any(Path(root).rglob("result.json")):
+        return None
+    why = "no such folder" if not Path(root).is_dir() else "no */result.json"
+    return (f"no runs found under {root} ({why}); run `resdepth sweep` or `resdepth train` first, or name the "
+            "results root")
+
+
+# ------------------------------------------------------------------------------------------ results table
+
+# results.csv: its column for each key of a table row. Errors are fractions there (as in result.json), named so.
+NO_USABLE = "no usable runs under {root}: every result.json was left out (see the warnings above)"
 
 
 def load_runs(root: Path) -> list[Run]:

@@ -6,6 +6,9 @@ dataset is loaded once (so a missing dataset stops the sweep at once and an imag
 by every job), and the plan is printed: which runs are done (skipped), which resume, which are new. After the
 launcher returns, the grid's statuses are read back from the result.json files (whatever launcher ran them),
 the results table is printed and written, and the exit code is non-zero if any run failed.
+
+Imports config, data, device, results, rundir and tables; it runs jobs through the CLI's launcher,
+never train's internals.
 """
 
 from __future__ import annotations

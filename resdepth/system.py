@@ -2,6 +2,8 @@
 
 No model code (models.py) and no file writing (train.py). Nothing in the training step waits for the GPU:
 per-iteration losses and errors go into device buffers that are read once per record.
+
+Imports config and models only.
 """
 
 from __future__ import annotations

@@ -1,5 +1,8 @@
 """Tables as text, one writer for all of them (the results table, Table 6): Markdown, CSV, columns aligned for a
-terminal, and the cells they share (errors in %, durations)."""
+terminal, and the cells they share (errors in %, durations).
+
+Imports nothing of resdepth: every room may use it.
+"""
 
 from __future__ import annotations
 
