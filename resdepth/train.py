@@ -25,8 +25,9 @@ from . import rundir
 from .config import config_hash, semantic_config, the_net, to_plain, validate
 from .data import DataModule, DatasetError
 from .device import check, claim, device_name, resolve_device, use_cuda_graph
+from .load import model_file
 from .models import count_parameters
-from .records import Recorder, label
+from .records import Recorder, close_logger, label, make_logger, run_log
 from .tables import fmt_time
 from .rundir import RunBusy, RunConflict  # noqa: F401 (raised by train: the CLI and sweep catch them from here)
 from .system import System
@@ -70,7 +71,7 @@ def train(cfg: DictConfig | dict) -> dict:
     lock = rundir.lock_run(run_dir)
     gpu, gpu_lock = claim(cfg["trainer"])  # parallel jobs on a machine with several GPUs
     try:
-        with failures_recorded(cfg, run_dir):
+        with run_log(run_dir / "resdepth.log"), failures_recorded(cfg, run_dir):
             return _run(cfg, run_dir, gpu)
     finally:
         lock.close()
@@ -164,6 +165,7 @@ def _run(cfg: dict, run_dir: Path, gpu: int | None) -> dict:
     data, system, trainer_kwargs = build(cfg, gpu)
     accelerator, precision = trainer_kwargs["accelerator"], trainer_kwargs["precision"]
     resume_step = checkpoint_step(run_dir / "last.ckpt")
+    trainer_kwargs["logger"] = make_logger(cfg, run_dir, resume_step)
     chash = config_hash(cfg, without=())
     if not (run_dir / "config.json").exists():
         rundir.write_json(run_dir / "config.json", {"hash": chash, "semantic": semantic_config(cfg), "config": cfg})
@@ -177,7 +179,10 @@ def _run(cfg: dict, run_dir: Path, gpu: int | None) -> dict:
     recorder = Recorder(run_dir, cfg, result)
     trainer = pl.Trainer(**trainer_kwargs, callbacks=[recorder], default_root_dir=str(run_dir))
     t0 = time.perf_counter()
-    _fit(cfg, trainer, system, data, recorder, resume_step)
+    try:
+        _fit(cfg, trainer, system, data, recorder, resume_step)
+    finally:
+        close_logger(trainer_kwargs["logger"])
     if result["status"] != "diverged":
         system.to(torch.device("cuda", gpu or 0) if accelerator == "gpu" else torch.device("cpu"))
         data.to(system.device)  # Lightning's teardown may have moved the module to the CPU
@@ -185,7 +190,8 @@ def _run(cfg: dict, run_dir: Path, gpu: int | None) -> dict:
         rundir.write_json(run_dir / "responses.json", {
             "layer_std": system.layer_responses(data.eval_splits["test"]), "split": "test",
             "depth": cfg["model"]["depth"], "block": cfg["model"]["block"]})
-    rundir.atomic_write(run_dir / "model.pt", lambda tmp: torch.save(system.net.state_dict(), tmp))
+    weights = model_file(system.net, data.mean, cfg, data.classes)  # with the mean: ready for raw images (load.py)
+    rundir.atomic_write(run_dir / "model.pt", lambda tmp: torch.save(weights, tmp))
     result.update(warmup_ended_at=system.warmup_steps or None, warmup_ended_by=getattr(system, "warmup_ended_by", None),
                   finished=rundir.now(), session_s=time.perf_counter() - t0)
     rundir.write_json(run_dir / "result.json", result)

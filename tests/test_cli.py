@@ -196,3 +196,65 @@ def test_a_slow_run_says_its_pace_before_its_first_record(tmp_path, capsys):
     recorder.paced, recorder.live, recorder.last_draw = False, True, time.perf_counter()  # a terminal
     recorder.on_train_batch_end(SimpleNamespace(global_step=22), None, None, None, 21)
     assert capsys.readouterr().out == ""  # its live line shows the pace instead
+
+
+@pytest.mark.parametrize("override", ["+trainer.deterministic=true", "+trainer.strategy=ddp", "+model.width=32",
+                                      "+data.foo=1", "+optim.nesterov=true", "++model.width=32"])
+@pytest.mark.parametrize("command", ["train", "sweep"])
+def test_a_key_that_nothing_reads_is_refused_in_every_group(tmp_path, command, override):
+    key = override.lstrip("+").split("=")[0]
+    proc = run_cli(command, "experiment=smoke", f"results_root={tmp_path}", override)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"resdepth: error: unknown setting '{key}' (added with +{key}=...); "
+                                                   f"{key.split('.')[0]} has "), proc.stderr
+    assert not list(tmp_path.iterdir())  # nothing written
+
+
+@pytest.mark.parametrize("command", ["train", "sweep"])
+@pytest.mark.parametrize("override", ["hydra.run.dir=elsewhere", "hydra.sweep.dir=elsewhere"])
+def test_hydras_own_run_directory_is_refused(tmp_path, command, override):
+    proc = run_cli(command, "experiment=smoke", f"results_root={tmp_path}", override, cwd=tmp_path)
+    key = override.split("=")[0]
+    assert proc.returncode == 2 and proc.stderr.startswith(f"resdepth: error: {key} is not supported: a run's "
+                                                           f"directory is run_dir"), proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and not list(tmp_path.iterdir())
+
+
+@pytest.fixture
+def my_conf(tmp_path):
+    """A user's own preset outside resdepth: DIR/experiment/mine.yaml, a grid of its own."""
+    (tmp_path / "my_conf" / "experiment").mkdir(parents=True)
+    (tmp_path / "my_conf" / "experiment" / "mine.yaml").write_text(
+        "# @package _global_\ndefaults:\n  - override /data: synthetic\nexperiment_name: mine\nmodel:\n  depth: 8\n"
+        "optim:\n  batch_size: 32\ndata:\n  train_size: 256\n  test_size: 64\ntrainer:\n  max_steps: 4\n"
+        "  eval_every: 2\nhydra:\n  sweeper:\n    params:\n      model.depth: 8\n      model.block: plain,residual\n")
+    return tmp_path / "my_conf"
+
+
+def test_train_finds_a_users_preset_by_config_dir_or_searchpath(tmp_path, my_conf):
+    for where in (["--config-dir", str(my_conf)], [f"--config-dir={my_conf}"],
+                  [f"hydra.searchpath=[file://{my_conf}]"]):
+        proc = run_cli("train", *where, "experiment=mine", f"results_root={tmp_path}", "--cfg", "job")
+        assert proc.returncode == 0 and "experiment_name: mine" in proc.stdout and "max_steps: 4" in proc.stdout, \
+            proc.stderr
+    proc = run_cli("train", "--config-dir", str(my_conf), "experiment=mine", "model.depth=21")
+    assert proc.returncode == 2 and "model.depth=21 is not a CIFAR ResNet depth" in proc.stderr  # checked first
+    proc = run_cli("train", "--config-dir", str(tmp_path / "nowhere"), "experiment=mine")
+    assert proc.returncode == 2 and proc.stderr.startswith(f"resdepth: error: --config-dir '{tmp_path / 'nowhere'}'"
+                                                           f": no such folder")
+    proc = run_cli("sweep", "--plan", f"hydra.searchpath=[file://{my_conf}]", "experiment=mine",
+                   f"results_root={tmp_path}")
+    assert proc.returncode == 0 and "sweep: 2 runs" in proc.stdout and "plain-8" in proc.stdout, proc.stderr
+
+
+@pytest.mark.slow
+def test_sweep_plans_and_launches_a_users_preset_from_config_dir(tmp_path, my_conf):
+    root = tmp_path / "runs"
+    proc = run_cli("sweep", "--config-dir", str(my_conf), "experiment=mine", f"results_root={root}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "sweep: 2 runs" in proc.stdout and "2 new" in proc.stdout
+    results = [json.loads(p.read_text()) for p in sorted(root.glob("synthetic/*-8/seed0-*/result.json"))]
+    assert [(r["config"]["model"]["block"], r["status"], r["steps"]) for r in results] == [
+        ("plain", "done", 4), ("residual", "done", 4)]  # the launched jobs composed the user's preset too
+    assert all(r["config"]["experiment_name"] == "mine" for r in results)
