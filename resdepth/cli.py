@@ -6,6 +6,11 @@
   resdepth results [ROOT]             rebuild the results table from ROOT's result.json files
   resdepth plot [ROOT]                Figure 6, Figure 7, depth vs error, Table 6 and report.md into ROOT/figures
   resdepth bench [OPTIONS]            speed of the training path against a minimal loop and the usual pipeline
+  resdepth completion bash            a bash completion script: eval "$(resdepth completion bash)"
+  resdepth --version                  resdepth's version
+
+train and sweep take --config-dir DIR (or hydra.searchpath=[file://DIR]): your own configs, searched after
+resdepth's, e.g. DIR/experiment/mine.yaml as experiment=mine.
 
 The only room that imports every other; nothing imports it.
 """
@@ -26,7 +31,8 @@ from omegaconf.errors import OmegaConfBaseException
 
 from . import config as _config  # noqa: F401  (registers the schema and the run-name resolver)
 
-USAGE = __doc__.split("\n\n", 1)[1]
+USAGE = __doc__.split("\n\n", 1)[1].rsplit("\n\n", 1)[0]
+COMMANDS = ("train", "sweep", "results", "plot", "bench", "completion")
 
 
 def _fail(message: str, code: int = 2):
@@ -109,12 +115,19 @@ def _check_first(argv: list[str]) -> None:
     """Check one run's config before Hydra acts on it, as the run would: `--cfg job` prints the config without
     running the task, and Hydra makes the run's directory before the task starts (Hydra's schema checks types and
     most choices; auto|true|false choices, ranges and paths are resdepth's own). A sweep checks its own grid."""
-    if "--multirun" in argv or "-m" in argv:
+    if {"--multirun", "-m", "-sc", "--shell-completion"} & set(argv):  # a completion query must never fail
         return
+    from .sweep import with_config_dirs
+
+    try:
+        argv = with_config_dirs(argv)  # compose from the same configs as Hydra will
+    except ValueError as e:
+        _fail(str(e))
     flags = {i for i, a in enumerate(argv) if a.startswith("-")}
     flags |= {i + 1 for i in flags if argv[i] in ("--cfg", "-c", "--package", "-p", "--config-name", "-cn",
                                                      "--config-path", "-cp", "--config-dir", "-cd")}
-    overrides = [a for i, a in enumerate(argv) if i not in flags and not a.startswith("hydra")]
+    overrides = [a for i, a in enumerate(argv) if i not in flags and (not a.startswith("hydra")
+                                                                      or a.startswith("hydra.searchpath="))]
     try:
         cfg = _config.compose(overrides)[0]
     except Exception:  # Hydra's own errors: Hydra reports them below, as for any command
@@ -166,6 +179,11 @@ def _main(argv: list[str]) -> None:
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(USAGE)
         return
+    if argv[0] in ("--version", "-V"):
+        from . import __version__
+
+        print(f"resdepth {__version__}")
+        return
     cmd, rest = argv[0], argv[1:]
     if cmd in ("train", "sweep"):
         for note in _config.repeated_keys(rest):
@@ -194,8 +212,20 @@ def _main(argv: list[str]) -> None:
         from .bench import bench_cli
 
         sys.exit(bench_cli(rest))
+    elif cmd == "completion":
+        print(completion_script(rest))
     else:
-        _fail(f"unknown command {cmd!r}; commands: train, sweep, results, plot, bench (resdepth --help)")
+        _fail(f"unknown command {cmd!r}; commands: {', '.join(COMMANDS)} (resdepth --help)")
+
+
+def completion_script(shells: list[str]) -> str:
+    """The bash script that completes resdepth's commands and, for train and sweep, Hydra's keys, groups and
+    presets (Hydra's own `-sc install=bash` completes the program name only, without the commands)."""
+    if shells != ["bash"]:
+        _fail(f"resdepth completion takes one shell, bash, not {' '.join(shells) or 'nothing'}: "
+              f'eval "$(resdepth completion bash)"')
+    script = (Path(__file__).parent / "completion.bash").read_text()
+    return script.replace("__COMMANDS__", " ".join(COMMANDS))
 
 
 if __name__ == "__main__":

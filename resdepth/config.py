@@ -13,10 +13,10 @@ from __future__ import annotations
 import hashlib
 import math
 import json
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, is_dataclass
 from enum import Enum
 from pathlib import Path
-from typing import Any, List, Optional
+from typing import Any, List, Optional, get_type_hints
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
@@ -24,7 +24,16 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 from .models import BLOCKS
 from .rundir import REPO_ROOT
 
-CONF_DIR = REPO_ROOT / "conf"
+
+
+def _conf_dir() -> Path:
+    """The folder of the Hydra configs: resdepth/conf in an installed wheel (built from the top-level conf/),
+    else conf/ at the root of the source tree (a clone, or an editable install of one)."""
+    packaged = Path(__file__).resolve().parent / "conf"
+    return packaged if (packaged / "config.yaml").is_file() else REPO_ROOT / "conf"
+
+
+CONF_DIR = _conf_dir()
 
 
 # model.block's choices are the block kinds registered in models.BLOCKS, so Hydra's error lists what is registered.
@@ -114,13 +123,14 @@ class Config:
     results_root: str = MISSING
     run_dir: str = MISSING
     experiment_name: str = MISSING
+    logger: Any = None  # conf/logger/<name>.yaml: a Lightning logger's _target_ and arguments; None: none
 
 
 # Keys that change where and how a run is shown or executed, never what it computes: left out of the run's hash.
 # (trainer.cuda_graph replays the very same operations.)
 NON_SEMANTIC = ("results_root", "run_dir", "experiment_name", "trainer.progress", "trainer.checkpoint_every",
                 "trainer.cuda_graph", "trainer.eval_batch_size",
-                "data.cache_dir", "data.download", "data.root")
+                "data.cache_dir", "data.download", "data.root", "logger")
 
 # How a run directory keeps its name (<dataset>/<block>-<depth>/seed<k>-<hash>) when settings are added:
 # 1. A setting added after runs exist is hashed only where it differs from LEGACY, the value that does what resdepth
@@ -218,10 +228,7 @@ def validate(cfg: dict) -> None:
     from .data import check_kind
     from .models import check_bn_batch, check_depth
 
-    known = [f.name for f in fields(Config)]
-    for key in cfg:
-        if key not in known:  # `+key=value` adds a top-level key that nothing reads but the run's hash
-            raise ValueError(f"unknown setting {key!r} (added with +{key}=...); the config has {', '.join(known)}")
+    _check_keys(cfg, Config)
     _check_paths(cfg)
     check_depth(cfg["model"]["depth"])
     check_bn_batch(cfg["optim"]["bn_batch"], cfg["optim"]["batch_size"])
@@ -243,6 +250,26 @@ def validate(cfg: dict) -> None:
                 raise ValueError(f"data.{key}={d[key]} must be >= {least} for data=synthetic")
 
 
+# Top-level nodes that hold another library's arguments (a Lightning logger's): that library checks them.
+FREE_FORM = ("logger",)
+
+
+def _check_keys(node: dict, schema: type, prefix: str = "") -> None:
+    """ValueError naming the first key, at any depth, that no field of the schema has: `+key=value`
+    (`+trainer.deterministic=true`, `+model.width=32`) adds a key that nothing reads but the run's hash."""
+    known = get_type_hints(schema)
+    for key, value in node.items():
+        dotted = f"{prefix}{key}"
+        if not prefix and key in FREE_FORM:
+            continue
+        if key not in known:
+            where = f"{prefix[:-1]} has" if prefix else "the config has"
+            raise ValueError(f"unknown setting {dotted!r} (added with +{dotted}=...); {where} "
+                             f"{', '.join(f.name for f in fields(schema))}")
+        if isinstance(value, dict) and isinstance(known[key], type) and is_dataclass(known[key]):
+            _check_keys(value, known[key], f"{dotted}.")
+
+
 def _check_paths(cfg: dict) -> None:
     """Every file a run writes stays under results_root (or the run_dir the user names): no empty root, and the
     dataset's name is one folder name."""
@@ -257,13 +284,21 @@ def _check_paths(cfg: dict) -> None:
 
 
 def unsupported(overrides: list[str]) -> str | None:
-    """Why an override cannot be honoured (one line), or None. hydra.job.chdir=true would move each run into its
-    own directory, where relative paths (results_root, data) would nest runs inside runs."""
-    for o in overrides:
+    """Why an argument cannot be honoured (one line), or None. hydra.job.chdir=true would move each run into its
+    own directory, where relative paths (results_root, data) would nest runs inside runs. Hydra's run and sweep
+    directories are the run's own directory, a function of its config, so they are set by run_dir and
+    results_root. Hydra's completion installer knows nothing of resdepth's commands."""
+    for i, o in enumerate(overrides):
         key, _, value = o.lstrip("+~").partition("=")
         if key == "hydra.job.chdir" and value.strip().lower() == "true":
             return ("hydra.job.chdir=true is not supported: resdepth keeps every path relative to where it is run "
                     "and writes each run into its own run_dir already; leave it false")
+        if key in ("hydra.run.dir", "hydra.sweep.dir", "hydra.sweep.subdir"):
+            return (f"{key} is not supported: a run's directory is run_dir (by default "
+                    f"results_root/<dataset>/<block>-<depth>/seed<k>-<hash>); set results_root=DIR or run_dir=DIR")
+        if o in ("-sc", "--shell-completion") and overrides[i + 1:i + 2] and "install" in overrides[i + 1]:
+            return ("Hydra's -sc install=bash completes the program name only, not resdepth's commands: "
+                    'eval "$(resdepth completion bash)" completes both')
     return None
 
 

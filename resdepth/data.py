@@ -75,11 +75,19 @@ Loader = Callable[[Mapping[str, Any]], Loaded]  # data config -> Loaded
 
 
 def resolve_path(path: str) -> Path:
-    """A user path: ~ expanded; relative paths are taken from the cwd if they exist there, else the repo root."""
+    """A user path: ~ expanded; a relative path is taken from the cwd. In a source tree (a clone, or an editable
+    install of one) a relative path that is not in the cwd is taken from the repository root, so a clone's data/
+    serves every folder. An installed resdepth never resolves a path into its own installation."""
     p = Path(os.path.expanduser(path))
-    if p.is_absolute() or p.exists():
+    if p.is_absolute() or p.exists() or not in_source_tree():
         return p
     return REPO_ROOT / p
+
+
+def in_source_tree() -> bool:
+    """resdepth runs from its repository (pyproject.toml and conf/ beside the package), not from an installed
+    wheel (whose parent folder is site-packages)."""
+    return (REPO_ROOT / "pyproject.toml").is_file() and (REPO_ROOT / "conf" / "config.yaml").is_file()
 
 
 # ---------------------------------------------------------------------------------------------------- cifar

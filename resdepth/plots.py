@@ -310,7 +310,7 @@ def save_figure(fig: Figure, stem: Path) -> list[Path]:
 
 def plot_cli(argv: list[str]) -> int:
     """`resdepth plot [ROOT]`: 0 when written; 2 (nothing created) when ROOT holds no runs."""
-    from .report import write_outputs
+    from .report import tables_text, write_outputs
 
     p = argparse.ArgumentParser(prog="resdepth plot", description="Figures 6 and 7, error vs depth, Table 6 and "
                                 "report.md of the runs under ROOT, into ROOT/figures.")
@@ -320,7 +320,13 @@ def plot_cli(argv: list[str]) -> int:
     if why:
         print(f"resdepth: error: {why}", file=sys.stderr)
         return 2
-    written = write_outputs(root)
+    try:
+        written = write_outputs(root)
+    except OSError as e:  # a read-only or full disk: the numbers are still worth seeing
+        print(tables_text(root))
+        print(f"resdepth: error: cannot save the figures and tables: {e.strerror or e}: {e.filename or root}",
+              file=sys.stderr)
+        return 1
     if not written:
         print(f"resdepth: error: {NO_USABLE.format(root=root)}", file=sys.stderr)
         return 2

@@ -413,3 +413,13 @@ def write_outputs(root: Path) -> list[Path]:
             atomic_write_text(out / name, text)
             written.append(out / name)
     return written
+
+
+def tables_text(root: Path) -> str:
+    """Table 6 and its verdict for each dataset under ROOT, as text (what `resdepth plot` prints when it cannot
+    save its files)."""
+    parts = []
+    for dataset, groups in by_dataset(group_runs(load_runs(Path(root)))).items():
+        rows = table_rows(groups)
+        parts.append(f"Table 6: {dataset}\n\n{table_markdown(rows)}\n{degradation_sentence(rows)}\n")
+    return "\n".join(parts)

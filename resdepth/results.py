@@ -132,7 +132,11 @@ def results_cli(argv: list[str]) -> int:
     if not rows:
         print(f"resdepth: error: {NO_USABLE.format(root=root)}", file=sys.stderr)
         return 2
-    write_tables(root, rows)
     print(format_table(rows))
+    try:
+        write_tables(root, rows)
+    except OSError as e:  # a read-only or full disk: the table above is all there is
+        print(f"resdepth: error: cannot save the table: {e.strerror or e}: {e.filename or root}", file=sys.stderr)
+        return 1
     print(f"\nwrote {root / 'results.csv'} and {root / 'results.md'}")
     return 0

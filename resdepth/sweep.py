@@ -39,7 +39,7 @@ from .results import format_table, write_tables
 from .rundir import COMPLETE, append_jsonl, read_json, write_json
 from .tables import fmt_time
 
-SWEEP_USAGE = """usage: resdepth sweep [--plan] [KEY=VALUE ...]
+SWEEP_USAGE = """usage: resdepth sweep [--plan] [--config-dir DIR] [KEY=VALUE ...]
 
 The paper's grid (model.depth 110,56,44,32,20 x model.block plain,residual) as a Hydra multirun. A comma list
 replaces an axis or adds one; anything else overrides every run. Finished runs are skipped, interrupted ones
@@ -51,6 +51,7 @@ resume; the results table is printed at the end.
   resdepth sweep hydra/launcher=parallel hydra.launcher.n_jobs=4      4 runs at once on this machine
   resdepth sweep experiment=smoke                        a 2 x 2 grid on synthetic data, in seconds
   resdepth sweep --plan model.depth=20,56                check every config and print the plan; train nothing
+  resdepth sweep --config-dir my_conf experiment=mine    your own preset, my_conf/experiment/mine.yaml
 
 Every key: `resdepth train --help`; one run's composed config: `resdepth train KEY=VALUE ... --cfg job`."""
 CPU_NOTE_STEPS = 10_000  # a sweep with runs this long on a CPU gets a note on what to expect
@@ -81,6 +82,40 @@ def expand_grid(overrides: list[str]) -> list[list[str]]:
     return [list(job) for job in itertools.product(*axes.values())]
 
 
+CONFIG_DIR_FLAGS = ("--config-dir", "-cd")
+
+
+def with_config_dirs(argv: list[str]) -> list[str]:
+    """argv with each `--config-dir DIR` (`-cd DIR`, `--config-dir=DIR`) turned into an entry of one
+    `hydra.searchpath` override, after the entries a given one names: a user's own configs, searched after
+    conf/, so DIR/experiment/mine.yaml is `experiment=mine`. Planning and the launched jobs then compose from the
+    same search path. ValueError (one line) for a folder that is not there."""
+    dirs, rest = [], []
+    args = iter(argv)
+    for a in args:
+        if a in CONFIG_DIR_FLAGS or a.startswith("--config-dir="):
+            d = a.partition("=")[2] if "=" in a else next(args, "")
+            if not d or not Path(d).expanduser().is_dir():
+                raise ValueError(f"{a.partition('=')[0]} {d!r}: no such folder (it holds your own configs, e.g. "
+                                 f"DIR/experiment/mine.yaml for experiment=mine)")
+            dirs.append(f"file://{Path(d).expanduser().resolve()}")
+        else:
+            rest.append(a)
+    if not dirs:
+        return rest
+    given = [o for o in rest if o.partition("=")[0] == "hydra.searchpath"]
+    if given:  # Hydra reads the first one
+        dirs = [*OverridesParser.create().parse_override(given[0]).value(), *dirs]
+    quoted = ",".join("'" + d.replace("\\", "\\\\").replace("'", "\\'") + "'" for d in dirs)
+    return [*(o for o in rest if o not in given), f"hydra.searchpath=[{quoted}]"]
+
+
+def _run_overrides(job: list[str]) -> list[str]:
+    """A job's overrides that shape its config: Hydra's own settings change no run, but its search path says
+    where the configs are."""
+    return [o for o in job if not o.startswith("hydra") or o.partition("=")[0] == "hydra.searchpath"]
+
+
 def longest_first(overrides: list[str]) -> list[str]:
     """A shell depth axis (`model.depth=20,56`) in decreasing depth, as the presets list theirs: Hydra's launchers
     start jobs in grid order, so with fewer workers (or GPU slots) than runs the longest runs start first and the
@@ -96,7 +131,7 @@ def longest_first(overrides: list[str]) -> list[str]:
 
 def compose_jobs(grid: list[list[str]]) -> list[dict]:
     """The resolved config (plain dict) of each job (Hydra's own settings left out: they change no run)."""
-    jobs = compose_configs(*([o for o in job if not o.startswith("hydra")] for job in grid))
+    jobs = compose_configs(*(_run_overrides(job) for job in grid))
     GlobalHydra.instance().clear()
     return jobs
 
@@ -184,13 +219,19 @@ def sweep(overrides: list[str], launch: Callable[[list[str]], None]) -> int:
         return 0
     plan_only = "--plan" in overrides
     given = [o for o in overrides if o != "--plan"]
-    flags = [o for o in given if o.startswith("-")]
+    try:
+        searched = with_config_dirs(given)
+    except ValueError as e:
+        print(f"resdepth: error: {e}", file=sys.stderr)
+        return 2
+    flags = [o for o in searched if o.startswith("-")]
     if flags:
         print(f"resdepth: error: resdepth sweep takes KEY=VALUE overrides and --plan only, not {flags[0]!r} "
-              f"(resdepth sweep --help; `resdepth train ... --cfg job` prints one run's config)", file=sys.stderr)
+              f"(and --config-dir DIR for your own configs: resdepth sweep --help; `resdepth train ... --cfg job` "
+              f"prints one run's config)", file=sys.stderr)
         return 2
     try:
-        overrides = longest_first(given)
+        overrides = longest_first(searched)
         jobs = compose_jobs(expand_grid(overrides))
     except Exception as e:  # Hydra's own messages for bad keys, types and values
         GlobalHydra.instance().clear()

@@ -145,3 +145,24 @@ def test_writes_stay_contained_and_a_grid_trains_every_point_or_refuses(tmp_path
     lines = proc.stderr.strip().splitlines()
     assert proc.returncode == 2 and len(lines) == 1 and message in lines[0], proc.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == [], "nothing written"
+
+
+def test_results_and_plot_print_the_table_when_they_cannot_save_it(tmp_path):
+    from .conftest import REPO
+
+    path = tmp_path / "ro"
+    path.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(path)], capture_output=True).returncode:
+        pytest.skip("cannot mount a file system here")
+    try:
+        subprocess.run(["cp", "-r", str(REPO / "experiments/cifar10-jpeg-cpu-demo/runs"), str(path)], check=True)
+        subprocess.run(["rm", "-r", str(path / "runs/figures"), str(path / "runs/results.md")], check=True)
+        subprocess.run(["mount", "-o", "remount,ro", str(path)], check=True)
+        for command, shown in (("results", "ResNet-56"), ("plot", "| 56 |")):
+            proc = run_cli(command, str(path / "runs"))
+            lines = proc.stderr.strip().splitlines()
+            assert proc.returncode == 1 and shown in proc.stdout, (command, proc.stdout, proc.stderr)
+            assert len(lines) == 1 and "Read-only file system" in lines[0] and ".tmp" not in lines[0], proc.stderr
+        assert not (path / "runs/figures").exists() and not (path / "runs/results.md").exists()
+    finally:
+        subprocess.run(["umount", str(path)], capture_output=True)
