@@ -1,23 +1,31 @@
 """The callback that turns training into records: every eval_every iterations a metrics.csv row, a result.json
-update and a progress line; every checkpoint_every iterations last.ckpt. Stops a diverged run.
+update, a progress line and the same row to the run's logger (`logger=csv|tensorboard|wandb`, Lightning's own
+classes, writing under <run_dir>/logs); every checkpoint_every iterations last.ckpt. Stops a diverged run.
+What a run prints also goes to <run_dir>/resdepth.log (run_log).
 
-Reads the LightningModule's records (System.take_record); writes only through rundir.
+Reads the LightningModule's records (System.take_record); writes only through rundir and the logger.
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import io
 import math
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import pytorch_lightning as pl
+from hydra.utils import instantiate
 
 from .models import net_name
 from .tables import fmt_time
-from .rundir import append_metrics, atomic_write, write_json
+from .rundir import append_metrics, atomic_write, read_metrics, write_json
 
 PACE_AFTER_S = 30.0  # seconds: a run that has not reached a record by then says its pace once (in logs)
+LOGGED = ("lr", "train_loss", "train_error", "val_error", "test_error")  # metrics.csv's values, sent to the logger
 
 
 def label(cfg: dict) -> str:
@@ -57,6 +65,7 @@ class Recorder(pl.Callback):
         if step % self.eval_every == 0 or step >= self.max_steps:
             row = pl_module.take_record()
             append_metrics(self.run_dir / "metrics.csv", row)
+            log_row(trainer.loggers, row)
             # where the warm-up ended is known from then on, also to a run that never finishes
             self.result.update(warmup_ended_at=pl_module.warmup_steps or None,
                                warmup_ended_by=getattr(pl_module, "warmup_ended_by", None))
@@ -125,3 +134,112 @@ class Recorder(pl.Callback):
             errs = f"DIVERGED at iteration {row['diverged_at']} (loss not finite)"
         print(f"  [{label(self.cfg)}] it {step:>6}/{self.max_steps} ({100 * step / self.max_steps:3.0f}%)  {errs}"
               f"  lr {row['lr']:<6.4g} {rate:6.1f} it/s  left {fmt_time(left)}", flush=True)
+
+
+# ------------------------------------------------------------------------------------------------ loggers
+
+def log_row(loggers, row: dict) -> None:
+    """A record's values to the run's loggers at the record's iteration, written out at once (a killed run keeps
+    every record it printed). A split that is not measured (nan) is left out."""
+    values = {k: float(row[k]) for k in LOGGED if not math.isnan(row[k])}
+    for logger in loggers:
+        logger.log_metrics(values, step=row["iteration"])
+        logger.save()
+
+
+def make_logger(cfg: dict, run_dir: Path, resume_step: int):
+    """The Lightning logger that cfg["logger"] names (conf/logger/), writing under run_dir, in the same folder
+    when the run resumes and without the records after its checkpoint; False for none. ValueError (before
+    anything is written) when the logger's package is not installed or its arguments are wrong."""
+    spec = dict(cfg.get("logger") or {})
+    if not spec:
+        return False
+    kind = spec["_target_"].rsplit(".", 1)[-1]
+    before, after = RESUME.get(kind, (None, None))
+    spec.update({"save_dir": str(run_dir), **(before(cfg, run_dir, resume_step) if before else {})})
+    name = kind.replace("Logger", "").lower()
+    try:
+        logger = instantiate(spec)
+    except Exception as e:  # Hydra wraps the logger's own error (a missing package, an unknown argument)
+        if isinstance(e.__cause__ or e, ImportError) or "No module named" in str(e):
+            raise ValueError(f"logger={name} needs its package: pip install 'resdepth[{name}]'") from None
+        raise ValueError(f"logger={name}: {type(e.__cause__ or e).__name__}: {e.__cause__ or e}") from None
+    if after:
+        after(logger, run_dir, resume_step)
+    return logger
+
+
+def _csv_replay(logger, run_dir: Path, resume_step: int) -> None:
+    """CSVLogger starts its metrics.csv afresh: a resumed run's records up to its checkpoint are logged again from
+    the run's metrics.csv (the rows after it are recorded again by the run)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*exists and is not empty.*")
+        logger.experiment  # noqa: B018 (the writer that clears the old file)
+    for row in read_metrics(run_dir / "metrics.csv"):
+        if row["iteration"] <= resume_step:
+            log_row([logger], row)
+
+
+def _tensorboard_purge(cfg: dict, run_dir: Path, resume_step: int) -> dict:
+    """SummaryWriter's purge_step: readers drop the events after the checkpoint (written by the interrupted part;
+    with no checkpoint yet, every earlier event)."""
+    return {"purge_step": resume_step + 1}
+
+
+def _wandb_id(cfg: dict, run_dir: Path, resume_step: int) -> dict:
+    """One wandb run per run directory: a fixed id (from the directory's path), resumed when it exists."""
+    run_id = hashlib.sha256(str(run_dir.resolve()).encode()).hexdigest()[:16]
+    return {"save_dir": str(run_dir / "logs"), "id": run_id, "name": label(cfg), "resume": "allow"}
+
+
+def close_logger(logger) -> None:
+    """End the logger's session with its run: a sweep trains several runs in one process, each its own wandb run
+    (wandb would otherwise go on logging the next run into this one)."""
+    if type(logger).__name__ == "WandbLogger":
+        import wandb
+
+        wandb.finish()
+
+
+# What each logger needs to continue a resumed run: (arguments for its class, what to do once it exists)
+RESUME = {"CSVLogger": (None, _csv_replay), "TensorBoardLogger": (_tensorboard_purge, None),
+          "WandbLogger": (_wandb_id, None)}
+
+
+# ------------------------------------------------------------------------------------------------ run log
+
+class _Tee(io.TextIOBase):
+    """A stream that writes to the console and to the run's log; the live line (redrawn with '\\r') stays on the
+    terminal only."""
+
+    def __init__(self, console, log) -> None:
+        self.console, self.log = console, log
+
+    def write(self, text: str) -> int:
+        self.console.write(text)
+        if not text.startswith("\r"):
+            self.log.write(text)
+            self.log.flush()
+        return len(text)
+
+    def flush(self) -> None:
+        self.console.flush()
+
+    def isatty(self) -> bool:
+        return self.console.isatty()
+
+    def fileno(self) -> int:
+        return self.console.fileno()
+
+
+@contextlib.contextmanager
+def run_log(path: Path):
+    """What the run prints (stdout and stderr) is also appended to `path` (<run_dir>/resdepth.log, the file
+    Hydra's job logging opens there too), so each run's folder keeps its own progress lines."""
+    with open(path, "a") as log:
+        out, err = sys.stdout, sys.stderr
+        sys.stdout, sys.stderr = _Tee(out, log), _Tee(err, log)
+        try:
+            yield
+        finally:
+            sys.stdout, sys.stderr = out, err

@@ -77,6 +77,24 @@ class Window(nn.Module):
         self.start = step
         return values[:, 0].mean().item(), values[:, 1].mean().item(), diverged_at
 
+    def state(self) -> dict:
+        return {"window": self.values.cpu(), "window_start": self.start}
+
+    def load(self, state: dict) -> None:
+        self.values.copy_(state["window"])
+        self.start = state["window_start"]
+
+
+def rng_state() -> dict:
+    """The random state a resumed run restores (Lightning's checkpoints leave it out)."""
+    return {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+
+
+def restore_rng(rng: dict) -> None:
+    torch.set_rng_state(rng["torch"])
+    if rng["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(rng["cuda"])
+
 
 class Warmup(nn.Module):
     """The paper's warm-up (section 4.2): optim.warmup_lr until the mean training error of the last
@@ -225,6 +243,10 @@ class System(pl.LightningModule):
         """What ended the warm-up: "training error" or "bound"; None when it did not end, or never began."""
         return self.warmup.ended_by
 
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits of a batch as training sees it (mean subtracted); for raw images, resdepth.load_run."""
+        return self.forward_net(x)
+
     # ------------------------------------------------------------------------------------------ training
     def configure_optimizers(self):
         fused, o = self.device.type == "cuda", self.optim_cfg
@@ -317,21 +339,15 @@ class System(pl.LightningModule):
     # ------------------------------------------------------------------------------------------ resume
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["resdepth"] = {
-            **self.warmup.state(),
-            "window": self.window.values.cpu(),
-            "window_start": self.window.start,
-            "elapsed_s": self.elapsed_before + time.perf_counter() - self.session_start,
-            "rng": {"torch": torch.get_rng_state(),
-                    "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
+            **self.warmup.state(), **self.window.state(),
+            "elapsed_s": self.elapsed_before + time.perf_counter() - self.session_start, "rng": rng_state(),
         }
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         state = checkpoint["resdepth"]
         self.warmup.load(state)
-        self.window.values.copy_(state["window"])
-        self.window.start = state["window_start"]
+        self.window.load(state)
         self.elapsed_before = state["elapsed_s"]
         self.session_start = time.perf_counter()
-        torch.set_rng_state(state["rng"]["torch"])
-        if state["rng"]["cuda"] and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+        if self._trainer is not None:  # resuming a run (load_from_checkpoint only wants the net: RNG left alone)
+            restore_rng(state["rng"])

@@ -166,3 +166,18 @@ def test_results_and_plot_print_the_table_when_they_cannot_save_it(tmp_path):
         assert not (path / "runs/figures").exists() and not (path / "runs/results.md").exists()
     finally:
         subprocess.run(["umount", str(path)], capture_output=True)
+
+
+def test_the_sweep_summary_names_a_failed_run_and_what_to_do(tmp_path):
+    overrides = ["experiment=smoke", "model.depth=8", f"results_root={tmp_path}", "trainer.max_steps=10",
+                 "trainer.eval_every=5"]
+    assert run_cli("sweep", *overrides).returncode == 0
+    run_dir = Path(compose([*overrides, "model.block=plain"])["run_dir"])
+    result = json.loads((run_dir / "result.json").read_text())
+    rundir.write_json(run_dir / "result.json", {**result, "status": "running"})  # as if killed before its end
+    (run_dir / "last.ckpt").write_bytes(b"not a checkpoint")
+    proc = run_cli("sweep", *overrides)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert "1 run(s) did not finish" in proc.stderr
+    line = next(x for x in proc.stderr.splitlines() if x.startswith(f"  {run_dir}: failed: "))
+    assert "last.ckpt is damaged" in line and f"mv '{run_dir / 'last.ckpt'}'" in line
