@@ -146,6 +146,23 @@ LEGACY = {
     "optim.bn_batch": 0,
     "data.pad": 4,
 }
+LATER_DEFAULTS = {"trainer.eval_batch_size": 1000}  # settings added later that a result never depended on
+
+
+def fill_legacy(cfg: dict) -> dict:
+    """A copy of a run's config with every setting added after it was recorded filled in at its LEGACY value (what
+    resdepth did then), so a run from an older version loads, resumes and re-plots as it trained."""
+    out = json.loads(json.dumps(cfg))
+    for dotted, value in {**LEGACY, **LATER_DEFAULTS}.items():
+        *parents, last = dotted.split(".")
+        node = out
+        for p in parents:
+            node = node.setdefault(p, {}) if isinstance(node, dict) else {}
+        if isinstance(node, dict):
+            node.setdefault(last, value)
+    return out
+
+
 WARMUP_LEGACY = {"optim.warmup_lr": 0.01, "optim.warmup_until_error": 0.8, "optim.warmup_window": 20}
 
 

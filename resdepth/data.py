@@ -499,7 +499,7 @@ class DataModule(pl.LightningDataModule):
     def __init__(self, cfg, *, batch_size: int, seed: int) -> None:
         super().__init__()
         self.cfg, self.batch_size, self.seed = cfg, batch_size, seed
-        self.pad = int(cfg["pad"])  # pixels of zero padding on each side before the random crop
+        self.pad = int(cfg.get("pad", 4))  # (4: records from before data.pad existed) pixels of zero padding on each side before the random crop
         self.train: Split | None = None
         self.eval_splits: dict[str, Split] = {}
         self.classes: list[str] = []

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import warms_up
+from .config import fill_legacy, warms_up
 from .models import ResponseStd, check_bn_batch, cifar_resnet
 
 GRAPH_WARMUP = 3  # eager iterations (real ones) before a CUDA graph is captured: cuDNN autotuning, SGD state
@@ -209,7 +209,7 @@ class System(pl.LightningModule):
     def __init__(self, cfg: dict, in_channels: int = 3, num_classes: int = 10) -> None:
         super().__init__()
         self.save_hyperparameters()  # plain dicts only: torch >= 2.6 refuses to unpickle DictConfig
-        self.cfg = cfg
+        self.cfg = cfg = fill_legacy(cfg)  # a checkpoint of an older version lacks the settings added since
         m, self.optim_cfg, t = cfg["model"], cfg["optim"], cfg["trainer"]
         bn_batch = check_bn_batch(int(self.optim_cfg.get("bn_batch", 0)), int(self.optim_cfg["batch_size"]))
         self.net = cifar_resnet(depth=m["depth"], block=m["block"], shortcut=m["shortcut"],

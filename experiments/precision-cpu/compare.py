@@ -20,21 +20,17 @@ import torch
 
 from resdepth.config import compose
 from resdepth.data import DataModule
-from resdepth.models import cifar_resnet
+from resdepth import load_run
 from resdepth.rundir import read_json, read_metrics
 
 
 def evaluate(run_dir: Path, data: DataModule, bf16: bool) -> tuple[float, float]:
     """(test error %, seconds) of the run's final weights on data's test split, in fp32 or bf16 autocast."""
-    r = read_json(run_dir / "result.json")
-    net = cifar_resnet(depth=r["depth"], block=r["block"], shortcut=r["shortcut"])
-    net.load_state_dict(torch.load(run_dir / "model.pt", weights_only=True))
-    net = net.to(memory_format=torch.channels_last).eval()
+    net = load_run(run_dir).net.eval()
     split, wrong, t0 = data.eval_splits["test"], 0, time.perf_counter()
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
         for s in range(0, len(split), 1000):
-            x = data.normalize(split.images[s:s + 1000]).contiguous(memory_format=torch.channels_last)
-            wrong += int((net(x).argmax(1) != split.labels[s:s + 1000]).sum())
+            wrong += int((net(split.images[s:s + 1000]).argmax(1) != split.labels[s:s + 1000]).sum())
     return 100 * wrong / len(split), time.perf_counter() - t0
 
 
