@@ -90,3 +90,15 @@ def test_typed_choices_accept_what_the_shell_types():
     cfg = compose(["trainer.precision=32", "trainer.cuda_graph=false", "optim.warmup=true", "trainer.accelerator=cpu"])
     assert (cfg["trainer"]["precision"], cfg["trainer"]["cuda_graph"], cfg["optim"]["warmup"]) == ("32", "False", "True")
     config.validate(cfg)
+
+
+def test_a_config_recorded_before_later_settings_loads_at_their_legacy_values():
+    from resdepth.system import System
+
+    path = REPO / "experiments/cifar10-jpeg-cpu-demo/runs/cifar10_jpeg/residual-20/seed0-fa928a3e/result.json"
+    old = json.loads(path.read_text())["config"]
+    assert "pad" not in old["data"] and "bn_batch" not in old["optim"] and "eval_batch_size" not in old["trainer"]
+    filled = config.fill_legacy(old)
+    assert (filled["data"]["pad"], filled["optim"]["bn_batch"], filled["trainer"]["eval_batch_size"]) == (4, 0, 1000)
+    assert config_hash(filled) == config_hash(old)  # the same run, under the same name
+    assert System(old).cfg["optim"]["warmup_max_steps"] == 0  # an older checkpoint's System builds
