@@ -50,7 +50,7 @@ def check_depth(depth: int) -> int:
 def check_bn_batch(bn_batch: int, batch_size: int) -> int:
     """Return bn_batch (images per BN group in training; 0: the whole batch), or raise ValueError naming both
     values when it is negative or does not divide the batch."""
-    if bn_batch < 0 or (bn_batch and batch_size % bn_batch):
+    if bn_batch < 0 or (0 < bn_batch < batch_size and batch_size % bn_batch):
         raise ValueError(f"optim.bn_batch={bn_batch} must be 0 (the whole batch) or divide "
                          f"optim.batch_size={batch_size} (e.g. {batch_size // 2} for two groups)")
     return bn_batch
@@ -73,7 +73,7 @@ class GroupBatchNorm2d(nn.BatchNorm2d):
         self.bn_batch = bn_batch
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.training or not self.bn_batch or len(x) == self.bn_batch:
+        if not self.training or not self.bn_batch or len(x) <= self.bn_batch:  # one group: the whole batch
             return super().forward(x)
         check_bn_batch(self.bn_batch, len(x))
         norm = super().forward

@@ -39,7 +39,7 @@ from .results import format_table, write_tables
 from .rundir import COMPLETE, append_jsonl, read_json, write_json
 from .tables import fmt_time
 
-SWEEP_USAGE = """usage: resdepth sweep [--plan] [--config-dir DIR] [KEY=VALUE ...]
+SWEEP_USAGE = """usage: resdepth sweep [--plan] [KEY=VALUE ...]   (also --config-dir DIR: presets of your own)
 
 The paper's grid (model.depth 110,56,44,32,20 x model.block plain,residual) as a Hydra multirun. A comma list
 replaces an axis or adds one; anything else overrides every run. Finished runs are skipped, interrupted ones

@@ -161,3 +161,13 @@ def test_a_registered_block_kind_builds_a_net():
             cifar_resnet(depth=20, block="dense")
     finally:
         del BLOCKS["doubled"]
+
+
+def test_a_bn_batch_at_least_the_batch_normalises_the_whole_batch():
+    assert check_bn_batch(64, 8) == 64  # e.g. optim.batch_size=8 under experiment=paper: one group
+    torch.manual_seed(0)
+    grouped = cifar_resnet(depth=8, bn_batch=64).train()
+    torch.manual_seed(0)
+    whole = cifar_resnet(depth=8).train()
+    x = torch.randn(8, 3, 32, 32)
+    assert torch.equal(grouped(x), whole(x))
