@@ -9,7 +9,7 @@ ROOT ?= runs
 DEMO_ROOT ?= runs-demo
 ARGS ?=
 
-OUT ?=
+DEST ?=
 # The dataset of reproduce, demo and gpu-check: DATA if given, else CIFAR-10 in data/, else downloaded, else the JPEG copy
 PICK_DATA = scripts/dataset.sh "$(DATA)" "$(CIFAR10_JPEG)" $(BIN)/python
 
@@ -17,7 +17,7 @@ PICK_DATA = scripts/dataset.sh "$(DATA)" "$(CIFAR10_JPEG)" $(BIN)/python
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
 	@echo "  variables: DATA (default: CIFAR-10 from data/ or downloaded, else the JPEG copy CIFAR10_JPEG=$(CIFAR10_JPEG);"
-	@echo "             or cifar10 | cifar10_jpeg | cifar100 | fashion_mnist | synthetic), ROOT=$(ROOT), OUT (gpu-check), ARGS='extra overrides'"
+	@echo "             or cifar10 | cifar10_jpeg | cifar100 | fashion_mnist | synthetic), ROOT=$(ROOT), DEST (gpu-check), ARGS='extra overrides'"
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -42,9 +42,9 @@ demo: $(VENV)/.installed  ## degradation on real CIFAR-10 images on a CPU (20-30
 bench: $(VENV)/.installed  ## speed: our training path vs a minimal loop vs the usual DataLoader pipeline
 	$(BIN)/resdepth bench $(ARGS)
 
-gpu-check: $(VENV)/.installed  ## on a CUDA GPU: the CUDA tests, resdepth bench, the 1/16 sweep and its figures into OUT
-	@test -n "$(OUT)" || { echo "make gpu-check OUT=folder: name the folder for its outputs"; exit 2; }
-	d=$$($(PICK_DATA)) && PY=$(BIN)/python scripts/gpu-check.sh "$(OUT)" $$d $(ARGS)
+gpu-check: $(VENV)/.installed  ## on a CUDA GPU: the CUDA tests, resdepth bench, the 1/16 sweep and its figures into DEST
+	@test -n "$(DEST)" || { echo "make gpu-check DEST=folder: name the folder for its outputs"; exit 2; }
+	d=$$($(PICK_DATA)) && PY=$(BIN)/python scripts/gpu-check.sh "$(DEST)" $$d $(ARGS)
 
 clean:  ## remove the venv and caches (never results)
 	rm -rf $(VENV) .pytest_cache *.egg-info

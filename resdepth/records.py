@@ -48,7 +48,7 @@ class Recorder(pl.Callback):
         self.live = self.progress and sys.stdout.isatty()
         self.last_draw, self.last_row = 0.0, None
         self.t0, self.step0 = time.perf_counter(), None
-        self.checkpoint_step = None  # the iteration of last.ckpt, once this session has written one
+        self.checkpoint_step = None  # the iteration of last.ckpt, once this process has written one
         self.paced = False  # whether the early pace line (slow runs only) has been printed
 
     def on_train_start(self, trainer, pl_module) -> None:

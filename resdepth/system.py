@@ -221,7 +221,7 @@ class System(pl.LightningModule):
         self.__dict__["forward_net"] = torch.compile(self.net, mode=t["compile_mode"]) if t["compile"] else self.net
         self.warmup = Warmup(self.optim_cfg, m["depth"])
         self.window = Window(int(t["eval_every"]))
-        self.elapsed_before = 0.0  # training seconds of earlier sessions of this run (resume)
+        self.elapsed_before = 0.0  # training seconds of this run before it was resumed
         self.session_start = time.perf_counter()
         self.datamodule = None  # set by train.py; records evaluate on its test/val splits
         # True: each iteration is one WholeStep call (a CUDA graph on a GPU) instead of Lightning's

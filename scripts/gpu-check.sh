@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Everything that needs a CUDA GPU, in one command; its outputs go into the folder OUT:
+# Everything that needs a CUDA GPU, in one command; its outputs go into the folder DEST:
 #   machine.txt    the GPU, driver, CPU, Python, torch, Lightning, Hydra and resdepth versions
 #   tests.log      the CUDA tests: the CUDA-graph step against eager training (step by step and end to end) and
 #                  the augmentation on the GPU (they skip on a machine without one)
@@ -7,14 +7,14 @@
 #                  ResNet-20/56/110, and 1, 2 and 4 runs at once; bench.log what it printed
 #   runs/          the paper's sweep at 1/16 of its iterations (experiment=sixteenth, 10 nets x 4000 iterations),
 #                  with runs/figures/ (Figure 6, Figure 7, error vs depth, Table 6, report.md); sweep.log
-# Usage: scripts/gpu-check.sh OUT [RESDEPTH_OVERRIDES ...]   (make gpu-check OUT=folder picks the dataset)
+# Usage: scripts/gpu-check.sh DEST [RESDEPTH_OVERRIDES ...]   (make gpu-check DEST=folder picks the dataset)
 # Each step goes on when an earlier one fails; the exit status is 1 if any failed.
 set -u -o pipefail
-OUT=${1:?usage: scripts/gpu-check.sh OUT [overrides...]}; shift
+DEST=${1:?usage: scripts/gpu-check.sh DEST [overrides...]}; shift
 OVERRIDES=("$@")  # for the sweep: the dataset (make gpu-check picks it) and anything else
 PY=${PY:-python3}
 export PYTHONUNBUFFERED=1 MPLBACKEND=Agg
-mkdir -p "$OUT" || exit 1
+mkdir -p "$DEST" || exit 1
 if ! $PY -c "import torch, sys; sys.exit(not torch.cuda.is_available())"; then
   echo "gpu-check: torch sees no CUDA GPU here (torch.cuda.is_available() is False); nothing was run" >&2
   exit 1
@@ -32,14 +32,14 @@ print('python', sys.version.split()[0], '| torch', torch.__version__, '| CUDA', 
       '| pytorch_lightning', pl.__version__, '| hydra', hydra.__version__, '| resdepth', code_version())"
 }
 cuda_tests() { $PY -m pytest -q -p no:cacheprovider tests/test_system.py tests/test_data.py -k "cuda or graph or whole"; }
-bench() { resdepth bench --data "$BENCH_DATA" --out "$OUT/bench.json"; }
-sweep() { resdepth sweep experiment=sixteenth "${OVERRIDES[@]}" results_root="$OUT/runs"; }
-figures() { resdepth plot "$OUT/runs"; }
+bench() { resdepth bench --data "$BENCH_DATA" --out "$DEST/bench.json"; }
+sweep() { resdepth sweep experiment=sixteenth "${OVERRIDES[@]}" results_root="$DEST/runs"; }
+figures() { resdepth plot "$DEST/runs"; }
 
 failed=()
-step() {  # step NAME FUNCTION [LOG]: run it (its output also into OUT/LOG), say how it ended
+step() {  # step NAME FUNCTION [LOG]: run it (its output also into DEST/LOG), say how it ended
   local log=/dev/null
-  [ -z "${3:-}" ] || log=$OUT/$3
+  [ -z "${3:-}" ] || log=$DEST/$3
   echo "== $1 ($(date +%T))"
   if ! $2 2>&1 | tee "$log"; then echo "== $1 FAILED"; failed+=("$1"); fi
 }
@@ -49,6 +49,6 @@ step bench bench bench.log
 step "sweep, 1/16 of the paper's iterations" sweep sweep.log
 step figures figures
 if [ ${#failed[@]} -gt 0 ]; then
-  echo "gpu-check: failed: ${failed[*]} (outputs so far in $OUT)"; exit 1
+  echo "gpu-check: failed: ${failed[*]} (outputs so far in $DEST)"; exit 1
 fi
-echo "gpu-check: done; outputs in $OUT (machine.txt, tests.log, bench.json, runs/, runs/figures/)"
+echo "gpu-check: done; outputs in $DEST (machine.txt, tests.log, bench.json, runs/, runs/figures/)"
