@@ -189,19 +189,23 @@ def _warms_up_or_unknown(cfg: dict) -> bool:
         return True
 
 
-def _pop(node: dict, dotted: str):
+def _parent(node: dict, dotted: str) -> tuple[dict, str]:
+    """(the dict holding a dotted key, the key's last part); an empty dict where a parent is missing."""
     *parents, last = dotted.split(".")
     for p in parents:
         node = node.get(p, {})
-    return node.pop(last, None)
+    return node, last
+
+
+def _pop(node: dict, dotted: str):
+    parent, last = _parent(node, dotted)
+    return parent.pop(last, None)
 
 
 def _put(node: dict, dotted: str, value) -> None:
-    *parents, last = dotted.split(".")
-    for p in parents:
-        node = node.get(p, {})
-    if last in node:
-        node[last] = value
+    parent, last = _parent(node, dotted)
+    if last in parent:
+        parent[last] = value
 
 
 def semantic_config(cfg: DictConfig | dict) -> dict:
@@ -222,12 +226,9 @@ def semantic_config(cfg: DictConfig | dict) -> dict:
     elif "optim" in out and str(out["optim"].get("warmup")).lower() != "auto":
         _pop(out, "optim.warmup_depth")  # only auto reads it
     for dotted, value in LEGACY.items():
-        node = out
-        *parents, last = dotted.split(".")
-        for p in parents:
-            node = node.get(p, {})
-        if last in node and node[last] == value:
-            del node[last]
+        parent, last = _parent(out, dotted)
+        if last in parent and parent[last] == value:
+            del parent[last]
     if "model" in out:
         out["model"] = the_net(out["model"])
     return out
