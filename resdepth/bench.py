@@ -9,6 +9,10 @@
                 RandomCrop(32, padding=4) + RandomHorizontalFlip + ToTensor + Normalize, a DataLoader with
                 workers, fp32, a loss.item() and an accuracy read every step (conventional / ours = speed-up)
 
+With --logger csv|tensorboard|wandb, `ours` is timed again with that logger and the run's record keeping attached
+as `resdepth train logger=...` attaches them (records outside the timed iterations: they act only at records), so
+the two step times show what the logger costs per iteration.
+
 Each is timed after warm-up, between two device synchronisations. With --concurrent 1,2,4 it also runs k copies
 of `ours` at once on this device and reports the aggregate images/s. The projected full paper sweep (5 depths x
 plain/residual x 64k iterations) uses the measured ms/step (unmeasured depths: linear in depth between measured
@@ -28,6 +32,7 @@ import platform
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -55,11 +60,11 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def bench_config(args, depth: int, block: str, steps: int) -> dict:
+def bench_config(args, depth: int, block: str, steps: int, logger: str = "none") -> dict:
     """A run config for the benchmark, composed from conf/ like any run."""
     from .config import compose
 
-    overrides = [f"data={args.data}", f"model.depth={depth}", f"model.block={block}",
+    overrides = [f"data={args.data}", f"logger={logger}", f"model.depth={depth}", f"model.block={block}",
                  f"optim.batch_size={args.batch_size}", f"optim.bn_batch={args.bn_batch}", f"trainer.max_steps={steps}",
                  f"trainer.eval_every={steps}", f"trainer.precision={args.precision}",
                  f"trainer.compile={str(args.compile).lower()}", f"trainer.compile_mode={args.compile_mode}",
@@ -80,9 +85,11 @@ def _barrier(spec: str | None) -> None:
 
 
 def time_ours(cfg: dict, warmup: int, steps: int, barrier: str | None = None) -> dict:
-    """ms/step of the real training path (Lightning's fit loop) between iterations warmup and warmup + steps."""
+    """ms/step of the real training path (Lightning's fit loop) between iterations warmup and warmup + steps; with
+    cfg's logger, that logger and the run's Recorder attached (in a temporary run directory, removed after)."""
     import pytorch_lightning as pl
 
+    from .records import Recorder, RunLogger
     from .train import build
 
     data, system, kwargs = build(cfg)
@@ -104,8 +111,18 @@ def time_ours(cfg: dict, warmup: int, steps: int, barrier: str | None = None) ->
                 marks["device"] = module.device
 
     kwargs["max_steps"] = warmup + steps
-    trainer = pl.Trainer(**kwargs, callbacks=[StepTimer()])
-    trainer.fit(system, datamodule=data)
+    callbacks, logger = [StepTimer()], None
+    with tempfile.TemporaryDirectory(prefix="resdepth-bench-") as run_dir:
+        if cfg.get("logger"):  # as `resdepth train logger=...` attaches it; the one record comes after the timing
+            logger = RunLogger(cfg, Path(run_dir), 0)
+            kwargs["logger"] = logger.logger
+            callbacks.append(Recorder(Path(run_dir), {**cfg, "trainer": {**cfg["trainer"], "progress": False}}, {},
+                                      logger))
+        try:
+            pl.Trainer(**kwargs, callbacks=callbacks).fit(system, datamodule=data)
+        finally:
+            if logger:
+                logger.close()
     device = marks["device"]
     system.to(device)  # Lightning's teardown moves the module back to the CPU
     t_eval = time.perf_counter()
@@ -315,6 +332,9 @@ def _parser(cuda: bool) -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1), help="conventional DataLoader workers")
     p.add_argument("--concurrent", default="1,2,4" if cuda else "0", help="k runs at once on this device; 0: skip")
     p.add_argument("--out", default="bench.json", help="the JSON written (an earlier one there is kept, renamed)")
+    p.add_argument("--logger", default="none",
+                   help="none | csv | tensorboard | wandb: also time ours with this logger attached, as in "
+                        "`resdepth train logger=...`")
     p.add_argument("--quiet", action="store_true", help="print nothing but errors")
     p.add_argument("--barrier", default=None, help=argparse.SUPPRESS)  # DIR:K, set for the concurrent children
     return p
@@ -364,6 +384,10 @@ def measure(args, depth: int, block: str, pipelines: list[str], device) -> tuple
         r = time_ours(cfg, args.warmup, args.steps, args.barrier)
         device = r.pop("device")
         row.update({f"ours_{k}": v for k, v in r.items()})
+        if args.logger != "none":
+            logged = bench_config(args, depth, block, args.warmup + args.steps, args.logger)
+            row["logged_ms_per_step"] = time_ours(logged, args.warmup, args.steps)["ms_per_step"]
+            row["logger_overhead"] = row["logged_ms_per_step"] / row["ours_ms_per_step"] - 1
     device = device or torch.device("cuda" if torch.cuda.is_available() and args.accelerator != "cpu" else "cpu")
     if "minimal" in pipelines:
         row.update({f"minimal_{k}": v for k, v in time_minimal(cfg, args.warmup, args.steps, device).items()})
@@ -408,13 +432,14 @@ def _int_list(option: str, value: str, allowed: str) -> list[int]:
 
 def _check_options(args, cuda: bool) -> tuple[list[int], list[str], list[str], list[int]]:
     """Every option checked before anything is measured or written; ValueError with a one-line message."""
-    from .config import Accelerator, CompileMode, Precision, choice
+    from .config import CONF_DIR, Accelerator, CompileMode, Precision, choice
     from .models import check_depth
 
     for option, value, enum in (("--precision", args.precision, Precision),
                                 ("--accelerator", args.accelerator, Accelerator),
                                 ("--compile-mode", args.compile_mode, CompileMode)):
         choice(option, value, tuple(enum.__members__))
+    choice("--logger", args.logger, tuple(sorted(p.stem for p in (CONF_DIR / "logger").glob("*.yaml"))))
     depths = _int_list("--depths", args.depths, "depths 6n+2 (20,56,110)")
     for d in depths:
         check_depth(d)
@@ -447,6 +472,7 @@ def _check_config(args, depth: int, block: str) -> None:
     from .config import one_line_error, validate
     from .data import DataModule, DatasetError
     from .device import check, resolve_device
+    from .records import RunLogger
 
     try:  # the same checks as `resdepth train`: --data, --precision, --accelerator, --compile-mode
         cfg = bench_config(args, depth, block, args.warmup + args.steps)
@@ -458,6 +484,9 @@ def _check_config(args, depth: int, block: str) -> None:
         for key in ("precision", "accelerator", "compile_mode", "cuda_graph"):  # name the option the user typed
             message = message.replace(f"trainer.{key}=", f"--{key.replace('_', '-')}=")
         raise ValueError(message) from None
+    if args.logger != "none":  # its package installed, its arguments right
+        with tempfile.TemporaryDirectory(prefix="resdepth-bench-") as tmp:
+            RunLogger(bench_config(args, depth, block, 1, args.logger), Path(tmp), 0).close()
     out = Path(args.out)
     if out.is_dir() or not os.access(_existing_parent(out), os.W_OK):
         raise ValueError(f"--out={args.out}: cannot write a file there")
@@ -491,7 +520,7 @@ def _write(args, device, argv: list[str], rows: list[dict]) -> dict:
     out = {"device": _device_name(device), "torch": torch.__version__, "python": platform.python_version(),
            "precision": args.precision, "precision_used": args.precision_used, "compile": args.compile,
            "compile_mode": args.compile_mode,
-           "cuda_graph": args.cuda_graph, "data": args.data, "workers": args.workers, "steps": args.steps,
+           "cuda_graph": args.cuda_graph, "data": args.data, "logger": args.logger, "workers": args.workers, "steps": args.steps,
            "warmup": args.warmup,
            "batch_size": args.batch_size, "command": "resdepth bench " + " ".join(argv), "rows": rows}
     _save(args.out, out)
@@ -516,6 +545,8 @@ def _row_line(row: dict) -> str:
             parts.append(f"{name} {row[f'{name}_ms_per_step']:8.1f} ms/step ({row[f'{name}_images_per_s']:7.0f} img/s)")
     if "lightning_overhead" in row:
         parts.append(f"Lightning overhead {100 * row['lightning_overhead']:+.1f}%")
+    if "logger_overhead" in row:
+        parts.append(f"with the logger {row['logged_ms_per_step']:.1f} ms/step ({100 * row['logger_overhead']:+.1f}%)")
     if "speedup_vs_conventional" in row:
         parts.append(f"{row['speedup_vs_conventional']:.2f}x conventional")
     if row.get("ours_peak_mem_mb"):

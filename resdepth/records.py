@@ -1,6 +1,6 @@
 """The callback that turns training into records: every eval_every iterations a metrics.csv row, a result.json
-update, a progress line and the same row to the run's logger (`logger=csv|tensorboard|wandb`, Lightning's own
-classes, writing under <run_dir>/logs); every checkpoint_every iterations last.ckpt. Stops a diverged run.
+update, a progress line and the same row to the run's logger (RunLogger: `logger=csv|tensorboard|wandb`, Lightning's
+own classes, writing under <run_dir>/logs); every checkpoint_every iterations last.ckpt. Stops a diverged run.
 What a run prints also goes to <run_dir>/resdepth.log (run_log).
 
 Reads the LightningModule's records (System.take_record); writes only through rundir and the logger.
@@ -22,7 +22,7 @@ from hydra.utils import instantiate
 
 from .models import net_name
 from .tables import fmt_time
-from .rundir import append_metrics, atomic_write, read_metrics, write_json
+from .rundir import append_metrics, atomic_write, read_json, read_metrics, write_json
 
 PACE_AFTER_S = 30.0  # seconds: a run that has not reached a record by then says its pace once (in logs)
 LOGGED = ("lr", "train_loss", "train_error", "val_error", "test_error")  # metrics.csv's values, sent to the logger
@@ -38,8 +38,8 @@ class Recorder(pl.Callback):
     """Every eval_every iterations: take a record, append it to metrics.csv, print progress, update result.json;
     every checkpoint_every iterations: write last.ckpt atomically. Stops a diverged run."""
 
-    def __init__(self, run_dir: Path, cfg: dict, result: dict) -> None:
-        self.run_dir, self.cfg, self.result = run_dir, cfg, result
+    def __init__(self, run_dir: Path, cfg: dict, result: dict, logger: RunLogger | None = None) -> None:
+        self.run_dir, self.cfg, self.result, self.logger = run_dir, cfg, result, logger
         t = cfg["trainer"]
         self.max_steps, self.eval_every = t["max_steps"], t["eval_every"]
         self.checkpoint_every = t["checkpoint_every"] or t["eval_every"]
@@ -65,7 +65,8 @@ class Recorder(pl.Callback):
         if step % self.eval_every == 0 or step >= self.max_steps:
             row = pl_module.take_record()
             append_metrics(self.run_dir / "metrics.csv", row)
-            log_row(trainer.loggers, row)
+            if self.logger:
+                self.logger.send(row)
             # where the warm-up ended is known from then on, also to a run that never finishes
             self.result.update(warmup_ended_at=pl_module.warmup_steps or None,
                                warmup_ended_by=getattr(pl_module, "warmup_ended_by", None))
@@ -147,37 +148,65 @@ def log_row(loggers, row: dict) -> None:
         logger.save()
 
 
-def make_logger(cfg: dict, run_dir: Path, resume_step: int):
-    """The Lightning logger that cfg["logger"] names (conf/logger/), writing under run_dir, in the same folder
-    when the run resumes and without the records after its checkpoint; False for none. ValueError (before
-    anything is written) when the logger's package is not installed or its arguments are wrong."""
-    spec = dict(cfg.get("logger") or {})
-    if not spec:
-        return False
-    kind = spec["_target_"].rsplit(".", 1)[-1]
-    before, after = RESUME.get(kind, (None, None))
-    spec.update({"save_dir": str(run_dir), **(before(cfg, run_dir, resume_step) if before else {})})
-    name = kind.replace("Logger", "").lower()
-    try:
-        logger = instantiate(spec)
-    except Exception as e:  # Hydra wraps the logger's own error (a missing package, an unknown argument)
-        if isinstance(e.__cause__ or e, ImportError) or "No module named" in str(e):
-            raise ValueError(f"logger={name} needs its package: pip install 'resdepth[{name}]'") from None
-        raise ValueError(f"logger={name}: {type(e.__cause__ or e).__name__}: {e.__cause__ or e}") from None
-    if after:
-        after(logger, run_dir, resume_step)
-    return logger
+class RunLogger:
+    """The run's Lightning logger (`logger=csv|tensorboard|wandb`, conf/logger/) and which records it holds, so that
+    each record reaches it once, however often the run is interrupted and resumed, and whichever logger an earlier
+    part of the run used. <run_dir>/logs/logged.json keeps the last iteration sent to each logger.
 
+    When a run resumes at its checkpoint, a logger holds what it was sent up to the interruption, less what it
+    drops itself: CSVLogger starts its file afresh, TensorBoard is told to purge the steps after the checkpoint,
+    wandb keeps everything. The records up to the checkpoint that it does not hold are sent again from the run's
+    metrics.csv; the records the resumed run then recomputes are sent only if the logger does not hold them (wandb
+    keeps the values it was first sent: the same, as a resumed run repeats its iterations)."""
 
-def _csv_replay(logger, run_dir: Path, resume_step: int) -> None:
-    """CSVLogger starts its metrics.csv afresh: a resumed run's records up to its checkpoint are logged again from
-    the run's metrics.csv (the rows after it are recorded again by the run)."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*exists and is not empty.*")
-        logger.experiment  # noqa: B018 (the writer that clears the old file)
-    for row in read_metrics(run_dir / "metrics.csv"):
-        if row["iteration"] <= resume_step:
-            log_row([logger], row)
+    def __init__(self, cfg: dict, run_dir: Path, resume_step: int) -> None:
+        """Made before the run's metrics.csv is cut back to its checkpoint. ValueError (before anything is written)
+        when the logger's package is not installed or its arguments are wrong."""
+        spec = dict(cfg["logger"])
+        kind = spec["_target_"].rsplit(".", 1)[-1]
+        self.name = kind.replace("Logger", "").lower()
+        self.record = run_dir / "logs" / "logged.json"
+        sent = self._sent() if (run_dir / "logs" / self.name).exists() else 0
+        keeps, arguments = LOGGERS.get(kind, (lambda sent, resume: sent, None))
+        spec.update({"save_dir": str(run_dir), **(arguments(cfg, run_dir, resume_step) if arguments else {})})
+        try:
+            self.logger = instantiate(spec)
+        except Exception as e:  # Hydra wraps the logger's own error (a missing package, an unknown argument)
+            if isinstance(e.__cause__ or e, ImportError) or "No module named" in str(e):
+                raise ValueError(f"logger={self.name} needs its package: pip install 'resdepth[{self.name}]'") from None
+            raise ValueError(f"logger={self.name}: {type(e.__cause__ or e).__name__}: {e.__cause__ or e}") from None
+        if kind == "CSVLogger":
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message=".*exists and is not empty.*")
+                self.logger.experiment  # noqa: B018 (the writer that clears the old file)
+        self.held = keeps(sent, resume_step)
+        for row in read_metrics(run_dir / "metrics.csv"):
+            if self.held < row["iteration"] <= resume_step:
+                self.send(row)
+
+    def _sent(self) -> int:
+        try:
+            return int(read_json(self.record).get(self.name, 0))
+        except (OSError, ValueError, AttributeError, TypeError):
+            return 0  # no record (an earlier version, or edited): the logger is taken to hold nothing
+
+    def send(self, row: dict) -> None:
+        """The record to the logger unless it holds it already; then logged.json says so."""
+        if row["iteration"] <= self.held:
+            return
+        log_row([self.logger], row)
+        self.held = row["iteration"]
+        self.record.parent.mkdir(parents=True, exist_ok=True)
+        previous = read_json(self.record) if self.record.exists() else {}
+        write_json(self.record, {**(previous if isinstance(previous, dict) else {}), self.name: self.held})
+
+    def close(self) -> None:
+        """End the logger's session with its run: a sweep trains several runs in one process, each its own wandb
+        run (wandb would otherwise go on logging the next run into this one)."""
+        if self.name == "wandb":
+            import wandb
+
+            wandb.finish()
 
 
 def _tensorboard_purge(cfg: dict, run_dir: Path, resume_step: int) -> dict:
@@ -192,18 +221,11 @@ def _wandb_id(cfg: dict, run_dir: Path, resume_step: int) -> dict:
     return {"save_dir": str(run_dir / "logs"), "id": run_id, "name": label(cfg), "resume": "allow"}
 
 
-def close_logger(logger) -> None:
-    """End the logger's session with its run: a sweep trains several runs in one process, each its own wandb run
-    (wandb would otherwise go on logging the next run into this one)."""
-    if type(logger).__name__ == "WandbLogger":
-        import wandb
-
-        wandb.finish()
-
-
-# What each logger needs to continue a resumed run: (arguments for its class, what to do once it exists)
-RESUME = {"CSVLogger": (None, _csv_replay), "TensorBoardLogger": (_tensorboard_purge, None),
-          "WandbLogger": (_wandb_id, None)}
+# Per logger class: which records it holds when its run resumes at resume_step, given the last one it was sent
+# (see RunLogger), and the arguments it needs to continue the run's history. Other loggers are taken to keep all.
+LOGGERS = {"CSVLogger": (lambda sent, resume: 0, None),
+           "TensorBoardLogger": (min, _tensorboard_purge),
+           "WandbLogger": (lambda sent, resume: sent, _wandb_id)}
 
 
 # ------------------------------------------------------------------------------------------------ run log

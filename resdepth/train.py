@@ -27,7 +27,7 @@ from .data import DataModule, DatasetError
 from .device import check, claim, device_name, resolve_device, use_cuda_graph
 from .load import model_file
 from .models import count_parameters
-from .records import Recorder, close_logger, label, make_logger, run_log
+from .records import Recorder, RunLogger, label, run_log
 from .tables import fmt_time
 from .rundir import RunBusy, RunConflict  # noqa: F401 (raised by train: the CLI and sweep catch them from here)
 from .system import System
@@ -165,7 +165,8 @@ def _run(cfg: dict, run_dir: Path, gpu: int | None) -> dict:
     data, system, trainer_kwargs = build(cfg, gpu)
     accelerator, precision = trainer_kwargs["accelerator"], trainer_kwargs["precision"]
     resume_step = checkpoint_step(run_dir / "last.ckpt")
-    trainer_kwargs["logger"] = make_logger(cfg, run_dir, resume_step)
+    logger = RunLogger(cfg, run_dir, resume_step) if cfg.get("logger") else None
+    trainer_kwargs["logger"] = logger.logger if logger else False
     chash = config_hash(cfg, without=())
     if not (run_dir / "config.json").exists():
         rundir.write_json(run_dir / "config.json", {"hash": chash, "semantic": semantic_config(cfg), "config": cfg})
@@ -176,13 +177,14 @@ def _run(cfg: dict, run_dir: Path, gpu: int | None) -> dict:
         "precision": precision, "cuda_graph": system.whole_step, "classes": data.num_classes,
         "train_images": len(data.train), "warmup": system.warming_up})
     _announce(cfg, result, resume_step, system.whole_step)
-    recorder = Recorder(run_dir, cfg, result)
+    recorder = Recorder(run_dir, cfg, result, logger)
     trainer = pl.Trainer(**trainer_kwargs, callbacks=[recorder], default_root_dir=str(run_dir))
     t0 = time.perf_counter()
     try:
         _fit(cfg, trainer, system, data, recorder, resume_step)
     finally:
-        close_logger(trainer_kwargs["logger"])
+        if logger:
+            logger.close()
     if result["status"] != "diverged":
         system.to(torch.device("cuda", gpu or 0) if accelerator == "gpu" else torch.device("cpu"))
         data.to(system.device)  # Lightning's teardown may have moved the module to the CPU

@@ -4,7 +4,8 @@
 #   tests.log      the CUDA tests: the CUDA-graph step against eager training (step by step and end to end) and
 #                  the augmentation on the GPU (they skip on a machine without one)
 #   bench.json     resdepth bench: ms per step of our path, a minimal loop and the usual DataLoader pipeline, for
-#                  ResNet-20/56/110, and 1, 2 and 4 runs at once; bench.log what it printed
+#                  ResNet-20/56/110, our path again with logger=csv attached, and 1, 2 and 4 runs at once;
+#                  bench.log what it printed
 #   runs/          the paper's sweep at 1/16 of its iterations (experiment=sixteenth, 10 nets x 4000 iterations),
 #                  with runs/figures/ (Figure 6, Figure 7, error vs depth, Table 6, report.md); sweep.log
 # Usage: scripts/gpu-check.sh DEST [RESDEPTH_OVERRIDES ...]   (make gpu-check DEST=folder picks the dataset)
@@ -32,7 +33,7 @@ print('python', sys.version.split()[0], '| torch', torch.__version__, '| CUDA', 
       '| pytorch_lightning', pl.__version__, '| hydra', hydra.__version__, '| resdepth', code_version())"
 }
 cuda_tests() { $PY -m pytest -q -p no:cacheprovider tests/test_system.py tests/test_data.py -k "cuda or graph or whole"; }
-bench() { resdepth bench --data "$BENCH_DATA" --out "$DEST/bench.json"; }
+bench() { resdepth bench --data "$BENCH_DATA" --logger csv --out "$DEST/bench.json"; }
 sweep() { resdepth sweep experiment=sixteenth "${OVERRIDES[@]}" results_root="$DEST/runs"; }
 figures() { resdepth plot "$DEST/runs"; }
 

@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from resdepth.bench import _linear, bench_cli, project_sweep, project_sweep_at_once, run_seconds
+from resdepth.records import RunLogger
 from resdepth.system import System
 
 from .conftest import compose, run_cli
@@ -38,6 +39,20 @@ def test_bench_runs_end_to_end_and_writes_json(tmp_path):
     assert f"kept the earlier bench.json as {kept[0]}" in proc.stderr
 
 
+@pytest.mark.slow
+def test_bench_times_the_step_again_with_the_logger_attached(tmp_path, monkeypatch):
+    sent = []
+    monkeypatch.setattr(RunLogger, "send", lambda self, row: sent.append((self.name, row["iteration"])))
+    out = tmp_path / "b.json"
+    assert bench_cli(["--depths", "8", "--pipelines", "ours", "--steps", "3", "--warmup", "1", "--batch-size", "32",
+                      "--data", "synthetic", "--logger", "csv", "--out", str(out)]) == 0
+    b = json.loads(out.read_text())
+    r = b["rows"][0]
+    assert b["logger"] == "csv" and r["logged_ms_per_step"] > 0 and r["ours_ms_per_step"] > 0
+    assert r["logger_overhead"] == pytest.approx(r["logged_ms_per_step"] / r["ours_ms_per_step"] - 1)
+    assert sent == [("csv", 4)]  # the run's one record reached the logger, after the timed iterations
+
+
 def test_bench_checks_the_data_before_measuring(tmp_path, capsys):
     out = tmp_path / "b.json"
     assert bench_cli(["--out", str(out), "--data", "synthetic", "--batch-size", "5000", "--depths", "8"]) == 2
@@ -51,6 +66,7 @@ def test_bench_checks_the_data_before_measuring(tmp_path, capsys):
     ("--depths", "20,abc", "--depths='20,abc': must be a comma list of depths 6n+2"),
     ("--pipelines", "ours,fast", "--pipelines='ours,fast': each must be ours, minimal or conventional"),
     ("--blocks", "deep", "--blocks='deep': each must be plain or residual"),
+    ("--logger", "mlflow", "--logger='mlflow' is not one of csv, none, tensorboard, wandb"),
     ("--concurrent", "-1", "--concurrent='-1': run counts must be >= 0"),
     ("--steps", "0", "--steps=0 must be a positive integer"),
     ("--warmup", "-1", "--warmup=-1 must be a positive integer"),

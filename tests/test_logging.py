@@ -4,9 +4,11 @@ resdepth.log holds what the run printed."""
 
 import csv
 import json
+import struct
 from pathlib import Path
 
 import pytest
+import yaml
 
 from resdepth.rundir import read_metrics
 from resdepth.system import System
@@ -28,14 +30,15 @@ class Stop(RuntimeError):
     """Stands for an interruption after iteration 35: its checkpoint is at 20, and the record at 30 is logged."""
 
 
+def _stop_at_35(self, outputs, batch, batch_idx):
+    if self.trainer.global_step == 35:
+        raise Stop("stopped at iteration 35")
+
+
 def _interrupted_then_resumed(cfg, monkeypatch) -> dict:
     """Train `cfg` (records every 10 iterations, a checkpoint every 20), stopped at iteration 35, then resumed."""
-    def stop_at_35(self, outputs, batch, batch_idx):
-        if self.trainer.global_step == 35:
-            raise Stop("stopped at iteration 35")
-
     with monkeypatch.context() as m:
-        m.setattr(System, "on_train_batch_end", stop_at_35)
+        m.setattr(System, "on_train_batch_end", _stop_at_35)
         with pytest.raises(RunFailed, match="stopped at iteration 35"):
             train(cfg)
     result = train(cfg)
@@ -62,34 +65,102 @@ def _csv_scalars(log_dir) -> dict:
     return {k: [(int(r["step"]), float(r[k])) for r in rows if r.get(k)] for k in rows[0] if k != "step"}
 
 
-@pytest.mark.parametrize("kind,read", [("csv", _csv_scalars), ("tensorboard", _tensorboard_scalars)])
-def test_the_logger_holds_every_record_once_after_a_resume(tmp_path, monkeypatch, kind, read):
-    if kind == "tensorboard":
-        pytest.importorskip("tensorboard")
-    cfg = _tiny(tmp_path, f"logger={kind}", "trainer.checkpoint_every=20")
-    _interrupted_then_resumed(cfg, monkeypatch)
-    run_dir = Path(cfg["run_dir"])
+def _wandb_records(path):
+    """The records of a wandb offline file (.wandb): a 7-byte header, then LevelDB's log format (32 KiB blocks of
+    chunks, each with a 7-byte header: crc, length, type 1 whole / 2 first / 3 middle / 4 last), each record a
+    wandb protobuf Record. wandb's Python package no longer ships a reader (its service, in Go, reads them)."""
+    from wandb.proto import wandb_internal_pb2
+
+    raw, block, pos, chunks = path.read_bytes(), 32768, 7, b""
+    assert raw[:4] == b":W&B"
+    while pos + 7 <= len(raw):
+        left = block - pos % block
+        _, n, kind = struct.unpack("<IHB", raw[pos:pos + 7]) if left >= 7 else (0, 0, 0)
+        if kind == 0:  # the zero padding at a block's end
+            pos += left
+            continue
+        chunks, pos = chunks + raw[pos + 7:pos + 7 + n], pos + 7 + n
+        if kind in (1, 4):
+            record = wandb_internal_pb2.Record()
+            record.ParseFromString(chunks)
+            chunks = b""
+            yield record
+
+
+def _wandb_scalars(log_dir) -> dict:
+    """Every history row of the run's offline wandb sessions, in order, at Lightning's step (trainer/global_step);
+    the sessions of one run directory share one run id (a resumed run continues its wandb run)."""
+    sessions = sorted(log_dir.glob("offline-run-*"))
+    assert len({p.name.rsplit("-", 1)[1] for p in sessions}) == 1
+    scalars = {}
+    for session in sessions:
+        for record in _wandb_records(next(session.glob("*.wandb"))):
+            if record.WhichOneof("record_type") == "history":
+                row = {item.key or "/".join(item.nested_key): json.loads(item.value_json)
+                       for item in record.history.item}
+                for key, value in row.items():
+                    if not key.startswith("_") and key != "trainer/global_step":
+                        scalars.setdefault(key, []).append((row["trainer/global_step"], value))
+    return scalars
+
+
+def _hparams(log_dir) -> dict:
+    """The hyperparameters the logger recorded (the LightningModule's: the resolved config as `cfg`)."""
+    if log_dir.name != "wandb":
+        return yaml.safe_load((log_dir / "hparams.yaml").read_text())
+    hparams = {}
+    for session in sorted(log_dir.glob("offline-run-*")):
+        for record in _wandb_records(next(session.glob("*.wandb"))):
+            if record.WhichOneof("record_type") == "config":
+                hparams.update({item.key: json.loads(item.value_json) for item in record.config.update})
+    return hparams
+
+
+READERS = {"csv": _csv_scalars, "tensorboard": _tensorboard_scalars, "wandb": _wandb_scalars}
+
+
+def _needs(kind, monkeypatch):
+    if kind != "csv":
+        pytest.importorskip(kind)
+    monkeypatch.setenv("WANDB_SILENT", "true")
+
+
+def _every_record_once(run_dir, kind):
     rows = read_metrics(run_dir / "metrics.csv")
     assert [r["iteration"] for r in rows] == [10, 20, 30, 40]
-    scalars = read(run_dir / "logs" / kind)
+    scalars = READERS[kind](run_dir / "logs" / kind)
     assert set(scalars) == set(METRICS)  # the record's values and nothing per iteration
     for key in METRICS:  # every record once (no second 30 from the interrupted part), the values of metrics.csv
         assert [step for step, _ in scalars[key]] == [10, 20, 30, 40]
         assert [value for _, value in scalars[key]] == pytest.approx([r[key] for r in rows], rel=1e-6)
-    hparams = (run_dir / "logs" / kind / "hparams.yaml").read_text()
-    assert "depth: 8" in hparams and "checkpoint_every: 20" in hparams  # the resolved config
 
 
-def test_wandb_offline_run_is_one_run_continued(tmp_path, monkeypatch):
-    """Offline files only: wandb's Python package has no reader for them, so their rows are not read back."""
-    pytest.importorskip("wandb")
-    monkeypatch.setenv("WANDB_SILENT", "true")
-    cfg = _tiny(tmp_path, "logger=wandb", "trainer.checkpoint_every=20")
-    result = _interrupted_then_resumed(cfg, monkeypatch)
-    runs = sorted(Path(result["run_dir"]).glob("logs/wandb/offline-run-*"))
-    assert len(runs) == 2 and len({p.name.rsplit("-", 1)[1] for p in runs}) == 1  # two sessions, one run id
-    files = [list(p.glob("*.wandb")) for p in runs]
-    assert all(len(f) == 1 and f[0].stat().st_size > 0 for f in files)  # each session's records
+@pytest.mark.parametrize("kind", READERS)
+def test_the_logger_holds_every_record_once_after_a_resume(tmp_path, monkeypatch, kind):
+    _needs(kind, monkeypatch)
+    cfg = _tiny(tmp_path, f"logger={kind}", "trainer.checkpoint_every=20")
+    _interrupted_then_resumed(cfg, monkeypatch)
+    run_dir = Path(cfg["run_dir"])
+    _every_record_once(run_dir, kind)
+    hparams = _hparams(run_dir / "logs" / kind)["cfg"]  # the resolved config
+    assert hparams["model"]["depth"] == 8 and hparams["trainer"]["checkpoint_every"] == 20
+    if kind == "wandb":  # two offline sessions of one wandb run: `wandb sync` uploads them as one
+        assert len(list((run_dir / "logs" / kind).glob("offline-run-*"))) == 2
+
+
+@pytest.mark.parametrize("kind", ["tensorboard", "wandb"])
+def test_a_logger_turned_on_when_a_run_resumes_gets_the_earlier_records(tmp_path, monkeypatch, kind):
+    """The logger is not part of the run's configuration, so a run can resume with one it did not have."""
+    _needs(kind, monkeypatch)
+    first = _tiny(tmp_path, "trainer.checkpoint_every=20")
+    with monkeypatch.context() as m:
+        m.setattr(System, "on_train_batch_end", _stop_at_35)
+        with pytest.raises(RunFailed, match="stopped at iteration 35"):
+            train(first)
+    assert not (Path(first["run_dir"]) / "logs").exists()
+    cfg = _tiny(tmp_path, f"logger={kind}", "trainer.checkpoint_every=20")
+    assert cfg["run_dir"] == first["run_dir"] and train(cfg)["resumed_from"] == 20
+    _every_record_once(Path(cfg["run_dir"]), kind)
 
 
 def test_the_run_log_holds_what_the_run_printed(tmp_path, capsys):
