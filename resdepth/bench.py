@@ -522,10 +522,9 @@ def _keep_earlier(out: Path) -> None:
 def _write(args, device, argv: list[str], rows: list[dict]) -> dict:
     out = {"device": _device_name(device), "torch": torch.__version__, "python": platform.python_version(),
            "precision": args.precision, "precision_used": args.precision_used, "compile": args.compile,
-           "compile_mode": args.compile_mode,
-           "cuda_graph": args.cuda_graph, "data": args.data, "logger": args.logger, "workers": args.workers, "steps": args.steps,
-           "warmup": args.warmup,
-           "batch_size": args.batch_size, "command": "resdepth bench " + " ".join(argv), "rows": rows}
+           "compile_mode": args.compile_mode, "cuda_graph": args.cuda_graph, "data": args.data, "logger": args.logger,
+           "workers": args.workers, "steps": args.steps, "warmup": args.warmup, "batch_size": args.batch_size,
+           "command": "resdepth bench " + " ".join(argv), "rows": rows}
     _save(args.out, out)
     return out
 
