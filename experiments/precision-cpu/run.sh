@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # fp32 against bf16 on a CPU: ResNet-20 and ResNet-56, seeds 0 and 1, 1,500 iterations each (lr 0.1, the paper's
 # optimiser and augmentation), on the JPEG copy of CIFAR-10, every record on the 10,000 test images; then the
-# paired comparison (compare.py). About 70 minutes on 2 cores that compute bf16 natively, with nothing else running.
+# paired comparison (compare.py). About 85 minutes on 2 cores that compute bf16 natively (ResNet-56: 61), with nothing
+# else running.
 #   bash experiments/precision-cpu/run.sh [RESULTS_ROOT]        (DEPTHS=20 for ResNet-20 only)
 set -euo pipefail
 ROOT=${1:-runs-precision}
