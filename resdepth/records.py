@@ -139,15 +139,6 @@ class Recorder(pl.Callback):
 
 # ------------------------------------------------------------------------------------------------ loggers
 
-def log_row(loggers, row: dict) -> None:
-    """A record's values to the run's loggers at the record's iteration, written out at once (a killed run keeps
-    every record it printed). A split that is not measured (nan) is left out."""
-    values = {k: float(row[k]) for k in LOGGED if not math.isnan(row[k])}
-    for logger in loggers:
-        logger.log_metrics(values, step=row["iteration"])
-        logger.save()
-
-
 class RunLogger:
     """The run's Lightning logger (`logger=csv|tensorboard|wandb`, conf/logger/) and which records it holds, so that
     each record reaches it once, however often the run is interrupted and resumed, and whichever logger an earlier
@@ -166,7 +157,8 @@ class RunLogger:
         kind = spec["_target_"].rsplit(".", 1)[-1]
         self.name = kind.replace("Logger", "").lower()
         self.record = run_dir / "logs" / "logged.json"
-        sent = self._sent() if (run_dir / "logs" / self.name).exists() else 0
+        self.logged = self._logged()
+        sent = self.logged.get(self.name, 0) if (run_dir / "logs" / self.name).exists() else 0
         keeps, arguments = LOGGERS.get(kind, (lambda sent, resume: sent, None))
         spec.update({"save_dir": str(run_dir), **(arguments(cfg, run_dir, resume_step) if arguments else {})})
         try:
@@ -184,21 +176,25 @@ class RunLogger:
             if self.held < row["iteration"] <= resume_step:
                 self.send(row)
 
-    def _sent(self) -> int:
+    def _logged(self) -> dict:
+        """logged.json as {logger name: iteration}; empty when there is none (or it was edited into something else):
+        the loggers are then taken to hold nothing."""
         try:
-            return int(read_json(self.record).get(self.name, 0))
-        except (OSError, ValueError, AttributeError, TypeError):
-            return 0  # no record (an earlier version, or edited): the logger is taken to hold nothing
+            logged = read_json(self.record)
+        except (OSError, ValueError):
+            return {}
+        return {k: v for k, v in logged.items() if isinstance(v, int)} if isinstance(logged, dict) else {}
 
     def send(self, row: dict) -> None:
-        """The record to the logger unless it holds it already; then logged.json says so."""
+        """The record's values to the logger at its iteration, unless it holds them already, written out at once (a
+        killed run keeps every record it printed); then logged.json says so. A split not measured (nan) is left out."""
         if row["iteration"] <= self.held:
             return
-        log_row([self.logger], row)
-        self.held = row["iteration"]
+        self.logger.log_metrics({k: float(row[k]) for k in LOGGED if not math.isnan(row[k])}, step=row["iteration"])
+        self.logger.save()
+        self.held = self.logged[self.name] = row["iteration"]
         self.record.parent.mkdir(parents=True, exist_ok=True)
-        previous = read_json(self.record) if self.record.exists() else {}
-        write_json(self.record, {**(previous if isinstance(previous, dict) else {}), self.name: self.held})
+        write_json(self.record, self.logged)
 
     def close(self) -> None:
         """End the logger's session with its run: a sweep trains several runs in one process, each its own wandb
