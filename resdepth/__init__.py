@@ -12,7 +12,7 @@ def __getattr__(name: str):
     """`from resdepth import load_run` (a run's net, config and metrics; resdepth/load.py), imported on first use so
     the command line starts without loading the data code."""
     if name == "load_run":
-        from .load import load_run
+        from .training.load import load_run
 
         return load_run
     raise AttributeError(f"module 'resdepth' has no attribute {name!r}")

@@ -90,8 +90,9 @@ def time_ours(cfg: dict, warmup: int, steps: int, barrier: str | None = None) ->
     cfg's logger, that logger and the run's Recorder attached (in a temporary run directory, removed after)."""
     import pytorch_lightning as pl
 
-    from .records import Recorder, RunLogger
-    from .train import build
+    from .training.loggers import RunLogger
+    from .training.records import Recorder
+    from .training.train import build
 
     data, system, kwargs = build(cfg)
     marks = {}
@@ -137,8 +138,8 @@ def time_minimal(cfg: dict, warmup: int, steps: int, device: torch.device) -> di
     """The same network, data and augmentation in a hand-written loop: no Lightning, no metrics."""
     from .data import DataModule, TrainBatches
     from .models import cifar_resnet
-    from .device import resolve_device, use_cuda_graph
-    from .system import WholeStep
+    from .training.device import resolve_device, use_cuda_graph
+    from .training.step import WholeStep
 
     data = DataModule(cfg["data"], batch_size=cfg["optim"]["batch_size"], seed=0).load().to(device)
     m, o, t = cfg["model"], cfg["optim"], cfg["trainer"]
@@ -474,8 +475,8 @@ def _check_config(args, depth: int, block: str) -> None:
 
     from .config import one_line_error, validate
     from .data import DataModule, DatasetError
-    from .device import check, resolve_device
-    from .records import RunLogger
+    from .training.device import check, resolve_device
+    from .training.loggers import RunLogger
 
     try:  # the same checks as `resdepth train`: --data, --precision, --accelerator, --compile-mode
         cfg = bench_config(args, depth, block, args.warmup + args.steps)

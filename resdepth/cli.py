@@ -76,7 +76,7 @@ def hydra_task(cfg: DictConfig):
     from .data import DatasetError
     from .rundir import read_json
     from .sweep import SWEEP_PLAN_ENV, sweep_progress, watch_sweep
-    from .train import RunBusy, RunConflict, RunFailed, train
+    from .training.train import RunBusy, RunConflict, RunFailed, train
 
     multirun = HydraConfig.get().mode == RunMode.MULTIRUN
     if multirun and "joblib" in str(HydraConfig.get().launcher.get("_target_", "")):
@@ -201,11 +201,11 @@ def _main(argv: list[str]) -> None:
 
         sys.exit(sweep(rest, launch=_hydra))
     elif cmd == "results":
-        from .results import results_cli
+        from .analysis.results import results_cli
 
         sys.exit(results_cli(rest))
     elif cmd == "plot":
-        from .plots import plot_cli
+        from .analysis.plots import plot_cli
 
         sys.exit(plot_cli(rest))
     elif cmd == "bench":

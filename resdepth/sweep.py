@@ -35,7 +35,7 @@ from omegaconf import OmegaConf
 from .config import CONF_DIR
 from .config import compose as compose_configs
 from .config import one_line_error, validate
-from .results import format_table, write_tables
+from .analysis.results import format_table, write_tables
 from .rundir import COMPLETE, append_jsonl, read_json, write_json
 from .tables import fmt_time
 
@@ -265,7 +265,7 @@ def check_jobs(jobs: list[dict]) -> list[str]:
     """Every job's config checked and each distinct dataset loaded once (a missing one stops the sweep before
     anything is written); the state of each job's run directory. ValueError (or DatasetError) with one line."""
     from .data import DataModule, DatasetError
-    from .device import check
+    from .training.device import check
 
     try:
         for job in jobs:
@@ -298,7 +298,7 @@ def _one_directory_per_run(jobs: list[dict]) -> None:
 
 def print_plan(jobs: list[dict], states: list[str], given: list[str]) -> list[int]:
     """Print what the sweep will do, run by run, and its notes; return, per job, the job that trains its run."""
-    from .device import resolve_device
+    from .training.device import resolve_device
 
     roots = sorted({job["results_root"] for job in jobs})
     first = {}  # run_dir -> the index of the first job that trains it

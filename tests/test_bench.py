@@ -7,8 +7,8 @@ import torch
 import torch.nn.functional as F
 
 from resdepth.bench import _linear, bench_cli, project_sweep, project_sweep_at_once, run_seconds
-from resdepth.records import RunLogger
-from resdepth.system import System
+from resdepth.training.loggers import RunLogger
+from resdepth.training.system import System
 
 from .conftest import compose, run_cli
 

@@ -177,7 +177,7 @@ def test_a_run_being_trained_elsewhere_is_left_alone(tmp_path):
 def test_a_slow_run_says_its_pace_before_its_first_record(tmp_path, capsys):
     from types import SimpleNamespace
 
-    from resdepth.records import PACE_AFTER_S, Recorder
+    from resdepth.training.records import PACE_AFTER_S, Recorder
 
     cfg = compose(["model.depth=56", "model.block=plain"])  # the paper's run: first record at iteration 1000
     recorder = Recorder(tmp_path, cfg, {})

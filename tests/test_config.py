@@ -53,7 +53,7 @@ def test_committed_runs_keep_their_directory_names():
 
 def test_a_new_setting_at_its_legacy_value_keeps_the_old_directory(monkeypatch, tmp_path):
     from resdepth import rundir
-    from resdepth.train import train
+    from resdepth.training.train import train
 
     cfg = compose(["experiment=smoke", "model.depth=8", f"results_root={tmp_path}", "trainer.progress=false"])
     first = train(cfg)
@@ -93,7 +93,7 @@ def test_typed_choices_accept_what_the_shell_types():
 
 
 def test_a_config_recorded_before_later_settings_loads_at_their_legacy_values():
-    from resdepth.system import System
+    from resdepth.training.system import System
 
     path = REPO / "experiments/cifar10-jpeg-cpu-demo/runs/cifar10_jpeg/residual-20/seed0-fa928a3e/result.json"
     old = json.loads(path.read_text())["config"]

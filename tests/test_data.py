@@ -34,7 +34,7 @@ def _stripes(cfg) -> tuple[Split, Split, list[str]]:
 
 
 def test_a_registered_dataset_loads_through_the_datamodule(monkeypatch):
-    monkeypatch.setattr(rdata, "DATASETS", dict(rdata.DATASETS))  # the registration ends with this test
+    monkeypatch.setattr(rdata.datasets, "DATASETS", dict(rdata.DATASETS))  # the registration ends with this test
     rdata.register_dataset("stripes", _stripes)
     assert rdata.check_kind("stripes") == "stripes"
     cfg = compose(["data=synthetic", "data.kind=stripes", "data.name=stripes"])["data"]
@@ -57,7 +57,7 @@ def test_an_unknown_kind_is_named_with_the_registered_kinds():
 
 
 def test_a_dataset_of_one_class_is_refused(monkeypatch):
-    monkeypatch.setattr(rdata, "DATASETS", dict(rdata.DATASETS))
+    monkeypatch.setattr(rdata.datasets, "DATASETS", dict(rdata.DATASETS))
     rdata.register_dataset("one", lambda cfg: (*_stripes(cfg)[:2], ["only"]))
     with pytest.raises(DatasetError, match=r"data.kind='one' gave 1 class\(es\) \['only'\]; .* at least 2"):
         DataModule({**compose(["data=synthetic"])["data"], "kind": "one"}, batch_size=8, seed=0).load()
@@ -185,7 +185,7 @@ def test_fashion_mnist_loads_through_torchvision_with_one_channel(tmp_path):
 
 
 def test_a_net_trains_on_fashion_mnist(tmp_path):
-    from resdepth.train import train
+    from resdepth.training.train import train
 
     write_fashion_mnist(tmp_path / "FashionMNIST" / "raw")
     result = train(compose(["data=fashion_mnist", f"data.root={tmp_path}", "data.download=false", "model.depth=8",
@@ -231,7 +231,7 @@ def test_cifar10_jpeg_archive_loads_and_its_cache_is_reused(tmp_cache, monkeypat
     def no_decoding(*a, **k):
         raise AssertionError("decoded again instead of using the cache")
 
-    monkeypatch.setattr(rdata, "_decode", no_decoding)
+    monkeypatch.setattr(rdata.image_folder, "_decode", no_decoding)
     again = DataModule(cfg, batch_size=128, seed=0).load()
     assert torch.equal(again.train.images, train.images) and torch.equal(again.train.labels, train.labels)
 
@@ -450,10 +450,10 @@ def test_a_1_gib_member_or_file_is_skipped_unread(tmp_path):
 
 
 def test_an_image_that_decodes_too_large_is_skipped_undecoded(tmp_path, tmp_cache, monkeypatch):
-    monkeypatch.setattr(rdata, "MAX_IMAGE_BYTES", 3 * 40 * 40)  # a 32x32 image passes, a 64x64 one does not
+    monkeypatch.setattr(rdata.image_folder, "MAX_IMAGE_BYTES", 3 * 40 * 40)  # a 32x32 image passes, a 64x64 one does not
     root = _folder(tmp_path / "imgs")
     (root / "train" / "a" / "big.png").write_bytes(_image((1, 1, 1), size=64, fmt="PNG"))  # 200 bytes on disk
-    assert (root / "train" / "a" / "big.png").stat().st_size < rdata.MAX_IMAGE_BYTES
+    assert (root / "train" / "a" / "big.png").stat().st_size < rdata.image_folder.MAX_IMAGE_BYTES
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         train, _, _ = rdata.load_image_folder(str(root), str(tmp_cache))
@@ -461,7 +461,7 @@ def test_an_image_that_decodes_too_large_is_skipped_undecoded(tmp_path, tmp_cach
 
 
 def test_more_decoded_images_than_the_limit_is_an_error_naming_it(tmp_path, tmp_cache, monkeypatch):
-    monkeypatch.setattr(rdata, "MAX_DATASET_BYTES", 3 * 3 * 32 * 32)  # three of the four 32x32 RGB images
+    monkeypatch.setattr(rdata.image_folder, "MAX_DATASET_BYTES", 3 * 3 * 32 * 32)  # three of the four 32x32 RGB images
     root = _folder(tmp_path / "imgs")
     with pytest.raises(DatasetError, match=r"more than 9,216 bytes .* of decoded images.*MAX_DATASET_BYTES"):
         rdata.load_image_folder(str(root), str(tmp_cache))

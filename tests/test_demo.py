@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from resdepth import results as rec
+from resdepth.analysis import results as rec
 
 from .conftest import SHARED_JPEG, run_cli
 

@@ -8,8 +8,8 @@ import torch
 
 from resdepth import load_run
 from resdepth.data import DataModule
-from resdepth.system import System
-from resdepth.train import train
+from resdepth.training.system import System
+from resdepth.training.train import train
 
 from .conftest import compose
 

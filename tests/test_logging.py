@@ -11,8 +11,8 @@ import pytest
 import yaml
 
 from resdepth.rundir import read_metrics
-from resdepth.system import System
-from resdepth.train import RunFailed, train
+from resdepth.training.system import System
+from resdepth.training.train import RunFailed, train
 
 from .conftest import compose
 

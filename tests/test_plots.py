@@ -9,12 +9,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from resdepth import plots
-from resdepth.report import (degradation_sentence, sweep_command, sweep_commands, table_csv, table_markdown,
+from resdepth.analysis import plots
+from resdepth.analysis.report import (degradation_sentence, sweep_command, sweep_commands, table_csv, table_markdown,
                              table_rows, write_outputs)
-from resdepth.results import find_results, read_json, truncate_metrics, write_json
-from resdepth.runs import Run, group_runs, load_runs, paper_reference
-from resdepth.train import train
+from resdepth.analysis.results import find_results, read_json, truncate_metrics, write_json
+from resdepth.analysis.runs import Run, group_runs, load_runs, paper_reference
+from resdepth.training.train import train
 
 from .conftest import compose
 

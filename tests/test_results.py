@@ -8,10 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from resdepth import models, plots
-from resdepth.report import degradation_sentence
-from resdepth.results import results_cli, summarize, write_json
-from resdepth.runs import group_runs, load_runs
+from resdepth import models
+from resdepth.analysis import plots
+from resdepth.analysis.report import degradation_sentence
+from resdepth.analysis.results import results_cli, summarize, write_json
+from resdepth.analysis.runs import group_runs, load_runs
 
 from .conftest import compose
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from resdepth import rundir
-from resdepth.train import RunFailed, train
+from resdepth.training.train import RunFailed, train
 
 from .conftest import compose, run_cli
 

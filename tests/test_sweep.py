@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from resdepth import results as rec
+from resdepth.analysis import results as rec
 
 from .conftest import REPO, compose, run_cli
 
@@ -210,7 +210,8 @@ def test_divergence_is_recorded_and_the_sweep_goes_on(tmp_path):
 
 
 def test_a_failing_run_is_recorded_and_the_sweep_goes_on(tmp_path, monkeypatch, capsys):
-    from resdepth import cli, system
+    from resdepth import cli
+    from resdepth.training import system
     from resdepth.sweep import sweep
 
     original = system.System.training_step

@@ -5,10 +5,10 @@ import sys
 import pytest
 import torch
 
-from resdepth.results import read_json, read_metrics
-from resdepth.system import System, lr_at, warmup_bound, warmup_enabled, warmup_end
-import resdepth.train
-from resdepth.train import train
+from resdepth.analysis.results import read_json, read_metrics
+from resdepth.training.system import System, lr_at, warmup_bound, warmup_enabled, warmup_end
+import resdepth.training.train
+from resdepth.training.train import train
 
 from .conftest import compose
 
@@ -27,8 +27,8 @@ def test_precision_auto_on_the_cpu_is_bf16_only_where_it_is_native(monkeypatch, 
     monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16)
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
     t = compose(["trainer.accelerator=cpu"])["trainer"]
-    assert resdepth.train.resolve_device(t) == ("cpu", precision)
-    assert resdepth.train.resolve_device({**t, "precision": "32-true"}) == ("cpu", "32-true")  # asked for: kept
+    assert resdepth.training.train.resolve_device(t) == ("cpu", precision)
+    assert resdepth.training.train.resolve_device({**t, "precision": "32-true"}) == ("cpu", "32-true")  # asked for: kept
 
 
 def test_warmup_lr_until_switched_and_never_past_the_first_milestone():
@@ -174,7 +174,7 @@ def _train_both_ways(tmp_path, monkeypatch, *extra):
     """metrics.csv of one run trained by Lightning's zero_grad/backward/step and by the whole-step path."""
     rows = {}
     for whole in (False, True):
-        monkeypatch.setattr(resdepth.train, "use_cuda_graph", lambda *a, whole=whole: whole)
+        monkeypatch.setattr(resdepth.training.train, "use_cuda_graph", lambda *a, whole=whole: whole)
         cfg = _tiny(tmp_path / str(whole), *extra)
         result = train(cfg)
         assert result["status"] == "done" and result["cuda_graph"] is whole
@@ -215,7 +215,7 @@ def test_whole_step_graph_replays_the_eager_updates_and_follows_lr_changes(monke
     import torch.nn.functional as F
 
     from resdepth.models import cifar_resnet
-    from resdepth.system import GRAPH_WARMUP, WholeStep
+    from resdepth.training.step import GRAPH_WARMUP, WholeStep
 
     for module, name, value in ((torch.backends.cudnn, "deterministic", True),
                                 (torch.backends.cudnn, "benchmark", False), (torch.backends.cudnn, "allow_tf32", False),
@@ -256,7 +256,7 @@ def test_whole_step_graph_replays_the_eager_updates_and_follows_lr_changes(monke
 
 
 def test_runs_take_the_gpu_with_the_fewest_runs(tmp_path):
-    from resdepth.device import claim_gpu
+    from resdepth.training.device import claim_gpu
 
     held = [claim_gpu(2, tmp_path) for _ in range(5)]
     assert [g for g, _ in held] == [0, 1, 0, 1, 0]  # spread first, then double up
@@ -268,6 +268,6 @@ def test_runs_take_the_gpu_with_the_fewest_runs(tmp_path):
         f.close()
     lock.close()
     # a run that dies without closing its lock does not leave its GPU marked busy
-    code = f"from resdepth.device import claim_gpu; print(claim_gpu(2, {str(tmp_path)!r})[0])"
+    code = f"from resdepth.training.device import claim_gpu; print(claim_gpu(2, {str(tmp_path)!r})[0])"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip() == "0"
     assert claim_gpu(2, tmp_path)[0] == 0

@@ -18,11 +18,11 @@ import re
 from pathlib import Path
 
 from . import plots
-from .rundir import atomic_write_text, read_json
+from ..rundir import atomic_write_text, read_json
 from .runs import (PAPER_PARAMS, PAPER_TEST_CELL, PAPER_TEST_ERROR, REFERENCE_KIND, Group, Run, block_kinds,
                    by_dataset, excluded_runs, group_runs, kind_label, load_runs, missing_responses, paper_protocol,
                    paper_reference, status_note, warmup_notes)
-from .tables import csv_text, error_cell, fmt_time, markdown, number
+from ..tables import csv_text, error_cell, fmt_time, markdown, number
 
 NA = "n/a (different protocol)"
 FIG7_CAPTION = ("Each point is the std of one 3x3 layer's output (after BN, before the addition and ReLU), pooled "

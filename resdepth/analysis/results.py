@@ -19,10 +19,10 @@ from pathlib import Path
 
 # rundir writes and reads a run directory's files; read_metrics, truncate_metrics and write_json are named here too
 # for callers that read runs through this module.
-from .models import net_name
+from ..models import net_name
 from .runs import NO_USABLE, block_kinds, find_results, group_runs, load_runs, no_runs  # noqa: F401
-from .rundir import atomic_write_text, read_json, read_metrics, truncate_metrics, write_json  # noqa: F401
-from .tables import aligned, csv_text, error_cell, fmt_time, markdown  # noqa: F401 (fmt_time: for callers)
+from ..rundir import atomic_write_text, read_json, read_metrics, truncate_metrics, write_json  # noqa: F401
+from ..tables import aligned, csv_text, error_cell, fmt_time, markdown  # noqa: F401 (fmt_time: for callers)
 
 
 CSV_COLUMNS = {"dataset": "dataset", "net": "net", "depth": "depth", "block": "block", "shortcut": "shortcut",
@@ -36,7 +36,7 @@ CSV_COLUMNS = {"dataset": "dataset", "net": "net", "depth": "depth", "block": "b
 def table_rows(groups: list) -> list[dict]:
     """One row per configuration (all seeds of it), from runs.Group objects: errors are fractions, means and
     sample stds over the seeds whose status is done; the other runs are counted in `status`, never dropped."""
-    from .config import config_hash
+    from ..config import config_hash
 
     kinds = block_kinds(groups)
     rows = []

@@ -21,15 +21,16 @@ import torch
 from omegaconf import DictConfig
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
-from . import rundir
-from .config import config_hash, semantic_config, the_net, to_plain, validate
-from .data import DataModule, DatasetError
+from .. import rundir
+from ..config import config_hash, semantic_config, the_net, to_plain, validate
+from ..data import DataModule, DatasetError
 from .device import check, claim, device_name, resolve_device, use_cuda_graph
 from .load import model_file
-from .models import count_parameters
-from .records import Recorder, RunLogger, label, run_log
-from .tables import fmt_time
-from .rundir import RunBusy, RunConflict  # noqa: F401 (raised by train: the CLI and sweep catch them from here)
+from ..models import count_parameters
+from .loggers import RunLogger
+from .records import Recorder, label, run_log
+from ..tables import fmt_time
+from ..rundir import RunBusy, RunConflict  # noqa: F401 (raised by train: the CLI and sweep catch them from here)
 from .system import System
 
 

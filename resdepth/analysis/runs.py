@@ -24,18 +24,12 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .models import net_name
-from .rundir import flatten, read_json, read_metrics
+from ..models import net_name
+from ..rundir import flatten, read_json, read_metrics
 
-PAPER_DATASETS = ("cifar10", "cifar10_jpeg")  # where the paper's numbers apply (ours: also its JPEG copy)
-REFERENCE_KIND = "residual"  # the block kind whose errors the paper's Table 6 gives
-# Table 6 of the paper: ResNet test error (%) on CIFAR-10; parameter counts as the paper prints them.
-# For ResNet-110 the paper gives the best of 5 runs (6.43) and their mean ± std (6.61 ± 0.16); our numbers are
-# means over seeds (or one run), so they are compared with the paper's mean.
-PAPER_TEST_ERROR = {20: 8.75, 32: 7.51, 44: 7.17, 56: 6.97, 110: 6.61, 1202: 7.93}
-PAPER_TEST_STD = {110: 0.16}
-PAPER_TEST_CELL = {110: "6.61 ± 0.16 (mean of 5; best 6.43)"}
-PAPER_PARAMS = {20: "0.27M", 32: "0.46M", 44: "0.66M", 56: "0.85M", 110: "1.7M", 1202: "19.4M"}
+from .paper import (PAPER_DATASETS, PAPER_PARAMS, PAPER_TEST_CELL, PAPER_TEST_ERROR,  # noqa: F401
+                    PAPER_TEST_STD, REFERENCE_KIND)
+
 CURVE_KEYS = ("iteration", "train_error", "test_error")  # what Figure 6 reads of each metrics.csv row
 INT, NUMBER = (int,), (int, float)
 TYPE_NAMES = {INT: "an integer", NUMBER: "a number", (str,): "a string", (dict,): "an object", (list,): "a list"}
@@ -137,7 +131,7 @@ def kind_label(block: str) -> str:
 def block_kinds(groups: list[Group] = ()) -> list[str]:
     """The registered block kinds in registration order (plain, residual, ...), then any other kind the groups
     hold (runs of a kind registered elsewhere), so no run vanishes from a table or figure."""
-    from .models import BLOCKS
+    from ..models import BLOCKS
 
     registered = list(BLOCKS)
     return registered + sorted({g.block for g in groups} - set(registered))
@@ -172,7 +166,7 @@ def unusable(result) -> str | None:
 
 def config_key(result: dict) -> tuple:
     """What makes a run the same run: its dataset, net, configuration (hashed) and seed."""
-    from .config import config_hash
+    from ..config import config_hash
 
     return (result["dataset"], result["block"], result["depth"], result["shortcut"], result["seed"],
             config_hash(result["config"]))
@@ -264,7 +258,7 @@ def load_runs(root: Path) -> list[Run]:
 
 def protocol_hash(config: dict) -> str:
     """8 hex digits naming every setting of a run except the model and the seed."""
-    from .config import config_hash
+    from ..config import config_hash
 
     return config_hash(config or {}, without=("seed", "model"))
 
@@ -272,7 +266,7 @@ def protocol_hash(config: dict) -> str:
 def differing_settings(configs: list[dict], shown: tuple[str, ...] = ("seed", "model.", "data.name")) -> list[str]:
     """For each config, `key=value ...` of the settings (those that define a result) whose values are not the
     same in all of them, leaving out what a table or legend already shows (the net, the dataset, the seed)."""
-    from .config import semantic_config
+    from ..config import semantic_config
 
     flat = [flatten(semantic_config(c or {})) for c in configs]
     keys = sorted({k for f in flat for k in f if not k.startswith(shown)})
@@ -317,7 +311,7 @@ def by_dataset(groups: list[Group]) -> dict[str, list[Group]]:
 @functools.cache
 def paper_protocol() -> dict:
     """The paper's schedule as conf/experiment/paper.yaml gives it: max_steps, milestones, lr, batch_size."""
-    from .config import compose
+    from ..config import compose
 
     cfg, = compose(["experiment=paper"])
     return protocol_of(cfg)

@@ -33,7 +33,7 @@ from matplotlib import colormaps
 from matplotlib.figure import Figure
 from matplotlib.ticker import FormatStrFormatter, MaxNLocator
 
-from .rundir import atomic_write_bytes
+from ..rundir import atomic_write_bytes
 from .runs import (NO_USABLE, PAPER_TEST_ERROR, PAPER_TEST_STD, REFERENCE_KIND, Group, Run, WarmupEnd, block_kinds,
                    excluded_runs, kind_label, no_runs, paper_reference, status_note, warmup_end)
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from .config import AUTO_BOOL, choice
+from ..config import AUTO_BOOL, choice
 
 GRAPHING_COMPILE_MODES = ("reduce-overhead", "max-autotune")  # these capture CUDA graphs themselves
 

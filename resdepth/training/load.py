@@ -20,9 +20,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .data import DataModule, DatasetError
-from .models import cifar_resnet
-from .rundir import read_json, read_metrics
+from ..data import DataModule, DatasetError
+from ..models import cifar_resnet
+from ..rundir import read_json, read_metrics
 
 
 class Classifier(nn.Module):

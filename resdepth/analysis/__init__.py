@@ -1,0 +1,1 @@
+"""The paper's numbers, the run model (grouped runs), the results table, the figures and the report."""

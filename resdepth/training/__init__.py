@@ -1,0 +1,1 @@
+"""The LightningModule, the CUDA-graph step, device choice, records, loggers, one run wired, load_run."""
