@@ -1,4 +1,4 @@
-"""resdepth: plain vs residual CIFAR networks, the ResNet paper's degradation experiment, from the shell."""
+"""resdepth: the ResNet paper's plain-vs-residual CIFAR experiment, from the shell."""
 
 from importlib.metadata import PackageNotFoundError, version
 
@@ -9,8 +9,7 @@ except PackageNotFoundError:  # imported from a source tree that was never insta
 
 
 def __getattr__(name: str):
-    """`from resdepth import load_run` (a run's net, config and metrics; resdepth/load.py), imported on first use so
-    the command line starts without loading the data code."""
+    """`from resdepth import load_run`, loaded on first use: the CLI starts without data code."""
     if name == "load_run":
         from .training.load import load_run
 

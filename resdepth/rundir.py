@@ -1,14 +1,5 @@
-"""A run's directory and the files resdepth writes: one atomic write for all of them, the lock, config.json and its
-conflict check, result.json, metrics.csv, where each part of a run was trained (segments) and which code did it.
-
-A run directory holds:
-  config.json     the resolved config and its hash (a changed config is refused, never mixed)
-  metrics.csv     one row per record: iteration, lr, train_loss, train_error, val_error, test_error, elapsed_s
-  result.json     status (running | done | diverged | failed), final/best errors, params, wall time, device...
-  last.ckpt       the latest checkpoint (model, optimizer, schedule, warm-up, iteration, RNG)
-  model.pt        the final network weights;  responses.json  Figure 7's layer response stds on the test set
-Errors are fractions in these files. Imports nothing of resdepth: every other room may use it.
-"""
+"""A run directory's files (docs/outputs.md), each written atomically, and its lock.
+Errors are fractions in these files."""
 
 from __future__ import annotations
 
@@ -19,7 +10,9 @@ import fcntl
 import io
 import json
 import os
+import pickle
 import platform
+import shutil
 import socket
 import subprocess
 import sys
@@ -39,11 +32,8 @@ class RunBusy(RuntimeError):
     """Another process is training this run right now."""
 
 
-# ------------------------------------------------------------------------------------------------- files
-
 def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    """`write(tmp)` writes a temp file beside `path`; it is synced to disk and renamed over `path`, so readers see
-    the old file or the new one, never half of one. The temp file is removed if writing fails."""
+    """Write `path` through `write(tmp)`, fsync and rename: readers never see half a file."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
@@ -68,13 +58,33 @@ def atomic_write_text(path: Path, text: str) -> None:
     atomic_write_bytes(path, text.encode())
 
 
+class UnsafeFile(ValueError):
+    """A file holds more than tensors and plain values: unpickling it could run code."""
+
+
+def load_tensors(path: Path, **kwargs):
+    """torch.load of tensors and plain values only (weights_only): a file from elsewhere is data.
+
+    UnsafeFile, naming the file, for anything else; nothing in it runs.
+    """
+    import torch  # here: the commands that only read tables must not wait for torch
+
+    try:
+        return torch.load(path, weights_only=True, **kwargs)
+    except pickle.UnpicklingError as e:
+        if not str(e).startswith("Weights only load failed"):
+            raise
+        raise UnsafeFile(f"{path} holds objects other than tensors and plain values, so resdepth "
+                         f"does not load it (unpickling it could run code)") from None
+
+
 def write_json(path: Path, obj) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str, allow_nan=True) + "\n")
+    text = json.dumps(obj, indent=2, sort_keys=True, default=str, allow_nan=True)
+    atomic_write_text(path, text + "\n")
 
 
 def read_json(path: Path):
-    """The JSON in path; ValueError naming the file when it is not valid JSON (edited or damaged by hand: resdepth
-    itself writes every file atomically)."""
+    """The JSON in path; ValueError naming the file when it is not valid JSON (damaged by hand)."""
     with open(path) as f:
         try:
             return json.load(f)
@@ -83,7 +93,7 @@ def read_json(path: Path):
 
 
 def append_synced(path: Path, text: str) -> None:
-    """Append to a log whose earlier lines are never rewritten, and sync it to disk."""
+    """Append to a file whose earlier lines are never rewritten, and sync it to disk."""
     with open(path, "a", newline="") as f:
         f.write(text)
         f.flush()
@@ -95,11 +105,8 @@ def append_jsonl(path: Path, obj) -> None:
     append_synced(path, json.dumps(obj, sort_keys=True) + "\n")
 
 
-# ------------------------------------------------------------------------------------------------ metrics
-
 def read_metrics(path: Path) -> list[dict]:
-    """Rows of a metrics.csv as dicts of floats (iteration as int); [] when the file is missing. A row that cannot be
-    read is left out: silently when it is the last (torn by a crash), with a warning naming it otherwise."""
+    """metrics.csv rows as floats (iteration an int), [] if missing; unreadable rows left out."""
     if not Path(path).exists():
         return []
     with open(path, newline="") as f:
@@ -107,16 +114,18 @@ def read_metrics(path: Path) -> list[dict]:
     rows = []
     for n, r in enumerate(lines):
         try:
-            rows.append({k: (int(float(v)) if k == "iteration" else float(v)) for k, v in r.items() if k})
+            rows.append({k: (int(float(v)) if k == "iteration" else float(v))
+                         for k, v in r.items() if k})
         except (TypeError, ValueError):
-            if n < len(lines) - 1:  # a torn last line after power loss is expected; a damaged row is not
-                print(f"resdepth: warning: {path}: row {n + 2} cannot be read and is left out (a gap in the "
-                      f"curve): {','.join(str(v) for v in r.values())[:80]}", file=sys.stderr, flush=True)
+            if n < len(lines) - 1:  # a last line torn by a crash is expected; a damaged row is not
+                print(f"resdepth: warning: {path}: row {n + 2} cannot be read and is left out "
+                      f"(a gap in the curve): {','.join(str(v) for v in r.values())[:80]}",
+                      file=sys.stderr, flush=True)
     return rows
 
 
 def truncate_metrics(path: Path, last_iteration: int) -> None:
-    """Drop rows after `last_iteration` (written after the checkpoint a resumed run starts from)."""
+    """Drop rows after `last_iteration`, the checkpoint a resumed run starts from."""
     rows = [r for r in read_metrics(path) if r["iteration"] <= last_iteration]
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=METRICS, extrasaction="ignore")
@@ -134,10 +143,8 @@ def append_metrics(path: Path, row: dict) -> None:
     append_synced(path, buf.getvalue())
 
 
-# ------------------------------------------------------------------------------------------- the run's state
-
 def lock_run(run_dir: Path):
-    """The run directory's lock, held while this process trains it; RunBusy when another process holds it."""
+    """The run directory's lock, held while this process trains it; RunBusy if another holds it."""
     f = open(run_dir / ".lock", "w")
     try:
         fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -147,16 +154,60 @@ def lock_run(run_dir: Path):
     return f
 
 
+def before_writing(run_dir: Path) -> dict:
+    """What exists of a run directory before a command writes there, for `remove_made`."""
+    made_from = None  # the outermost folder of run_dir's path that does not exist yet
+    for folder in (run_dir, *run_dir.parents):
+        if folder.exists():
+            break
+        made_from = folder
+    names = lambda d: sorted(p.name for p in d.iterdir()) if d.is_dir() else []  # noqa: E731
+    return {"made_from": str(made_from) if made_from else None, "entries": names(run_dir),
+            "records": names(run_dir / ".hydra")}
+
+
+def remove_made(run_dir: Path, before: dict | None, record: str | None) -> None:
+    """Remove what this command made in and above run_dir, as `before` (before_writing) tells.
+
+    With no `before`, only this command's own Hydra record (`record`, inside .hydra/) goes.
+    Another process's lock on the run keeps everything but that record.
+    """
+    hydra, rec = run_dir / ".hydra", Path(record or ".")
+    if rec.parent == Path(".hydra") and rec.name not in (before or {}).get("records", []):
+        shutil.rmtree(run_dir / rec, ignore_errors=True)
+    if before is None or not run_dir.is_dir():
+        return
+    try:
+        lock = lock_run(run_dir)
+    except RunBusy:  # it is starting that run right now
+        return
+    with lock:
+        for p in sorted(hydra.iterdir()) if hydra.is_dir() else []:
+            if p.name not in before["records"]:
+                shutil.rmtree(p, ignore_errors=True)
+        for p in sorted(run_dir.iterdir()):
+            if p.name not in before["entries"] and not (p == hydra and any(hydra.iterdir())):
+                shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+    if before["made_from"]:
+        for folder in (run_dir, *run_dir.parents):
+            try:
+                folder.rmdir()  # only if empty: never a folder that holds anything
+            except OSError:
+                break
+            if folder == Path(before["made_from"]):
+                break
+
+
 def flatten(node, prefix: str = "") -> dict:
     """A nested config as {dotted.key: value}."""
     if isinstance(node, dict):
-        return {k: v for key, sub in node.items() for k, v in flatten(sub, f"{prefix}{key}.").items()}
+        return {k: v for key, sub in node.items()
+                for k, v in flatten(sub, f"{prefix}{key}.").items()}
     return {prefix[:-1]: node}
 
 
 def finished_result(run_dir: Path, semantic: dict) -> dict | None:
-    """result.json of a finished run of this config in run_dir (to skip), None when there is none; RunConflict
-    when run_dir holds a run of another config, ValueError when one of its records is damaged."""
+    """result.json of a finished run of this config, else None; RunConflict for another config."""
     config_path, result_path = run_dir / "config.json", run_dir / "result.json"
     if not config_path.exists():
         return None
@@ -164,39 +215,40 @@ def finished_result(run_dir: Path, semantic: dict) -> dict | None:
     if old != semantic:
         fa, fb = flatten(old), flatten(semantic)
         changed = sorted(k for k in fa.keys() | fb.keys() if fa.get(k) != fb.get(k))
-        raise RunConflict(f"{run_dir} holds a run of another config (differs in {', '.join(changed[:5])}); "
+        raise RunConflict(f"{run_dir} holds a run of another config "
+                          f"(differs in {', '.join(changed[:5])}); "
                           f"refusing to mix them: choose another run_dir or results_root")
     result = read_json(result_path) if result_path.exists() else {}
     return result if result.get("status") in COMPLETE else None
 
 
 def where_trained(previous: dict, resume_step: int, device: str, precision: str) -> list[dict]:
-    """Which device and precision trained which iterations: one segment, unless a resumed run goes on elsewhere
-    (another machine of a cluster, a GPU after a CPU, or `trainer.precision=auto` resolving otherwise there)."""
+    """Segments [{from, device, precision}]: which device and precision trained which iterations."""
     segments = list(previous.get("segments") or []) if resume_step else []
-    if resume_step and not segments and previous.get("device"):  # a record from before segments were kept
-        segments = [{"from": 0, "device": previous["device"], "precision": previous.get("precision")}]
-    if len(segments) > 1 and segments[-1]["from"] == resume_step:  # that part trained nothing that was kept
+    if resume_step and not segments and previous.get("device"):  # a record older than segments
+        segments = [{"from": 0, "device": previous["device"],
+                     "precision": previous.get("precision")}]
+    if len(segments) > 1 and segments[-1]["from"] == resume_step:  # it trained nothing kept
         segments.pop()
     if not segments or (segments[-1]["device"], segments[-1]["precision"]) != (device, precision):
         segments.append({"from": resume_step, "device": device, "precision": precision})
     return segments
 
 
-CARRIED = ("final_test_error", "best_test_error", "best_test_iteration", "final_val_error", "best_val_error",
-           "best_val_iteration", "final_train_error", "final_train_loss")
+CARRIED = ("final_test_error", "best_test_error", "best_test_iteration", "final_val_error",
+           "best_val_error", "best_val_iteration", "final_train_error", "final_train_loss")
 
 
 def start_result(run_dir: Path, cfg: dict, chash: str, resume_step: int, run: dict) -> dict:
-    """result.json of a run that starts (or resumes at resume_step), written; `run` adds what the wiring knows
-    (params, device, accelerator, precision, cuda_graph, classes, train_images, warmup)."""
+    """result.json of a run starting (or resuming at resume_step), written; `run` adds to it."""
     previous = read_json(run_dir / "result.json") if (run_dir / "result.json").exists() else {}
     m = cfg["model"]
     result = {
         "status": "running", "run_dir": str(run_dir), "config_hash": chash, "config": cfg,
-        "dataset": cfg["data"]["name"], "depth": m["depth"], "block": m["block"], "shortcut": m["shortcut"],
-        "seed": cfg["seed"], "max_steps": cfg["trainer"]["max_steps"], "steps": resume_step,
-        "started": previous.get("started") or now(), "resumed_from": resume_step or None, "diverged_at": None,
+        "dataset": cfg["data"]["name"], "depth": m["depth"], "block": m["block"],
+        "shortcut": m["shortcut"], "seed": cfg["seed"], "max_steps": cfg["trainer"]["max_steps"],
+        "steps": resume_step, "started": previous.get("started") or now(),
+        "resumed_from": resume_step or None, "diverged_at": None,
         "error": None, "versions": versions(), **run,
         "segments": where_trained(previous, resume_step, run["device"], run["precision"]),
     }
@@ -214,27 +266,24 @@ def versions() -> dict:
     import pytorch_lightning as pl
     import torch
 
-    return {"resdepth": code_version(), "python": platform.python_version(), "torch": torch.__version__,
-            "pytorch_lightning": pl.__version__, "cuda": torch.version.cuda, "host": socket.gethostname(),
+    return {"resdepth": code_version(), "python": platform.python_version(),
+            "torch": torch.__version__, "pytorch_lightning": pl.__version__,
+            "cuda": torch.version.cuda, "host": socket.gethostname(),
             "platform": platform.platform()}
 
 
 def code_version() -> str:
-    """Which code trains a run: '0.1.0 (git 1a2b3c4d5e)', with ' + local changes' where resdepth/ or conf/ differ
-    from that commit; the package version alone outside a git checkout."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        out = version("resdepth")
-    except PackageNotFoundError:
-        out = "unknown"
+    """'0.1.0 (git 1a2b3c4d5e[ + local changes to resdepth/ or conf/])'; without git, '0.1.0'."""
+    from . import __version__ as out
     git = ["git", "-C", str(REPO_ROOT)]
     try:
-        head = subprocess.run([*git, "rev-parse", "--short=10", "HEAD"], capture_output=True, text=True, timeout=10)
-        changes = subprocess.run([*git, "status", "--porcelain", "--untracked-files=no", "--", "resdepth", "conf"],
-                                 capture_output=True, text=True, timeout=10)
+        head = subprocess.run([*git, "rev-parse", "--short=10", "HEAD"], capture_output=True,
+                              text=True, timeout=10)
+        changes = subprocess.run([*git, "status", "--porcelain", "--untracked-files=no", "--",
+                                  "resdepth", "conf"], capture_output=True, text=True, timeout=10)
     except (OSError, subprocess.SubprocessError):  # no git here
         return out
-    if head.returncode or changes.returncode:  # not a git checkout (an installed copy, a bare working tree)
+    if head.returncode or changes.returncode:  # not a git checkout (an installed copy)
         return out
-    return f"{out} (git {head.stdout.strip()}{' + local changes' if changes.stdout.strip() else ''})"
+    local = " + local changes" if changes.stdout.strip() else ""
+    return f"{out} (git {head.stdout.strip()}{local})"

@@ -1,8 +1,4 @@
-"""Tables as text, one writer for all of them (the results table, Table 6): Markdown, CSV, columns aligned for a
-terminal, and the cells they share (errors in %, durations).
-
-Imports nothing of resdepth: every room may use it.
-"""
+"""Tables as Markdown, CSV or aligned text, and the cells they share: errors in %, durations."""
 
 from __future__ import annotations
 
@@ -28,7 +24,7 @@ def csv_text(head: list[str], body: list[list]) -> str:
 
 
 def aligned(head: list[str], body: list[list[str]], right: range | set) -> str:
-    """Columns padded to their widest cell (those in `right` right-aligned), with a dashed line under the head."""
+    """Columns padded to their widest cell (`right`: right-aligned), dashes under the head."""
     widths = [max(len(x) for x in col) for col in zip(head, *body)]
 
     def line(cells: list[str]) -> str:
@@ -38,9 +34,10 @@ def aligned(head: list[str], body: list[list[str]], right: range | set) -> str:
     return "\n".join([line(head), line(["-" * w for w in widths]), *map(line, body)])
 
 
-def error_cell(mean: float, std: float, n: int, *, counts: bool = False, best: float = math.nan) -> str:
-    """Errors given in % as a cell with 2 decimals: '8.00 ± 1.00' (mean ± sample std; one value: '8.00'), '-' for
-    none. With counts: '8.00 ± 1.00 (n=3)', '8.00 (n=1)', and the lowest when given: '(n=3; best 7.00)'."""
+def error_cell(mean: float, std: float, n: int, *, counts: bool = False,
+               best: float = math.nan) -> str:
+    """Errors in % as '8.00 ± 1.00' (mean ± sample std), '8.00' (n=1), '-' (none); with counts:
+    '8.00 ± 1.00 (n=3)', '8.00 (n=1)', and the lowest when given: '(n=3; best 7.00)'."""
     if n == 0 or math.isnan(mean):
         return "-"
     if n == 1:

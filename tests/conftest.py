@@ -19,8 +19,8 @@ def compose(overrides=()):
 def run_cli(*args, cwd=None, timeout=600, env=None):
     """`resdepth ARGS` in a real subprocess; returns CompletedProcess with text stdout/stderr."""
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
-    return subprocess.run([sys.executable, "-m", "resdepth.cli", *args], cwd=cwd or REPO, capture_output=True,
-                          text=True, timeout=timeout, env=full_env)
+    return subprocess.run([sys.executable, "-m", "resdepth.cli", *args], cwd=cwd or REPO,
+                          capture_output=True, text=True, timeout=timeout, env=full_env)
 
 
 @pytest.fixture

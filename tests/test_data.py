@@ -18,11 +18,12 @@ from torchvision import transforms as T
 from torchvision.datasets import CIFAR10, FashionMNIST
 
 import resdepth.data as rdata
-from resdepth.data import DataModule, DatasetError, Split, TrainBatches, crop_flip, random_crop_flip_params
+from resdepth.data import (DataModule, DatasetError, Split, TrainBatches, crop_flip,
+                           random_crop_flip_params)
 
 from .conftest import REPO, SHARED_JPEG, compose
 
-# ------------------------------------------------------------------------------------------------ the registry
+# ------------------------------------------------------------------------------------- the registry
 
 
 def _stripes(cfg) -> tuple[Split, Split, list[str]]:
@@ -34,7 +35,8 @@ def _stripes(cfg) -> tuple[Split, Split, list[str]]:
 
 
 def test_a_registered_dataset_loads_through_the_datamodule(monkeypatch):
-    monkeypatch.setattr(rdata.datasets, "DATASETS", dict(rdata.DATASETS))  # the registration ends with this test
+    # the registration ends with this test
+    monkeypatch.setattr(rdata.datasets, "DATASETS", dict(rdata.DATASETS))
     rdata.register_dataset("stripes", _stripes)
     assert rdata.check_kind("stripes") == "stripes"
     cfg = compose(["data=synthetic", "data.kind=stripes", "data.name=stripes"])["data"]
@@ -49,7 +51,8 @@ def test_an_unknown_kind_is_named_with_the_registered_kinds():
     with pytest.raises(ValueError) as e:
         rdata.check_kind("imagenet")
     msg = str(e.value)
-    assert "'imagenet'" in msg and msg.endswith("registered: cifar10, cifar100, fashion_mnist, image_folder, synthetic")
+    assert "'imagenet'" in msg and msg.endswith(
+        "registered: cifar10, cifar100, fashion_mnist, image_folder, synthetic")
     cfg = {**compose(["data=synthetic"])["data"], "kind": "imagenet"}
     with pytest.raises(DatasetError) as e:
         DataModule(cfg, batch_size=8, seed=0).load()
@@ -59,11 +62,13 @@ def test_an_unknown_kind_is_named_with_the_registered_kinds():
 def test_a_dataset_of_one_class_is_refused(monkeypatch):
     monkeypatch.setattr(rdata.datasets, "DATASETS", dict(rdata.DATASETS))
     rdata.register_dataset("one", lambda cfg: (*_stripes(cfg)[:2], ["only"]))
-    with pytest.raises(DatasetError, match=r"data.kind='one' gave 1 class\(es\) \['only'\]; .* at least 2"):
-        DataModule({**compose(["data=synthetic"])["data"], "kind": "one"}, batch_size=8, seed=0).load()
+    with pytest.raises(DatasetError,
+                       match=r"data.kind='one' gave 1 class\(es\) \['only'\]; .* at least 2"):
+        DataModule({**compose(["data=synthetic"])["data"], "kind": "one"}, batch_size=8,
+                   seed=0).load()
 
 
-# ------------------------------------------------------------------ cifar10 through torchvision's real code path
+# ----------------------------------------------------- cifar10 through torchvision's real code path
 
 
 def _md5(path: Path) -> str:
@@ -83,19 +88,23 @@ def write_cifar10(root: Path, per_batch: int = 20, n_test: int = 10) -> dict:
         data[:, 1024] = 200  # first green pixel (planes: R, then G, then B)
         labels = [int(x) for x in rng.integers(0, 10, n)]
         with open(base / name, "wb") as f:
-            pickle.dump({"batch_label": name, "labels": labels, "data": data, "filenames": [""] * n}, f)
+            pickle.dump({"batch_label": name, "labels": labels, "data": data,
+                         "filenames": [""] * n}, f)
     with open(base / "batches.meta", "wb") as f:
-        pickle.dump({"label_names": ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse",
-                                     "ship", "truck"], "num_vis": 3072, "num_cases_per_batch": per_batch}, f)
+        pickle.dump({"label_names": ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog",
+                                     "horse", "ship", "truck"],
+                     "num_vis": 3072, "num_cases_per_batch": per_batch}, f)
     return {p.name: _md5(p) for p in base.iterdir()}
 
 
 @pytest.fixture
 def cifar_md5s(monkeypatch):
-    """Make torchvision expect the md5s of the test's own files (only the expected values change; the check runs)."""
+    """Make torchvision expect the md5s of the test's own files (only the expected values change;
+    the check runs)."""
 
     def install(md5s: dict):
-        monkeypatch.setattr(CIFAR10, "train_list", [[f"data_batch_{i}", md5s[f"data_batch_{i}"]] for i in range(1, 6)])
+        monkeypatch.setattr(CIFAR10, "train_list", [[f"data_batch_{i}", md5s[f"data_batch_{i}"]]
+                                                    for i in range(1, 6)])
         monkeypatch.setattr(CIFAR10, "test_list", [["test_batch", md5s["test_batch"]]])
         monkeypatch.setattr(CIFAR10, "meta", {**CIFAR10.meta, "md5": md5s["batches.meta"]})
 
@@ -114,7 +123,8 @@ def test_cifar10_loads_through_torchvision(tmp_path, cifar_md5s):
     assert dm.train.images.shape == (100, 3, 32, 32) and dm.train.images.dtype == torch.uint8
     assert dm.eval_splits["test"].images.shape == (10, 3, 32, 32)
     assert dm.num_classes == 10 and dm.in_channels == 3
-    assert sorted(dm.train.images[:, 0, 0, 0].unique().tolist()) == [0, 1, 2, 3, 4]  # all five training files
+    # all five training files
+    assert sorted(dm.train.images[:, 0, 0, 0].unique().tolist()) == [0, 1, 2, 3, 4]
     assert (dm.train.images[:, 1, 0, 0] == 200).all()  # row layout: R plane, then G plane
     assert (dm.eval_splits["test"].images[:, 0, 0, 0] == 5).all()
 
@@ -125,7 +135,8 @@ def test_cifar10_missing_file_names_it_and_the_fix(tmp_path, cifar_md5s):
     with pytest.raises(DatasetError) as e:
         DataModule(cifar_cfg(tmp_path), batch_size=8, seed=0).load()
     msg = str(e.value)
-    assert "data_batch_3 is missing" in msg and "cifar-10-python.tar.gz" in msg and str(tmp_path) in msg
+    assert ("data_batch_3 is missing" in msg and "cifar-10-python.tar.gz" in msg
+            and str(tmp_path) in msg)
     assert "cifar10_jpeg" in msg and "\n" not in msg
 
 
@@ -152,12 +163,12 @@ def test_cifar10_archive_placed_by_hand_is_used_offline(tmp_path, cifar_md5s, mo
     assert len(dm.train) == 100
 
 
-# ---------------------------------------------------------------- fashion_mnist through torchvision's real code path
+# ----------------------------------------------- fashion_mnist through torchvision's real code path
 
 
 def write_fashion_mnist(raw: Path, n_train: int = 40, n_test: int = 10, gz: bool = False) -> dict:
-    """Tiny files in the exact idx format torchvision reads (big-endian header, then uint8 rows); with gz, the
-    four .gz files as they are downloaded. Returns {file name: md5}."""
+    """Tiny files in the exact idx format torchvision reads (big-endian header, then uint8 rows);
+    with gz, the four .gz files as they are downloaded. Returns {file name: md5}."""
     raw.mkdir(parents=True)
     rng = np.random.default_rng(0)
     for prefix, n in (("train", n_train), ("t10k", n_test)):
@@ -179,7 +190,8 @@ def test_fashion_mnist_loads_through_torchvision_with_one_channel(tmp_path):
     cfg = compose(["data=fashion_mnist", f"data.root={tmp_path}", "data.download=false"])["data"]
     dm = DataModule(cfg, batch_size=8, seed=0).load()
     assert dm.train.images.shape == (40, 1, 28, 28) and dm.train.images.dtype == torch.uint8
-    assert (dm.train.images[:, 0, 0, 0] == 7).all() and (dm.eval_splits["test"].images[:, 0, 0, 0] == 9).all()
+    assert ((dm.train.images[:, 0, 0, 0] == 7).all()
+            and (dm.eval_splits["test"].images[:, 0, 0, 0] == 9).all())
     assert dm.in_channels == 1 and dm.num_classes == 10 and dm.classes[0] == "T-shirt/top"
     assert dm.train.labels.tolist() == [i % 10 for i in range(40)]
 
@@ -188,31 +200,37 @@ def test_a_net_trains_on_fashion_mnist(tmp_path):
     from resdepth.training.train import train
 
     write_fashion_mnist(tmp_path / "FashionMNIST" / "raw")
-    result = train(compose(["data=fashion_mnist", f"data.root={tmp_path}", "data.download=false", "model.depth=8",
-                            "trainer.max_steps=4", "trainer.eval_every=2", "optim.batch_size=8",
-                            f"results_root={tmp_path / 'runs'}"]))
-    assert result["status"] == "done" and result["steps"] == 4 and result["dataset"] == "fashion_mnist"
-    assert result["params"] == 75_290 - (3 - 1) * 16 * 9  # ResNet-8: its 3x3 stem conv sees 1 channel, not 3
+    result = train(compose(["data=fashion_mnist", f"data.root={tmp_path}", "data.download=false",
+                            "model.depth=8", "trainer.max_steps=4", "trainer.eval_every=2",
+                            "optim.batch_size=8", f"results_root={tmp_path / 'runs'}"]))
+    assert (result["status"] == "done" and result["steps"] == 4
+            and result["dataset"] == "fashion_mnist")
+    # ResNet-8: its 3x3 stem conv sees 1 channel, not 3
+    assert result["params"] == 75_290 - (3 - 1) * 16 * 9
 
 
 def test_fashion_mnist_placed_by_hand_is_md5_checked_offline(tmp_path, monkeypatch):
     md5s = write_fashion_mnist(tmp_path / "FashionMNIST" / "raw", gz=True)
-    monkeypatch.setattr(FashionMNIST, "mirrors", ["http://0.0.0.0:9/unreachable/"])  # must not be needed
-    monkeypatch.setattr(FashionMNIST, "resources", [(n, md5s[n]) for n, _ in FashionMNIST.resources])
+    # must not be needed
+    monkeypatch.setattr(FashionMNIST, "mirrors", ["http://0.0.0.0:9/unreachable/"])
+    monkeypatch.setattr(FashionMNIST, "resources",
+                        [(n, md5s[n]) for n, _ in FashionMNIST.resources])
     cfg = compose(["data=fashion_mnist", f"data.root={tmp_path}"])["data"]
     assert len(DataModule(cfg, batch_size=8, seed=0).load().train) == 40
-    (tmp_path / "FashionMNIST" / "raw" / "t10k-labels-idx1-ubyte").unlink()  # unpacked again from its .gz
+    # unpacked again from its .gz
+    (tmp_path / "FashionMNIST" / "raw" / "t10k-labels-idx1-ubyte").unlink()
     with open(tmp_path / "FashionMNIST" / "raw" / "t10k-labels-idx1-ubyte.gz", "r+b") as f:
         f.seek(20)
         f.write(b"garbage")
     with pytest.raises(DatasetError) as e:
         DataModule(cfg, batch_size=8, seed=0).load()
     msg = str(e.value)
-    assert msg.startswith(f"FashionMNIST not usable in {tmp_path / 'FashionMNIST' / 'raw'}: ") and "\n" not in msg
+    assert (msg.startswith(f"FashionMNIST not usable in {tmp_path / 'FashionMNIST' / 'raw'}: ")
+            and "\n" not in msg)
     assert "put train-images-idx3-ubyte.gz, train-labels-idx1-ubyte.gz" in msg
 
 
-# ------------------------------------------------------------------------------------------ image folders
+# ------------------------------------------------------------------------------------ image folders
 
 
 def test_cifar10_jpeg_archive_loads_and_its_cache_is_reused(tmp_cache, monkeypatch):
@@ -223,9 +241,11 @@ def test_cifar10_jpeg_archive_loads_and_its_cache_is_reused(tmp_cache, monkeypat
     train, test = dm.train, dm.eval_splits["test"]
     assert train.images.shape == (50_000, 3, 32, 32) and test.images.shape == (10_000, 3, 32, 32)
     assert dm.classes[:3] == ["airplane", "automobile", "bird"] and dm.num_classes == 10
-    assert train.labels.bincount().tolist() == [5000] * 10 and test.labels.bincount().tolist() == [1000] * 10
+    assert (train.labels.bincount().tolist() == [5000] * 10
+            and test.labels.bincount().tolist() == [1000] * 10)
     means = train.images.double().mean((0, 2, 3)) / 255
-    assert means.tolist() == pytest.approx([0.4913, 0.4821, 0.4465], abs=2e-3)  # CIFAR-10's, as the README says
+    # CIFAR-10's, as the README says
+    assert means.tolist() == pytest.approx([0.4913, 0.4821, 0.4465], abs=2e-3)
     assert len(list(tmp_cache.rglob("*.pt"))) == 1
 
     def no_decoding(*a, **k):
@@ -233,7 +253,20 @@ def test_cifar10_jpeg_archive_loads_and_its_cache_is_reused(tmp_cache, monkeypat
 
     monkeypatch.setattr(rdata.image_folder, "_decode", no_decoding)
     again = DataModule(cfg, batch_size=128, seed=0).load()
-    assert torch.equal(again.train.images, train.images) and torch.equal(again.train.labels, train.labels)
+    assert (torch.equal(again.train.images, train.images)
+            and torch.equal(again.train.labels, train.labels))
+
+
+def test_a_pickle_payload_as_the_dataset_cache_is_ignored_and_never_runs(tmp_path, tmp_cache):
+    from .test_rundir import plant
+
+    root, marker = _folder(tmp_path / "imgs"), tmp_path / "ran"
+    first = rdata.load_image_folder(str(root), str(tmp_cache))
+    cache, = tmp_cache.rglob("*.pt")
+    plant(cache, marker)
+    with pytest.warns(UserWarning, match="ignoring unreadable cache .* holds objects other than"):
+        again = rdata.load_image_folder(str(root), str(tmp_cache))
+    assert torch.equal(again[0].images, first[0].images) and not marker.exists()
 
 
 def _png(colour) -> bytes:
@@ -275,7 +308,8 @@ def test_hostile_archive_never_writes_outside_and_never_crashes(tmp_path, tmp_ca
     assert classes == ["cat", "dog"] and len(train) == 2 and len(test) == 2
     assert train.images[train.labels == 0][0, :, 0, 0].tolist() == [255, 0, 0]
     assert any("broken.png" in str(w.message) for w in caught)
-    new = {p for p in set(tmp_path.rglob("*")) - before if tmp_cache not in p.parents and p != tmp_cache}
+    new = {p for p in set(tmp_path.rglob("*")) - before
+           if tmp_cache not in p.parents and p != tmp_cache}
     assert new == set(), f"written outside the cache: {new}"
     assert not Path("/abs").exists() and not (tmp_path / "evil").exists()
 
@@ -322,7 +356,8 @@ def _folder(root: Path, classes=("a", "b")) -> Path:
 
 
 def _later(path: Path, data: bytes) -> None:
-    """Write data to path with an mtime 1 s after the old one, whatever the file system's clock resolution."""
+    """Write data to path with an mtime 1 s after the old one, whatever the file system's clock
+    resolution."""
     old = path.stat().st_mtime_ns
     path.write_bytes(data)
     os.utime(path, ns=(old + 10**9, old + 10**9))
@@ -347,7 +382,8 @@ def test_an_image_edited_in_place_is_decoded_again(tmp_path, tmp_cache):
     assert path.stat().st_size == size  # same size, other pixels, a later mtime
     train, _, _ = rdata.load_image_folder(str(root), str(tmp_cache))
     assert train.images[0, :, 0, 0].tolist() == [200, 100, 50]
-    assert len(list(tmp_cache.rglob("*.pt"))) == 2  # the stale cache was replaced; the other folder's stays
+    # the stale cache was replaced; the other folder's stays
+    assert len(list(tmp_cache.rglob("*.pt"))) == 2
 
 
 def test_a_class_folder_added_appears(tmp_path, tmp_cache):
@@ -381,12 +417,14 @@ def test_a_one_class_image_folder_is_refused_when_loaded(tmp_path, tmp_cache):
     with pytest.raises(DatasetError) as e:
         DataModule(cfg, batch_size=1, seed=0).load()
     msg = str(e.value)
-    assert str(root) in msg and "1 class in train/ (cat)" in msg and "at least 2" in msg and "\n" not in msg
+    assert (str(root) in msg and "1 class in train/ (cat)" in msg and "at least 2" in msg
+            and "\n" not in msg)
     assert not list(tmp_cache.rglob("*.pt"))
 
 
 class _Zeros(io.RawIOBase):
-    """n zero bytes, handed out piece by piece: a tar member far larger than what is ever held in memory."""
+    """n zero bytes, handed out piece by piece: a tar member far larger than what is ever held in
+    memory."""
 
     def __init__(self, n: int) -> None:
         self.left = n
@@ -407,7 +445,8 @@ from pathlib import Path
 import PIL.Image, torchvision.io
 from resdepth.data import load_image_folder
 
-def peak_mib():  # this process's peak resident memory (ru_maxrss would count the parent's, from before exec)
+# this process's peak resident memory (ru_maxrss would count the parent's, from before exec)
+def peak_mib():
     status = Path("/proc/self/status")
     found = re.search(r"VmHWM:\\s*(\\d+) kB", status.read_text()) if status.exists() else None
     return int(found.group(1)) / 1024 if found else None
@@ -438,7 +477,8 @@ def test_a_1_gib_member_or_file_is_skipped_unread(tmp_path):
     folder = _folder(tmp_path / "imgs")
     with open(folder / "train" / "a" / "huge.bmp", "wb") as f:
         f.truncate(2**30)  # 1 GiB of zeros that take no disk space (a sparse file)
-    run = subprocess.run([sys.executable, "-c", _LOAD_AND_MEASURE, str(archive), str(folder), str(tmp_path / "c")],
+    run = subprocess.run([sys.executable, "-c", _LOAD_AND_MEASURE, str(archive), str(folder),
+                          str(tmp_path / "c")],
                          capture_output=True, text=True, timeout=600, cwd=REPO)
     assert run.returncode == 0, run.stderr
     out = json.loads(run.stdout.splitlines()[-1])
@@ -450,9 +490,11 @@ def test_a_1_gib_member_or_file_is_skipped_unread(tmp_path):
 
 
 def test_an_image_that_decodes_too_large_is_skipped_undecoded(tmp_path, tmp_cache, monkeypatch):
-    monkeypatch.setattr(rdata.image_folder, "MAX_IMAGE_BYTES", 3 * 40 * 40)  # a 32x32 image passes, a 64x64 one does not
+    # a 32x32 image passes, a 64x64 one does not
+    monkeypatch.setattr(rdata.image_folder, "MAX_IMAGE_BYTES", 3 * 40 * 40)
     root = _folder(tmp_path / "imgs")
-    (root / "train" / "a" / "big.png").write_bytes(_image((1, 1, 1), size=64, fmt="PNG"))  # 200 bytes on disk
+    # 200 bytes on disk
+    (root / "train" / "a" / "big.png").write_bytes(_image((1, 1, 1), size=64, fmt="PNG"))
     assert (root / "train" / "a" / "big.png").stat().st_size < rdata.image_folder.MAX_IMAGE_BYTES
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -461,13 +503,15 @@ def test_an_image_that_decodes_too_large_is_skipped_undecoded(tmp_path, tmp_cach
 
 
 def test_more_decoded_images_than_the_limit_is_an_error_naming_it(tmp_path, tmp_cache, monkeypatch):
-    monkeypatch.setattr(rdata.image_folder, "MAX_DATASET_BYTES", 3 * 3 * 32 * 32)  # three of the four 32x32 RGB images
+    # three of the four 32x32 RGB images
+    monkeypatch.setattr(rdata.image_folder, "MAX_DATASET_BYTES", 3 * 3 * 32 * 32)
     root = _folder(tmp_path / "imgs")
-    with pytest.raises(DatasetError, match=r"more than 9,216 bytes .* of decoded images.*MAX_DATASET_BYTES"):
+    with pytest.raises(DatasetError,
+                       match=r"more than 9,216 bytes .* of decoded images.*MAX_DATASET_BYTES"):
         rdata.load_image_folder(str(root), str(tmp_cache))
 
 
-# ------------------------------------------------------------------------------------------- augmentation
+# ------------------------------------------------------------------------------------- augmentation
 
 
 def test_crop_flip_equals_pad_slice_and_mirror():
@@ -483,9 +527,12 @@ def test_crop_flip_equals_pad_slice_and_mirror():
 
 @pytest.mark.parametrize("pad", [2, 0])
 def test_crop_padding_comes_from_the_config(pad):
-    dm = DataModule(compose(["data=synthetic", f"data.pad={pad}"])["data"], batch_size=2048, seed=0).load()
-    images, _, dy, dx, flip = next(iter(dm.train_dataloader()))  # one batch: the whole epoch
-    assert torch.cat([dy, dx]).unique().tolist() == list(range(2 * pad + 1))  # every position, no other
+    dm = DataModule(compose(["data=synthetic", f"data.pad={pad}"])["data"], batch_size=2048,
+                    seed=0).load()
+    # one batch: the whole epoch
+    images, _, dy, dx, flip = next(iter(dm.train_dataloader()))
+    # every position, no other
+    assert torch.cat([dy, dx]).unique().tolist() == list(range(2 * pad + 1))
     out = dm.on_after_batch_transfer((images, None, dy, dx, flip), 0)[0]
     padded = F.pad(dm.normalize(images), (pad, pad, pad, pad))
     for i in range(0, 2048, 97):
@@ -497,20 +544,23 @@ def test_the_default_padding_is_the_papers_4_pixels():
     dm = DataModule(compose(["data=synthetic"])["data"], batch_size=2048, seed=0).load()
     images, _, dy, dx, flip = next(iter(dm.train_dataloader()))
     assert dm.pad == 4 and torch.cat([dy, dx]).unique().tolist() == list(range(9))
-    assert torch.equal(dm.augment(images, dy, dx, flip), crop_flip(dm.normalize(images), dy, dx, flip))
+    assert torch.equal(dm.augment(images, dy, dx, flip),
+                       crop_flip(dm.normalize(images), dy, dx, flip))
 
 
 def test_each_image_gets_its_own_crop_and_flip_uniformly():
     g = torch.Generator().manual_seed(2)
     dy, dx, flip = random_crop_flip_params(81_000, g, "cpu")
     counts = torch.bincount(dy * 9 + dx, minlength=81).double()
-    assert counts.numel() == 81 and (counts - 1000).abs().max() < 150  # uniform over the 9x9 positions
+    # uniform over the 9x9 positions
+    assert counts.numel() == 81 and (counts - 1000).abs().max() < 150
     assert abs(flip.double().mean().item() - 0.5) < 0.01
     assert dy[:128].unique().numel() == 9 and flip[:128].any() and not flip[:128].all()
 
 
 def _decode_params(out: torch.Tensor) -> tuple[int, int, bool]:
-    """Recover (dy, dx, flip) from a crop of the code image (pixel (r, c) = 1 + r * 32 + c, zero padding)."""
+    """Recover (dy, dx, flip) from a crop of the code image (pixel (r, c) = 1 + r * 32 + c, zero
+    padding)."""
     v = out[0]
     r, c = (v > 0).nonzero()[0].tolist()
     code = int(v[r, c].item()) - 1
@@ -531,7 +581,8 @@ def test_same_augmentation_statistics_as_torchvision_transforms():
     dy, dx, flip = random_crop_flip_params(n, g, "cpu")
     ours_out = crop_flip(code.expand(n, -1, -1, -1), dy, dx, flip)
     ours = [_decode_params(o) for o in ours_out[:n]]
-    assert ours[:50] == list(zip(dy[:50].tolist(), dx[:50].tolist(), flip[:50].tolist()))  # decoder is right
+    # decoder is right
+    assert ours[:50] == list(zip(dy[:50].tolist(), dx[:50].tolist(), flip[:50].tolist()))
     for i in (0, 1, 2):
         a = np.bincount([p[i] for p in ref], minlength=9) / n
         b = np.bincount([p[i] for p in ours], minlength=9) / n
@@ -545,7 +596,8 @@ def test_same_augmentation_statistics_as_torchvision_transforms():
 @pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
     not torch.cuda.is_available(), reason="no CUDA GPU on this machine"))])
 def test_augmentation_runs_on_the_batch_device(device):
-    dm = DataModule(compose(["data=synthetic"])["data"], batch_size=32, seed=0).load().to(torch.device(device))
+    dm = DataModule(compose(["data=synthetic"])["data"], batch_size=32,
+                    seed=0).load().to(torch.device(device))
     batch = next(iter(dm.train_dataloader()))
     x, y = dm.on_after_batch_transfer(batch, 0)
     assert x.device.type == device and x.dtype == torch.float32 and x.shape == (32, 3, 32, 32)
@@ -559,7 +611,8 @@ def test_train_batches_are_a_pure_function_of_seed_and_iteration():
     resumed = next(iter(TrainBatches(dm.train, 100, seed=7, start=33)))
     assert all(torch.equal(a, b) for a, b in zip(first[33], resumed))
     epoch0 = torch.cat([b[0] for b in first[:20]])
-    assert epoch0.shape[0] == 2000  # each image at most once per epoch (last incomplete batch dropped)
+    # each image at most once per epoch (last incomplete batch dropped)
+    assert epoch0.shape[0] == 2000
     other_seed = next(iter(TrainBatches(dm.train, 100, seed=8)))
     assert not torch.equal(other_seed[1], first[0][1])
 
@@ -567,14 +620,17 @@ def test_train_batches_are_a_pure_function_of_seed_and_iteration():
 def test_validation_split_and_training_mean():
     cfg = compose(["data=synthetic", "data.val_size=100", "data.test_subset=64"])["data"]
     dm = DataModule(cfg, batch_size=32, seed=0).load()
-    assert len(dm.train) == 1948 and len(dm.eval_splits["val"]) == 100 and len(dm.eval_splits["test"]) == 64
+    assert (len(dm.train) == 1948 and len(dm.eval_splits["val"]) == 100
+            and len(dm.eval_splits["test"]) == 64)
     assert torch.allclose(dm.mean, dm.train.images.double().mean(0).div(255).float())
     x = dm.normalize(dm.train.images)
     assert x.mean(0).abs().max() < 1e-5  # per-pixel mean subtracted
-    other_seed = DataModule(cfg, batch_size=32, seed=5).load()  # the split does not depend on the run's seed
+    # the split does not depend on the run's seed
+    other_seed = DataModule(cfg, batch_size=32, seed=5).load()
     assert torch.equal(other_seed.eval_splits["val"].images, dm.eval_splits["val"].images)
 
 
 def test_bad_split_sizes(tmp_path):
     with pytest.raises(DatasetError, match="data.val_size=5000"):
-        DataModule(compose(["data=synthetic", "data.val_size=5000"])["data"], batch_size=32, seed=0).load()
+        DataModule(compose(["data=synthetic", "data.val_size=5000"])["data"], batch_size=32,
+                   seed=0).load()

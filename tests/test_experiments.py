@@ -1,5 +1,5 @@
-"""What experiments/ commits is a record anyone can read and re-plot: no lock files, no empty logs, no paths of
-the machine that produced it."""
+"""What experiments/ commits is a record anyone can read and re-plot: no lock files, no empty
+logs, no paths of the machine that produced it."""
 
 import re
 import subprocess
@@ -11,7 +11,8 @@ MACHINE_PATH = re.compile(r"(?<![\w.~])/(root|tmp|home|work|Users|private|scratc
 
 def _committed() -> list:
     """The files under experiments/ that git tracks or would add (not ignored)."""
-    out = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard", "experiments"],
+    out = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard",
+                          "experiments"],
                          cwd=REPO, capture_output=True, text=True, check=True).stdout
     return [REPO / line for line in out.splitlines() if (REPO / line).is_file()]
 

@@ -1,5 +1,5 @@
-"""resdepth as users install it: a wheel that carries its configs and runs from any folder, `python -m resdepth`,
-`--version`, and the bash completion of its commands, keys and presets."""
+"""resdepth as users install it: a wheel that carries its configs and runs from any folder,
+`python -m resdepth`, `--version`, and the bash completion of its commands, keys and presets."""
 
 import os
 import shutil
@@ -24,13 +24,16 @@ def test_version_comes_from_the_package_metadata():
 
 
 def test_python_dash_m_resdepth_is_the_command(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "resdepth", "--help"], cwd=tmp_path, capture_output=True, text=True)
-    assert proc.returncode == 0 and "resdepth train" in proc.stdout and "resdepth completion bash" in proc.stdout
+    proc = subprocess.run([sys.executable, "-m", "resdepth", "--help"], cwd=tmp_path,
+                          capture_output=True, text=True)
+    assert (proc.returncode == 0 and "resdepth train" in proc.stdout
+            and "resdepth completion bash" in proc.stdout)
 
 
 def _wheel(tmp_path: Path) -> Path:
-    """Build resdepth's wheel from a copy of the source tree (the repository stays untouched: no build/) and
-    install it, without dependencies (those of the running environment serve), into tmp_path/site."""
+    """Build resdepth's wheel from a copy of the source tree (the repository stays untouched: no
+    build/) and install it, without dependencies (those of the running environment serve), into
+    tmp_path/site."""
     src = tmp_path / "src"
     ignore = shutil.ignore_patterns("__pycache__", "*.egg-info")
     for name in ("resdepth", "conf"):
@@ -38,11 +41,12 @@ def _wheel(tmp_path: Path) -> Path:
     for name in ("pyproject.toml", "README.md"):
         shutil.copy(REPO / name, src / name)
     pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
-    subprocess.run([*pip, "wheel", "--no-deps", "--no-build-isolation", ".", "-w", str(tmp_path / "wheel")],
+    subprocess.run([*pip, "wheel", "--no-deps", "--no-build-isolation", ".", "-w",
+                    str(tmp_path / "wheel")],
                    cwd=src, check=True, capture_output=True, timeout=300)
     wheel, = (tmp_path / "wheel").glob("resdepth-*.whl")
-    subprocess.run([*pip, "install", "--no-deps", "--target", str(tmp_path / "site"), str(wheel)], check=True,
-                   capture_output=True, timeout=300)
+    subprocess.run([*pip, "install", "--no-deps", "--target", str(tmp_path / "site"), str(wheel)],
+                   check=True, capture_output=True, timeout=300)
     return tmp_path / "site"
 
 
@@ -54,23 +58,28 @@ def test_the_installed_wheel_trains_sweeps_and_plots_from_any_folder(tmp_path):
     env.update(PYTHONPATH=str(site), PYTHONUNBUFFERED="1", XDG_CACHE_HOME=str(tmp_path / "cache"))
 
     def resdepth(*args):
-        return subprocess.run([sys.executable, "-m", "resdepth", *args], cwd=work, env=env, capture_output=True,
-                              text=True, timeout=900)
+        return subprocess.run([sys.executable, "-m", "resdepth", *args], cwd=work, env=env,
+                              capture_output=True, text=True, timeout=900)
 
-    probe = subprocess.run([sys.executable, "-c", "import resdepth, resdepth.config as c, resdepth.data as d; "
-                            "print(resdepth.__file__, c.CONF_DIR, d.resolve_path('data'), d.resolve_path("
-                            "c.compose([])[0]['data']['root']), resdepth.__version__, sep='\\n')"],
+    probe = subprocess.run([sys.executable, "-c",
+                            "import resdepth, resdepth.config as c, resdepth.data as d; "
+                            "print(resdepth.__file__, c.CONF_DIR, d.resolve_path('data'), "
+                            "d.resolve_path(c.compose([])[0]['data']['root']), "
+                            "resdepth.__version__, sep='\\n')"],
                            cwd=work, env=env, capture_output=True, text=True, timeout=300)
     assert probe.returncode == 0, probe.stderr
     package, conf, data, default_data, version = probe.stdout.splitlines()
-    assert Path(package).is_relative_to(site) and Path(conf) == site / "resdepth" / "conf", probe.stdout
-    assert data == default_data == "data" and version == "0.1.0"  # datasets go to the cwd's data/, not the install
+    assert (Path(package).is_relative_to(site)
+            and Path(conf) == site / "resdepth" / "conf"), probe.stdout
+    # datasets go to the cwd's data/, not the install
+    assert data == default_data == "data" and version == "0.1.0"
     for args in (["train", *SMOKE, "model.depth=8", f"results_root={root}"],
                  ["sweep", *SMOKE, f"results_root={root}"],
                  ["plot", str(root)]):
         proc = resdepth(*args)
         assert proc.returncode == 0, (args, proc.stderr[-3000:])
-    assert len(list(root.glob("synthetic/*/seed0-*/result.json"))) == 4  # the 2 x 2 grid, residual-8 skipped as trained
+    # the 2 x 2 grid, residual-8 skipped as trained
+    assert len(list(root.glob("synthetic/*/seed0-*/result.json"))) == 4
     assert (root / "figures" / "report.md").is_file()
     assert not list(work.iterdir())  # nothing written where it ran
 
@@ -96,8 +105,10 @@ def test_bash_completion_is_valid_and_completes_commands_keys_and_presets(tmp_pa
         f"{exe} sweep --pl": "--plan",
     }
     query = "\n".join(f'q "{line}"' for line in lines)
-    proc = subprocess.run(["bash", "-c", f'source {script}\nq() {{ COMP_LINE=$1; COMP_POINT=${{#1}}; COMPREPLY=(); '
-                                         f'_resdepth_complete; echo "${{COMPREPLY[*]}}"; }}\n{query}'],
+    proc = subprocess.run(["bash", "-c",
+                           f'source {script}\nq() {{ COMP_LINE=$1; COMP_POINT=${{#1}}; '
+                           f'COMPREPLY=(); _resdepth_complete; echo "${{COMPREPLY[*]}}"; }}\n'
+                           f'{query}'],
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert dict(zip(lines, proc.stdout.splitlines())) == lines

@@ -1,6 +1,6 @@
-"""logger=csv|tensorboard|wandb: each record's row and the resolved config reach the logger under the run directory,
-a resumed run's logger history has no duplicate steps, the choice never changes the run directory; and each run's
-resdepth.log holds what the run printed."""
+"""logger=csv|tensorboard|wandb: each record's row and the resolved config reach the logger under
+the run directory, a resumed run's logger history has no duplicate steps, the choice never changes
+the run directory; and each run's resdepth.log holds what the run printed."""
 
 import csv
 import json
@@ -18,16 +18,19 @@ from .conftest import compose
 
 pytestmark = pytest.mark.slow
 
-METRICS = ("lr", "train_loss", "train_error", "test_error")  # val_error: no validation split in these runs
+# val_error: no validation split in these runs
+METRICS = ("lr", "train_loss", "train_error", "test_error")
 
 
 def _tiny(root, *extra):
-    return compose(["experiment=smoke", f"results_root={root}", "model.depth=8", "data.train_size=256",
-                    "data.test_size=128", "trainer.precision=32-true", *extra])
+    return compose(["experiment=smoke", f"results_root={root}", "model.depth=8",
+                    "data.train_size=256", "data.test_size=128", "trainer.precision=32-true",
+                    *extra])
 
 
 class Stop(RuntimeError):
-    """Stands for an interruption after iteration 35: its checkpoint is at 20, and the record at 30 is logged."""
+    """Stands for an interruption after iteration 35: its checkpoint is at 20, and the record at 30
+    is logged."""
 
 
 def _stop_at_35(self, outputs, batch, batch_idx):
@@ -36,7 +39,8 @@ def _stop_at_35(self, outputs, batch, batch_idx):
 
 
 def _interrupted_then_resumed(cfg, monkeypatch) -> dict:
-    """Train `cfg` (records every 10 iterations, a checkpoint every 20), stopped at iteration 35, then resumed."""
+    """Train `cfg` (records every 10 iterations, a checkpoint every 20), stopped at iteration 35,
+    then resumed."""
     with monkeypatch.context() as m:
         m.setattr(System, "on_train_batch_end", _stop_at_35)
         with pytest.raises(RunFailed, match="stopped at iteration 35"):
@@ -47,7 +51,8 @@ def _interrupted_then_resumed(cfg, monkeypatch) -> dict:
 
 
 def test_the_logger_does_not_change_the_run_directory():
-    dirs = {compose(["experiment=smoke", f"logger={name}"])["run_dir"] for name in ("none", "csv", "tensorboard")}
+    dirs = {compose(["experiment=smoke", f"logger={name}"])["run_dir"]
+            for name in ("none", "csv", "tensorboard")}
     assert dirs == {compose(["experiment=smoke"])["run_dir"]}
 
 
@@ -56,19 +61,22 @@ def _tensorboard_scalars(log_dir) -> dict:
 
     events = EventAccumulator(str(log_dir))
     events.Reload()
-    return {tag: [(e.step, e.value) for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
+    return {tag: [(e.step, e.value) for e in events.Scalars(tag)]
+            for tag in events.Tags()["scalars"]}
 
 
 def _csv_scalars(log_dir) -> dict:
     with open(log_dir / "metrics.csv", newline="") as f:
         rows = list(csv.DictReader(f))
-    return {k: [(int(r["step"]), float(r[k])) for r in rows if r.get(k)] for k in rows[0] if k != "step"}
+    return {k: [(int(r["step"]), float(r[k])) for r in rows if r.get(k)]
+            for k in rows[0] if k != "step"}
 
 
 def _wandb_records(path):
-    """The records of a wandb offline file (.wandb): a 7-byte header, then LevelDB's log format (32 KiB blocks of
-    chunks, each with a 7-byte header: crc, length, type 1 whole / 2 first / 3 middle / 4 last), each record a
-    wandb protobuf Record. wandb's Python package no longer ships a reader (its service, in Go, reads them)."""
+    """The records of a wandb offline file (.wandb): a 7-byte header, then LevelDB's log format
+    (32 KiB blocks of chunks, each with a 7-byte header: crc, length, type 1 whole / 2 first /
+    3 middle / 4 last), each record a wandb protobuf Record. wandb's Python package no longer ships
+    a reader (its service, in Go, reads them)."""
     from wandb.proto import wandb_internal_pb2
 
     raw, block, pos, chunks = path.read_bytes(), 32768, 7, b""
@@ -88,8 +96,9 @@ def _wandb_records(path):
 
 
 def _wandb_scalars(log_dir) -> dict:
-    """Every history row of the run's offline wandb sessions, in order, at Lightning's step (trainer/global_step);
-    the sessions of one run directory share one run id (a resumed run continues its wandb run)."""
+    """Every history row of the run's offline wandb sessions, in order, at Lightning's step
+    (trainer/global_step); the sessions of one run directory share one run id (a resumed run
+    continues its wandb run)."""
     sessions = sorted(log_dir.glob("offline-run-*"))
     assert len({p.name.rsplit("-", 1)[1] for p in sessions}) == 1
     scalars = {}
@@ -105,14 +114,16 @@ def _wandb_scalars(log_dir) -> dict:
 
 
 def _hparams(log_dir) -> dict:
-    """The hyperparameters the logger recorded (the LightningModule's: the resolved config as `cfg`)."""
+    """The hyperparameters the logger recorded (the LightningModule's: the resolved config as
+    `cfg`)."""
     if log_dir.name != "wandb":
         return yaml.safe_load((log_dir / "hparams.yaml").read_text())
     hparams = {}
     for session in sorted(log_dir.glob("offline-run-*")):
         for record in _wandb_records(next(session.glob("*.wandb"))):
             if record.WhichOneof("record_type") == "config":
-                hparams.update({item.key: json.loads(item.value_json) for item in record.config.update})
+                hparams.update({item.key: json.loads(item.value_json)
+                                for item in record.config.update})
     return hparams
 
 
@@ -130,9 +141,11 @@ def _every_record_once(run_dir, kind):
     assert [r["iteration"] for r in rows] == [10, 20, 30, 40]
     scalars = READERS[kind](run_dir / "logs" / kind)
     assert set(scalars) == set(METRICS)  # the record's values and nothing per iteration
-    for key in METRICS:  # every record once (no second 30 from the interrupted part), the values of metrics.csv
+    # every record once (no second 30 from the interrupted part), the values of metrics.csv
+    for key in METRICS:
         assert [step for step, _ in scalars[key]] == [10, 20, 30, 40]
-        assert [value for _, value in scalars[key]] == pytest.approx([r[key] for r in rows], rel=1e-6)
+        assert [value for _, value in scalars[key]] == pytest.approx([r[key] for r in rows],
+                                                                     rel=1e-6)
 
 
 @pytest.mark.parametrize("kind", READERS)
@@ -149,8 +162,10 @@ def test_the_logger_holds_every_record_once_after_a_resume(tmp_path, monkeypatch
 
 
 @pytest.mark.parametrize("kind", ["tensorboard", "wandb"])
-def test_a_logger_turned_on_when_a_run_resumes_gets_the_earlier_records(tmp_path, monkeypatch, kind):
-    """The logger is not part of the run's configuration, so a run can resume with one it did not have."""
+def test_a_logger_turned_on_when_a_run_resumes_gets_the_earlier_records(tmp_path, monkeypatch,
+                                                                         kind):
+    """The logger is not part of the run's configuration, so a run can resume with one it did not
+    have."""
     _needs(kind, monkeypatch)
     first = _tiny(tmp_path, "trainer.checkpoint_every=20")
     with monkeypatch.context() as m:
@@ -176,6 +191,7 @@ def test_the_run_log_holds_what_the_run_printed(tmp_path, capsys):
 
 def test_a_logger_that_cannot_be_made_is_refused_before_anything_is_written(tmp_path):
     cfg = _tiny(tmp_path, "logger=csv", "+logger.bogus=1")
-    with pytest.raises(ValueError, match="logger=csv: TypeError: .*unexpected keyword argument 'bogus'"):
+    with pytest.raises(ValueError,
+                       match="logger=csv: TypeError: .*unexpected keyword argument 'bogus'"):
         train(cfg)
     assert not list(tmp_path.rglob("config.json")) and not list(tmp_path.rglob("result.json"))

@@ -3,8 +3,8 @@ import pickle
 import pytest
 import torch
 
-from resdepth.models import (BLOCKS, PlainBlock, ResponseStd, check_bn_batch, check_depth, cifar_resnet,
-                             count_parameters, net_name, register_block)
+from resdepth.models import (BLOCKS, PlainBlock, ResponseStd, check_bn_batch, check_depth,
+                             cifar_resnet, count_parameters, net_name, register_block)
 
 PAPER_PARAMS = {20: 269_722, 32: 464_154, 44: 658_586, 56: 853_018, 110: 1_727_962}
 
@@ -12,7 +12,8 @@ PAPER_PARAMS = {20: 269_722, 32: 464_154, 44: 658_586, 56: 853_018, 110: 1_727_9
 @pytest.mark.parametrize("depth", sorted(PAPER_PARAMS))
 @pytest.mark.parametrize("block", ["plain", "residual"])
 def test_parameter_counts_match_the_paper_table(depth, block):
-    assert count_parameters(cifar_resnet(depth=depth, block=block, shortcut="A")) == PAPER_PARAMS[depth]
+    assert (count_parameters(cifar_resnet(depth=depth, block=block, shortcut="A"))
+            == PAPER_PARAMS[depth])
 
 
 @pytest.mark.parametrize("depth", [20, 56])
@@ -87,7 +88,8 @@ def test_layer_response_std_over_whole_tensor():
     net = cifar_resnet(depth=20).eval()
     x = torch.randn(8, 3, 32, 32)
     outputs = []
-    hooks = [layer.register_forward_hook(lambda m, i, o: outputs.append(o)) for layer in net.response_layers()]
+    hooks = [layer.register_forward_hook(lambda m, i, o: outputs.append(o))
+             for layer in net.response_layers()]
     with ResponseStd(net) as r:
         net(x[:3])
         net(x[3:])  # accumulated over batches: equals the std over all 8 images
@@ -103,25 +105,30 @@ def test_layer_response_std_over_whole_tensor():
 
 @pytest.mark.parametrize("shortcut", ["A", "B"])
 def test_bn_over_groups_of_64_is_bn_over_each_half(shortcut):
-    """bn_batch=64, a batch of 128 in training: the same outputs and running statistics as the two halves through
-    whole-batch BN one after the other (the paper's two GPUs); evaluation is unchanged."""
+    """bn_batch=64, a batch of 128 in training: the same outputs and running statistics as the two
+    halves through whole-batch BN one after the other (the paper's two GPUs); evaluation is
+    unchanged."""
     torch.manual_seed(0)
-    grouped = cifar_resnet(depth=20, shortcut=shortcut, bn_batch=64).to(memory_format=torch.channels_last)
+    grouped = cifar_resnet(depth=20, shortcut=shortcut,
+                           bn_batch=64).to(memory_format=torch.channels_last)
     whole = cifar_resnet(depth=20, shortcut=shortcut)
     whole.load_state_dict(grouped.state_dict())
     x = torch.randn(128, 3, 32, 32)
     out = grouped.train()(x.contiguous(memory_format=torch.channels_last))
     halves = torch.cat([whole.train()(x[:64]), whole(x[64:])])
     torch.testing.assert_close(out, halves, rtol=1e-4, atol=1e-5)
-    for a, b in zip(grouped.state_dict().values(), whole.state_dict().values()):  # running mean/var, counts
+    # running mean/var, counts
+    for a, b in zip(grouped.state_dict().values(), whole.state_dict().values()):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(grouped.eval()(x), whole.eval()(x))
-    assert not torch.allclose(out, whole.train()(x), atol=1e-3)  # one group of 128 normalises differently
+    # one group of 128 normalises differently
+    assert not torch.allclose(out, whole.train()(x), atol=1e-3)
 
 
 @pytest.mark.parametrize("depth", [20, 110])
 def test_bn_groups_add_no_parameters(depth):
-    assert count_parameters(cifar_resnet(depth=depth, block="plain", bn_batch=64)) == PAPER_PARAMS[depth]
+    assert (count_parameters(cifar_resnet(depth=depth, block="plain", bn_batch=64))
+            == PAPER_PARAMS[depth])
 
 
 def test_bn_batch_that_does_not_divide_the_batch_is_refused():

@@ -1,4 +1,5 @@
-"""resdepth plot: the figures, tables and report of a small real sweep (smoke preset, synthetic data, 5 runs)."""
+"""resdepth plot: the figures, tables and report of a small real sweep (smoke preset, synthetic
+data, 5 runs)."""
 
 import csv
 import io
@@ -10,32 +11,34 @@ import numpy as np
 import pytest
 
 from resdepth.analysis import plots
-from resdepth.analysis.report import (degradation_sentence, sweep_command, sweep_commands, table_csv, table_markdown,
-                             table_rows, write_outputs)
-from resdepth.analysis.results import find_results, read_json, truncate_metrics, write_json
-from resdepth.analysis.runs import Run, group_runs, load_runs, paper_reference
+from resdepth.analysis.report import (degradation_sentence, sweep_command, sweep_commands,
+                                      table6_rows, table_csv, table_markdown, write_outputs)
+from resdepth.analysis.runs import Run, find_results, group_runs, load_runs, paper_reference
+from resdepth.cli import plot_cli
+from resdepth.rundir import read_json, truncate_metrics, write_json
 from resdepth.training.train import train
 
 from .conftest import compose
 
 # (block, depth, seed): plain-14 has two seeds, so its curve is a mean with a band.
-NETS = [("plain", 8, 0), ("plain", 14, 0), ("plain", 14, 1), ("residual", 8, 0), ("residual", 14, 0)]
-OUTPUTS = ["fig6_curves.png", "fig6_curves.pdf", "depth_vs_error.png", "depth_vs_error.pdf", "fig7_responses.png",
-           "fig7_responses.pdf", "table6.md", "table6.csv", "report.md"]
+NETS = [("plain", 8, 0), ("plain", 14, 0), ("plain", 14, 1), ("residual", 8, 0),
+        ("residual", 14, 0)]
+OUTPUTS = ["fig6_curves.png", "fig6_curves.pdf", "depth_vs_error.png", "depth_vs_error.pdf",
+           "fig7_responses.png", "fig7_responses.pdf", "table6.md", "table6.csv", "report.md"]
 
 
 @pytest.fixture(scope="module")
 def sweep(tmp_path_factory):
     root = tmp_path_factory.mktemp("sweep")
     for block, depth, seed in NETS:
-        train(compose(["experiment=smoke", f"results_root={root}", f"model.block={block}", f"model.depth={depth}",
-                       f"seed={seed}", "trainer.progress=false"]))
+        train(compose(["experiment=smoke", f"results_root={root}", f"model.block={block}",
+                       f"model.depth={depth}", f"seed={seed}", "trainer.progress=false"]))
     return root
 
 
 @pytest.fixture(scope="module")
 def plotted(sweep):
-    assert plots.plot_cli([str(sweep)]) == 0
+    assert plot_cli([str(sweep)]) == 0
     return sweep
 
 
@@ -62,7 +65,8 @@ def figures(root: Path):
     return group_runs(load_runs(root))
 
 
-slow = pytest.mark.slow  # these share a module fixture that trains 5 small nets (about 15 s on 2 cores)
+# these share a module fixture that trains 5 small nets (about 15 s on 2 cores)
+slow = pytest.mark.slow
 
 
 @slow
@@ -80,7 +84,7 @@ def test_cli_writes_png_pdf_tables_and_report(plotted):
 @slow
 def test_rerun_gives_identical_bytes(plotted):
     before = {p.name: p.read_bytes() for p in (plotted / "figures").iterdir()}
-    assert plots.plot_cli([str(plotted)]) == 0
+    assert plot_cli([str(plotted)]) == 0
     after = {p.name: p.read_bytes() for p in (plotted / "figures").iterdir()}
     assert before == after
 
@@ -100,7 +104,8 @@ def test_fig6_panels_styles_legend_and_mean_curve(sweep):
         assert bottom == 0 and top <= 100
     assert legend_texts(plain) == ["plain-8", "plain-14 (mean of 2 seeds)"]
     assert legend_texts(residual) == ["ResNet-8", "ResNet-14"]
-    assert len(plain.collections) == 2 and len(residual.collections) == 0  # min-max bands only for 2 seeds
+    # min-max bands only for 2 seeds
+    assert len(plain.collections) == 2 and len(residual.collections) == 0
     colour = lambda ax, label: next(l.get_color() for l in ax.lines if l.get_label() == label)
     assert colour(plain, "plain-14 (mean of 2 seeds)") == colour(residual, "ResNet-14")
     test_line = next(l for l in plain.lines if l.get_label().startswith("plain-14"))
@@ -133,12 +138,14 @@ def test_fig7_one_line_per_net_in_layer_order_and_sorted(sweep):
     assert len(top.lines) == len(bottom.lines) == 4
     assert [t.get_text() for t in fig.legends[0].get_texts()] == [
         "plain-8", "plain-14 (mean of 2 seeds)", "ResNet-8", "ResNet-14"]
-    stds = [read_json(run_dir(sweep, "plain", 14, s) / "responses.json")["layer_std"] for s in (0, 1)]
+    stds = [read_json(run_dir(sweep, "plain", 14, s) / "responses.json")["layer_std"]
+            for s in (0, 1)]
     line = next(l for l in top.lines if l.get_label().startswith("plain-14"))
     assert len(line.get_ydata()) == 13  # 3x3 layers of a depth-14 net
     assert list(line.get_ydata()) == pytest.approx(list(np.mean(stds, axis=0)))
     sorted_line = next(l for l in bottom.lines if l.get_label().startswith("plain-14"))
-    assert list(sorted_line.get_ydata()) == pytest.approx(sorted(np.mean(stds, axis=0), reverse=True))
+    assert list(sorted_line.get_ydata()) == pytest.approx(sorted(np.mean(stds, axis=0),
+                                                                 reverse=True))
 
 
 @slow
@@ -150,8 +157,10 @@ def test_table_numbers_equal_result_json(plotted):
         for block, col in (("residual", "resnet"), ("plain", "plain")):
             test = finals(plotted, block, depth, "final_test_error")
             train_ = finals(plotted, block, depth, "final_train_error")
-            assert float(row[f"{col}_test_error_pct_mean"]) == pytest.approx(statistics.fmean(test), abs=1e-4)
-            assert float(row[f"{col}_train_error_pct_mean"]) == pytest.approx(statistics.fmean(train_), abs=1e-4)
+            assert float(row[f"{col}_test_error_pct_mean"]) == pytest.approx(
+                statistics.fmean(test), abs=1e-4)
+            assert float(row[f"{col}_train_error_pct_mean"]) == pytest.approx(
+                statistics.fmean(train_), abs=1e-4)
             assert int(row[f"{col}_seeds"]) == len(test)
         assert row["paper_reference"] == "false" and row["paper_resnet_test_error_pct"] == ""
         assert row["status"] == "done"
@@ -180,44 +189,49 @@ def test_report_states_command_data_hardware_versions_compute_and_statuses(plott
     assert "| depth |" in report and "Degradation " in report
 
     root = copy_of(plotted, tmp_path / "hydra")
-    (root / "multirun.yaml").write_text("hydra:\n  overrides:\n    task:\n    - experiment=smoke\n    - seed=0,1\n")
+    (root / "multirun.yaml").write_text("hydra:\n  overrides:\n    task:\n    - experiment=smoke\n"
+                                        "    - seed=0,1\n")
     assert sweep_command(root) == "resdepth sweep experiment=smoke seed=0,1"
     write_json(root / "sweep.json", {"command": "resdepth sweep experiment=smoke model.depth=8,14"})
     assert sweep_command(root) == "resdepth sweep experiment=smoke model.depth=8,14"
     assert sweep_commands(root) == ["resdepth sweep experiment=smoke model.depth=8,14"]
     # every sweep into the root is listed, first use first, each once; a torn line is skipped
-    (root / "sweeps.jsonl").write_text('{"command": "resdepth sweep seed=0"}\n{"command": "resdepth sweep seed=1"}\n'
+    (root / "sweeps.jsonl").write_text('{"command": "resdepth sweep seed=0"}\n'
+                                       '{"command": "resdepth sweep seed=1"}\n'
                                        '{"command": "resdepth sweep seed=0"}\n{"comm')
     assert sweep_commands(root) == ["resdepth sweep seed=0", "resdepth sweep seed=1"]
     write_outputs(root)
     report = (root / "figures" / "report.md").read_text()
-    assert "- sweep command 1 of 2: `resdepth sweep seed=0`\n- sweep command 2 of 2: `resdepth sweep seed=1`" in report
+    assert ("- sweep command 1 of 2: `resdepth sweep seed=0`\n"
+            "- sweep command 2 of 2: `resdepth sweep seed=1`" in report)
     assert "resumed on another device" not in report
     # a run resumed on another machine: both are named, and the run is listed
     plain8 = run_dir(root, "plain", 8)
     record = read_json(plain8 / "result.json")
     here = {"device": record["device"], "precision": record["precision"]}
-    write_json(plain8 / "result.json", {**record, "segments": [{"from": 0, "device": "Other GPU", "precision":
-                                                                "bf16-mixed"}, {"from": 20, **here}]})
+    write_json(plain8 / "result.json", {**record, "segments": [
+        {"from": 0, "device": "Other GPU", "precision": "bf16-mixed"}, {"from": 20, **here}]})
     write_outputs(root)
     report = (root / "figures" / "report.md").read_text()
-    assert "Other GPU (bf16-mixed, host " in report and f"{here['device']} ({here['precision']}, host " in report
-    assert (f"- resumed on another device or precision: plain-8 seed 0 (from it 0: Other GPU, bf16-mixed, from it "
-            f"20: {here['device']}, {here['precision']})") in report
+    assert ("Other GPU (bf16-mixed, host " in report
+            and f"{here['device']} ({here['precision']}, host " in report)
+    assert ("- resumed on another device or precision: plain-8 seed 0 (from it 0: Other GPU, "
+            f"bf16-mixed, from it 20: {here['device']}, {here['precision']})") in report
 
 
 @slow
 def test_partial_sweep_shows_running_and_diverged_runs(sweep, tmp_path):
     root = copy_of(sweep, tmp_path / "partial")
     running, diverged = run_dir(root, "plain", 8), run_dir(root, "residual", 14)
-    write_json(running / "result.json", {**read_json(running / "result.json"), "status": "running", "steps": 20})
+    write_json(running / "result.json", {**read_json(running / "result.json"), "status": "running",
+                                         "steps": 20})
     truncate_metrics(running / "metrics.csv", 20)
-    write_json(diverged / "result.json", {**read_json(diverged / "result.json"), "status": "diverged",
-                                          "diverged_at": 30})
+    write_json(diverged / "result.json", {**read_json(diverged / "result.json"),
+                                          "status": "diverged", "diverged_at": 30})
     truncate_metrics(diverged / "metrics.csv", 30)
     for d in (running, diverged):
         (d / "responses.json").unlink()
-    assert plots.plot_cli([str(root)]) == 0
+    assert plot_cli([str(root)]) == 0
 
     groups = figures(root)
     plain, residual = plots.curves_figure(groups).axes
@@ -234,7 +248,8 @@ def test_partial_sweep_shows_running_and_diverged_runs(sweep, tmp_path):
     assert rows[14]["status"] == "ResNet seed 0: diverged at 30" and rows[14]["resnet_seeds"] == "0"
     report = (root / "figures" / "report.md").read_text()
     assert "1 diverged, 3 done, 1 running" in report
-    assert "Left out of Figure 7 (no responses.json): plain-8 (running, it 20); ResNet-14 (diverged at 30)" in report
+    assert ("Left out of Figure 7 (no responses.json): plain-8 (running, it 20); "
+            "ResNet-14 (diverged at 30)" in report)
 
 
 @slow
@@ -246,7 +261,8 @@ def test_protocols_and_datasets_are_never_averaged_together(sweep, tmp_path):
     write_json(other / "result.json", r)
     labels = legend_texts(plots.curves_figure(figures(root)).axes[0])
     assert "plain-14 (40 it)" in labels and "plain-14 (80 it)" in labels
-    r["config"]["trainer"]["max_steps"], r["max_steps"] = 40, 40  # same length, another lr: named by the setting
+    # same length, another lr: named by the setting
+    r["config"]["trainer"]["max_steps"], r["max_steps"] = 40, 40
     r["config"]["optim"]["lr"] = 0.05
     write_json(other / "result.json", r)
     labels = legend_texts(plots.curves_figure(figures(root)).axes[0])
@@ -254,7 +270,7 @@ def test_protocols_and_datasets_are_never_averaged_together(sweep, tmp_path):
 
     moved = run_dir(root, "residual", 8)
     write_json(moved / "result.json", {**read_json(moved / "result.json"), "dataset": "cifar100"})
-    assert plots.plot_cli([str(root)]) == 0
+    assert plot_cli([str(root)]) == 0
     assert sorted(p.name for p in (root / "figures").iterdir()) == ["cifar100", "synthetic"]
     assert sorted(p.name for p in (root / "figures" / "cifar100").iterdir()) == sorted(OUTPUTS)
 
@@ -264,31 +280,33 @@ def test_no_runs_is_an_error_and_creates_nothing(tmp_path, capsys, make):
     root = tmp_path / "runs"
     if make == "empty":
         root.mkdir()
-    assert plots.plot_cli([str(root)]) == 2
+    assert plot_cli([str(root)]) == 2
     err = capsys.readouterr().err
     assert err.startswith(f"resdepth: error: no runs found under {root} (") and err.count("\n") == 1
     assert (sorted(root.iterdir()) == []) if make == "empty" else not root.exists()
 
 
-# ---------------------------------------------------------------- rules on composed configs, no training
+# ----------------------------------------------------------- rules on composed configs, no training
 
 
 def _group(overrides, depth, **result):
     cfg = compose(["model.block=residual", f"model.depth={depth}", *overrides])
-    r = {"config": cfg, "dataset": cfg["data"]["name"], "block": "residual", "depth": depth, "shortcut": "A",
-         "seed": 0, "status": "done", "max_steps": cfg["trainer"]["max_steps"], **result}
+    r = {"config": cfg, "dataset": cfg["data"]["name"], "block": "residual", "depth": depth,
+         "shortcut": "A", "seed": 0, "status": "done", "max_steps": cfg["trainer"]["max_steps"],
+         **result}
     return group_runs([Run(Path("."), r, [], None)])
 
 
 @pytest.mark.parametrize("overrides,applies", [
     (["experiment=paper"], True), (["experiment=paper", "data=cifar10_jpeg"], True),
     (["experiment=paper", "data=cifar100"], False), (["experiment=smoke"], False),
-    (["experiment=paper", "trainer.max_steps=32000"], False), (["experiment=paper", "optim.lr=0.05"], False),
+    (["experiment=paper", "trainer.max_steps=32000"], False),
+    (["experiment=paper", "optim.lr=0.05"], False),
 ])
 def test_paper_reference_only_for_cifar10_on_the_paper_protocol(overrides, applies):
     groups = _group(overrides, 20, final_test_error=0.09, final_train_error=0.01, params=269722)
     assert paper_reference(groups[0]) is applies
-    row = table_rows(groups)[0]
+    row = table6_rows(groups)[0]
     assert row["paper_test"] == (8.75 if applies else None)
     if applies:
         assert row["diff"] == pytest.approx(9.0 - 8.75)
@@ -300,12 +318,14 @@ def test_paper_reference_only_for_cifar10_on_the_paper_protocol(overrides, appli
 def test_resnet110_is_compared_with_the_papers_mean_and_seeds_show_their_best():
     cfg = compose(["experiment=paper", "model.depth=110"])
     runs = [Run(Path("."), {"config": cfg, "dataset": "cifar10", "block": "residual", "depth": 110,
-                                  "shortcut": "A", "seed": seed, "status": "done", "max_steps": 64000,
-                                  "final_test_error": err, "final_train_error": 0.001, "params": 1727962}, [], None)
+                            "shortcut": "A", "seed": seed, "status": "done", "max_steps": 64000,
+                            "final_test_error": err, "final_train_error": 0.001,
+                            "params": 1727962}, [], None)
             for seed, err in enumerate((0.070, 0.064, 0.067))]
     groups = group_runs(runs)
-    row = table_rows(groups)[0]
-    # ours is a mean over seeds, so it is set against the paper's mean of 5 runs (6.61), not its best (6.43)
+    row = table6_rows(groups)[0]
+    # ours is a mean over seeds, so it is set against the paper's mean of 5 runs (6.61), not its
+    # best (6.43)
     assert row["paper_test"] == 6.61 and row["diff"] == pytest.approx(6.7 - 6.61)
     md = table_markdown([row])
     assert "| 6.70 ± 0.30 (n=3; best 6.40) | 6.61 ± 0.16 (mean of 5; best 6.43) | +0.09 |" in md
@@ -314,14 +334,18 @@ def test_resnet110_is_compared_with_the_papers_mean_and_seeds_show_their_best():
 
 
 def _row(depth, plain_train, res_train):
-    return {"depth": depth, "variant": "", "plain_train": (plain_train, 0.0, 1), "resnet_train": (res_train, 0.0, 1)}
+    return {"depth": depth, "variant": "", "plain_train": (plain_train, 0.0, 1),
+            "resnet_train": (res_train, 0.0, 1)}
 
 
 def test_degradation_sentence_says_which_comparisons_held():
     yes = degradation_sentence([_row(20, 1.0, 0.5), _row(32, 1.5, 0.3), _row(56, 4.0, 0.1)])
     assert yes.startswith("Degradation reproduced")
-    assert "plain-56 4.00% > plain-20 1.00%: yes" in yes and "every step of depth 20/32/56: yes" in yes
-    assert "ResNet-56 0.10% <= ResNet-20 0.50%: yes" in yes and "below plain at 3 of 3 depths" in yes
+    assert ("plain-56 4.00% > plain-20 1.00%: yes" in yes
+            and "every step of depth 20/32/56: yes" in yes)
+    assert ("ResNet-56 0.10% <= ResNet-20 0.50%: yes" in yes
+            and "below plain at 3 of 3 depths" in yes)
     no = degradation_sentence([_row(20, 3.0, 0.5), _row(56, 1.0, 2.0)])
-    assert no.startswith("Degradation not reproduced") and "plain-56 1.00% > plain-20 3.00%: no" in no
+    assert (no.startswith("Degradation not reproduced")
+            and "plain-56 1.00% > plain-20 3.00%: no" in no)
     assert degradation_sentence([_row(20, 1.0, 0.5)]).startswith("Degradation not judged")

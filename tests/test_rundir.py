@@ -1,23 +1,22 @@
-"""The run directory and the files resdepth writes: atomic writes that leave nothing behind, failures recorded
-before training too, file-system trouble as one line in every command."""
+"""The run directory and the files resdepth writes: atomic writes that leave nothing behind,
+failures recorded before training too, file-system trouble as one line in every command."""
 
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from resdepth import rundir
+from resdepth import load_run, rundir
 from resdepth.training.train import RunFailed, train
 
 from .conftest import compose, run_cli
 
 
 def _smoke(tmp_path, *extra):
-    return compose(["experiment=smoke", "model.depth=8", f"results_root={tmp_path}", "trainer.progress=false",
-                    *extra])
+    return compose(["experiment=smoke", "model.depth=8", f"results_root={tmp_path}",
+                    "trainer.progress=false", *extra])
 
 
 def test_atomic_write_leaves_no_temp_file_when_writing_fails(tmp_path):
@@ -30,7 +29,8 @@ def test_atomic_write_leaves_no_temp_file_when_writing_fails(tmp_path):
 
     with pytest.raises(OSError):
         rundir.atomic_write(target, fail)
-    assert target.read_text() == "the old one" and sorted(p.name for p in tmp_path.iterdir()) == ["result.json"]
+    assert (target.read_text() == "the old one"
+            and sorted(p.name for p in tmp_path.iterdir()) == ["result.json"])
 
 
 def test_a_damaged_metrics_row_is_named_and_a_torn_last_line_is_not(tmp_path, capsys):
@@ -50,23 +50,68 @@ def test_a_damaged_checkpoint_is_named_recorded_and_kept(tmp_path):
     run_dir = Path(cfg["run_dir"])
     train(cfg)
     result = json.loads((run_dir / "result.json").read_text())
-    rundir.write_json(run_dir / "result.json", {**result, "status": "running"})  # as if killed before its end
+    # as if killed before its end
+    rundir.write_json(run_dir / "result.json", {**result, "status": "running"})
     ckpt = run_dir / "last.ckpt"
     ckpt.write_bytes(ckpt.read_bytes()[:1000])  # truncated by a full disk
     with pytest.raises(RunFailed, match="last.ckpt is damaged .* mv "):
         train(cfg)
     result = json.loads((run_dir / "result.json").read_text())
-    assert result["status"] == "failed" and "CorruptCheckpoint" in result["error"] and "mv " in result["error"]
-    assert "CorruptCheckpoint" in (run_dir / "error.txt").read_text() and ckpt.stat().st_size == 1000
+    assert (result["status"] == "failed" and "CorruptCheckpoint" in result["error"]
+            and "mv " in result["error"])
+    assert ("CorruptCheckpoint" in (run_dir / "error.txt").read_text()
+            and ckpt.stat().st_size == 1000)
     proc = run_cli("train", "experiment=smoke", "model.depth=8", f"results_root={tmp_path}",
                    "trainer.max_steps=20", "trainer.eval_every=10")
     lines = proc.stderr.strip().splitlines()
-    assert proc.returncode == 1 and lines[-1].startswith("resdepth: error: run failed: CorruptCheckpoint: ")
+    assert proc.returncode == 1 and lines[-1].startswith(
+        "resdepth: error: run failed: CorruptCheckpoint: ")
     assert "Traceback" not in proc.stderr and f"traceback in {run_dir / 'error.txt'}" in lines[-1]
-    os.rename(ckpt, f"{ckpt}.damaged")  # what the message says to do: the run then restarts and finishes
+    # what the message says to do: the run then restarts and finishes
+    os.rename(ckpt, f"{ckpt}.damaged")
     proc = run_cli("train", "experiment=smoke", "model.depth=8", f"results_root={tmp_path}",
                    "trainer.max_steps=20", "trainer.eval_every=10")
-    assert proc.returncode == 0 and json.loads((run_dir / "result.json").read_text())["status"] == "done"
+    assert (proc.returncode == 0
+            and json.loads((run_dir / "result.json").read_text())["status"] == "done")
+
+
+class Payload:
+    """Unpickled, it creates `marker`: what a hostile file in someone else's results root does."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return open, (self.marker, "w")
+
+
+def plant(path: Path, marker: Path, **values) -> None:
+    import torch
+
+    torch.save({**values, "payload": Payload(marker)}, path)
+
+
+def test_a_pickle_payload_in_a_run_directory_is_refused_and_never_runs(tmp_path):
+    root = tmp_path / "given"
+    cfg = _smoke(root, "trainer.max_steps=20", "trainer.eval_every=10")
+    run_dir, marker = Path(cfg["run_dir"]), tmp_path / "ran"
+    train(cfg)
+    result = json.loads((run_dir / "result.json").read_text())
+    rundir.write_json(run_dir / "result.json", {**result, "status": "running"})  # resumable
+    plant(run_dir / "last.ckpt", marker, global_step=10)
+    plant(run_dir / "model.pt", marker)
+    args = ("experiment=smoke", "model.depth=8", f"results_root={root}", "trainer.max_steps=20",
+            "trainer.eval_every=10")
+    for command in ("train", "sweep"):
+        proc = run_cli(command, *args, "model.block=residual")
+        assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+        assert (f"{run_dir / 'last.ckpt'} holds objects other than tensors and plain values"
+                in proc.stderr + proc.stdout)
+    for command in ("results", "plot"):
+        assert run_cli(command, str(root)).returncode == 0
+    with pytest.raises(rundir.UnsafeFile, match=f"{run_dir / 'model.pt'} holds objects"):
+        load_run(run_dir)
+    assert not marker.exists()
 
 
 def test_a_failure_before_training_is_recorded(tmp_path, tmp_cache):
@@ -79,8 +124,9 @@ def test_a_failure_before_training_is_recorded(tmp_path, tmp_cache):
                 Image.new("RGB", (32, 32), (i * 5, 100 if cls == "a" else 200, 0)).save(
                     tmp_path / "images" / split / cls / f"{i}.png")
     (tmp_path / "not-a-folder").write_text("a file where the cache folder should be")
-    args = ["experiment=smoke", "model.depth=8", "data=image_folder", f"data.path={tmp_path / 'images'}",
-            f"data.cache_dir={tmp_path / 'not-a-folder'}", f"results_root={tmp_path / 'runs'}"]
+    args = ["experiment=smoke", "model.depth=8", "data=image_folder",
+            f"data.path={tmp_path / 'images'}", f"data.cache_dir={tmp_path / 'not-a-folder'}",
+            f"results_root={tmp_path / 'runs'}"]
     proc = run_cli("train", *args)
     assert proc.returncode != 0 and "Traceback" not in proc.stderr
     line = proc.stderr.strip().splitlines()[-1]
@@ -94,19 +140,22 @@ def test_a_file_where_the_results_folder_should_be_is_one_line(tmp_path, command
         ["experiment=smoke", f"results_root={tmp_path / 'runs'}"]
     proc = run_cli(command, *args)
     lines = proc.stderr.strip().splitlines()
-    assert proc.returncode != 0 and len(lines) == 1 and lines[0].startswith("resdepth: error: "), proc.stderr
+    assert (proc.returncode != 0 and len(lines) == 1
+            and lines[0].startswith("resdepth: error: ")), proc.stderr
     assert str(tmp_path / "runs") in lines[0] and (tmp_path / "runs").read_text() == "a file"
 
 
 def test_a_path_too_long_is_one_line(tmp_path):
     proc = run_cli("train", "experiment=smoke", f"results_root={tmp_path / ('x' * 300)}")
     lines = proc.stderr.strip().splitlines()
-    assert proc.returncode != 0 and len(lines) == 1 and "File name too long" in lines[0], proc.stderr
+    assert (proc.returncode != 0 and len(lines) == 1
+            and "File name too long" in lines[0]), proc.stderr
 
 
 @pytest.fixture
 def read_only_dir(tmp_path):
-    """A read-only file system (a tmpfs mounted read-only), where this machine allows mounting; else skip."""
+    """A read-only file system (a tmpfs mounted read-only), where this machine allows mounting;
+    else skip."""
     path = tmp_path / "ro"
     path.mkdir()
     if subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(path)],
@@ -122,8 +171,8 @@ def test_a_read_only_file_system_is_one_line_in_every_command(read_only_dir, tmp
                  ["bench", "--out", f"{read_only_dir}/bench.json", "--data", "synthetic"]):
         proc = run_cli(*args)
         lines = proc.stderr.strip().splitlines()
-        assert proc.returncode != 0 and len(lines) == 1 and lines[0].startswith("resdepth: error: "), (args,
-                                                                                                      proc.stderr)
+        assert (proc.returncode != 0 and len(lines) == 1
+                and lines[0].startswith("resdepth: error: ")), (args, proc.stderr)
         assert "Traceback" not in proc.stderr
     assert list(read_only_dir.iterdir()) == []
 
@@ -133,14 +182,17 @@ def test_a_read_only_file_system_is_one_line_in_every_command(read_only_dir, tmp
     (["train", "data.name=../elsewhere"], "data.name='../elsewhere' must be one folder name"),
     (["train", "data.name=a/b"], "data.name='a/b' must be one folder name"),
     (["train", "optim.lr=inf"], "optim.lr=inf must be > 0 and finite"),
-    (["train", "-m", "model.depth=8,14"], "resdepth train runs one configuration; for a grid use `resdepth sweep`"),
+    (["train", "-m", "model.depth=8,14"],
+     "resdepth train runs one configuration; for a grid use `resdepth sweep`"),
     (["train", "hydra.job.chdir=true"], "hydra.job.chdir=true is not supported"),
     (["sweep", "hydra.job.chdir=true"], "hydra.job.chdir=true is not supported"),
-    (["sweep", "model.block=plain,residual", "run_dir={tmp}/one"], "would hold several configurations"),
+    (["sweep", "model.block=plain,residual", "run_dir={tmp}/one"],
+     "would hold several configurations"),
 ])
 def test_writes_stay_contained_and_a_grid_trains_every_point_or_refuses(tmp_path, args, message):
     args = [a.replace("{tmp}", str(tmp_path)) for a in args]
-    root = [] if any(a.startswith("results_root=") for a in args) else [f"results_root={tmp_path / 'runs'}"]
+    root = [] if any(a.startswith("results_root=") for a in args) else [
+        f"results_root={tmp_path / 'runs'}"]
     proc = run_cli(args[0], "experiment=smoke", *root, *args[1:], cwd=tmp_path)
     lines = proc.stderr.strip().splitlines()
     assert proc.returncode == 2 and len(lines) == 1 and message in lines[0], proc.stderr
@@ -152,29 +204,35 @@ def test_results_and_plot_print_the_table_when_they_cannot_save_it(tmp_path):
 
     path = tmp_path / "ro"
     path.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(path)], capture_output=True).returncode:
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(path)],
+                      capture_output=True).returncode:
         pytest.skip("cannot mount a file system here")
     try:
-        subprocess.run(["cp", "-r", str(REPO / "experiments/cifar10-jpeg-cpu-demo/runs"), str(path)], check=True)
-        subprocess.run(["rm", "-r", str(path / "runs/figures"), str(path / "runs/results.md")], check=True)
+        subprocess.run(["cp", "-r", str(REPO / "experiments/cifar10-jpeg-cpu-demo/runs"),
+                        str(path)], check=True)
+        subprocess.run(["rm", "-r", str(path / "runs/figures"), str(path / "runs/results.md")],
+                       check=True)
         subprocess.run(["mount", "-o", "remount,ro", str(path)], check=True)
         for command, shown in (("results", "ResNet-56"), ("plot", "| 56 |")):
             proc = run_cli(command, str(path / "runs"))
             lines = proc.stderr.strip().splitlines()
-            assert proc.returncode == 1 and shown in proc.stdout, (command, proc.stdout, proc.stderr)
-            assert len(lines) == 1 and "Read-only file system" in lines[0] and ".tmp" not in lines[0], proc.stderr
+            assert proc.returncode == 1 and shown in proc.stdout, (command, proc.stdout,
+                                                                   proc.stderr)
+            assert (len(lines) == 1 and "Read-only file system" in lines[0]
+                    and ".tmp" not in lines[0]), proc.stderr
         assert not (path / "runs/figures").exists() and not (path / "runs/results.md").exists()
     finally:
         subprocess.run(["umount", str(path)], capture_output=True)
 
 
 def test_the_sweep_summary_names_a_failed_run_and_what_to_do(tmp_path):
-    overrides = ["experiment=smoke", "model.depth=8", f"results_root={tmp_path}", "trainer.max_steps=10",
-                 "trainer.eval_every=5"]
+    overrides = ["experiment=smoke", "model.depth=8", f"results_root={tmp_path}",
+                 "trainer.max_steps=10", "trainer.eval_every=5"]
     assert run_cli("sweep", *overrides).returncode == 0
     run_dir = Path(compose([*overrides, "model.block=plain"])["run_dir"])
     result = json.loads((run_dir / "result.json").read_text())
-    rundir.write_json(run_dir / "result.json", {**result, "status": "running"})  # as if killed before its end
+    # as if killed before its end
+    rundir.write_json(run_dir / "result.json", {**result, "status": "running"})
     (run_dir / "last.ckpt").write_bytes(b"not a checkpoint")
     proc = run_cli("sweep", *overrides)
     assert proc.returncode == 1 and "Traceback" not in proc.stderr

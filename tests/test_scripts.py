@@ -1,5 +1,5 @@
-"""scripts/dataset.sh: which CIFAR-10 `make demo`, `make reproduce` and `make gpu-check` train on; scripts/gpu-check.sh
-where torch sees no GPU."""
+"""scripts/dataset.sh: which CIFAR-10 `make demo`, `make reproduce` and `make gpu-check` train on;
+scripts/gpu-check.sh where torch sees no GPU."""
 
 import subprocess
 
@@ -9,8 +9,9 @@ NO_NETWORK = "false"  # as the python that checks the network: it fails, as with
 
 
 def _pick(data, jpeg, tmp_path):
-    return subprocess.run([str(REPO / "scripts" / "dataset.sh"), data, str(jpeg), NO_NETWORK], cwd=tmp_path,
-                          capture_output=True, text=True, env={"PATH": "/usr/bin:/bin"})
+    return subprocess.run([str(REPO / "scripts" / "dataset.sh"), data, str(jpeg), NO_NETWORK],
+                          cwd=tmp_path, capture_output=True, text=True,
+                          env={"PATH": "/usr/bin:/bin"})
 
 
 def test_data_given_is_used(tmp_path):
@@ -29,7 +30,8 @@ def test_without_network_the_jpeg_copy_is_used(tmp_path):
     jpeg = tmp_path / "cifar10-jpeg.tar.gz"
     jpeg.write_bytes(b"")
     proc = _pick("", jpeg, tmp_path)
-    assert proc.returncode == 0 and proc.stdout.split() == ["data=cifar10_jpeg", f"data.path={jpeg}"]
+    assert proc.returncode == 0 and proc.stdout.split() == ["data=cifar10_jpeg",
+                                                            f"data.path={jpeg}"]
     assert "no network" in proc.stderr
 
 
@@ -41,19 +43,24 @@ def test_with_neither_one_message_says_how_to_get_either(tmp_path):
 
 
 def _gpu_check(*args, tmp_path):
-    """scripts/gpu-check.sh with a python that says torch sees no CUDA GPU (`false` fails the check)."""
-    return subprocess.run([str(REPO / "scripts" / "gpu-check.sh"), *args], cwd=tmp_path, capture_output=True,
-                          text=True, env={"PATH": "/usr/bin:/bin", "PY": "false"})
+    """scripts/gpu-check.sh with a python that says torch sees no CUDA GPU (`false` fails the
+    check)."""
+    return subprocess.run([str(REPO / "scripts" / "gpu-check.sh"), *args], cwd=tmp_path,
+                          capture_output=True, text=True,
+                          env={"PATH": "/usr/bin:/bin", "PY": "false"})
 
 
 def test_gpu_check_without_a_gpu_runs_nothing_and_says_why(tmp_path):
     proc = _gpu_check("out", "data=synthetic", tmp_path=tmp_path)
     assert proc.returncode == 1 and proc.stdout == ""
     assert proc.stderr.strip().splitlines() == [
-        "gpu-check: torch sees no CUDA GPU here (torch.cuda.is_available() is False); nothing was run"]
-    assert [p.name for p in tmp_path.iterdir()] == ["out"] and not list((tmp_path / "out").iterdir())
+        "gpu-check: torch sees no CUDA GPU here (torch.cuda.is_available() is False); "
+        "nothing was run"]
+    assert ([p.name for p in tmp_path.iterdir()] == ["out"]
+            and not list((tmp_path / "out").iterdir()))
 
 
 def test_gpu_check_without_a_folder_says_how_to_call_it(tmp_path):
     proc = _gpu_check(tmp_path=tmp_path)
-    assert proc.returncode != 0 and "usage: scripts/gpu-check.sh DEST" in proc.stderr and not list(tmp_path.iterdir())
+    assert (proc.returncode != 0 and "usage: scripts/gpu-check.sh DEST" in proc.stderr
+            and not list(tmp_path.iterdir()))

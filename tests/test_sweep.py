@@ -1,5 +1,6 @@
-"""`resdepth sweep` and `resdepth results`: the grid end to end in real subprocesses, skip, resume after SIGKILL,
-divergence and failure isolation, the results table, and the joblib and submitit_local launchers."""
+"""`resdepth sweep` and `resdepth results`: the grid end to end in real subprocesses, skip,
+resume after SIGKILL, divergence and failure isolation, the results table, and the joblib and
+submitit_local launchers."""
 
 import json
 import re
@@ -15,6 +16,9 @@ import pytest
 import torch
 
 from resdepth.analysis import results as rec
+from resdepth.analysis.runs import find_results
+from resdepth.rundir import read_metrics, write_json
+from resdepth.cli import results_cli
 
 from .conftest import REPO, compose, run_cli
 
@@ -31,20 +35,23 @@ def smoke_sweep(tmp_path_factory):
 def test_smoke_sweep_runs_the_grid(smoke_sweep):
     root, proc = smoke_sweep
     assert proc.returncode == 0, proc.stderr[-2000:]
-    found = {(r["block"], r["depth"]): r for _, r in rec.find_results(root)}
+    found = {(r["block"], r["depth"]): r for _, r in find_results(root)}
     assert set(found) == {("plain", 8), ("plain", 14), ("residual", 8), ("residual", 14)}
     assert all(r["status"] == "done" and r["steps"] == 40 for r in found.values())
     assert "sweep: 4 runs" in proc.stdout and "4 new" in proc.stdout
-    for i in range(1, 5):  # basic launcher: one after the other, so run i starts with i - 1 finished
+    # basic launcher: one after the other, so run i starts with i - 1 finished
+    for i in range(1, 5):
         assert f"=== run {i}/4 ({i - 1} finished, 0 failed so far" in proc.stdout
     assert "left) ===" in proc.stdout.split("=== run 2/4")[1].splitlines()[0]
     # how long it took is printed, never asserted: a busy machine may take minutes
-    assert re.search(rf"sweep finished: 4 done in \d+[hm]\d\d[ms]; figures and Table 6: resdepth plot {root}\n", proc.stdout)
+    assert re.search(rf"sweep finished: 4 done in \d+[hm]\d\d[ms]; "
+                     rf"figures and Table 6: resdepth plot {root}\n", proc.stdout)
     table = (root / "results.md").read_text()
     assert all(net in table for net in ("plain-8", "plain-14", "ResNet-8", "ResNet-14"))
     command = f"resdepth sweep experiment=smoke results_root={root}"
     assert json.loads((root / "sweep.json").read_text())["command"] == command
-    assert [json.loads(line)["command"] for line in (root / "sweeps.jsonl").read_text().splitlines()] == [command]
+    assert [json.loads(line)["command"]
+            for line in (root / "sweeps.jsonl").read_text().splitlines()] == [command]
     assert "\r" not in proc.stdout  # line-based output when not on a terminal
 
 
@@ -57,7 +64,8 @@ def test_running_it_again_skips_everything(smoke_sweep):
     assert {p: p.stat().st_mtime_ns for p in root.rglob("result.json")} == stamps
 
 
-def test_a_damaged_run_record_is_named_never_dropped_in_silence_or_overwritten(smoke_sweep, tmp_path):
+def test_a_damaged_run_record_is_named_never_dropped_in_silence_or_overwritten(smoke_sweep,
+                                                                               tmp_path):
     root = tmp_path / "copy"
     shutil.copytree(smoke_sweep[0], root)
     damaged = next(root.glob("synthetic/plain-8/*/result.json"))
@@ -65,22 +73,29 @@ def test_a_damaged_run_record_is_named_never_dropped_in_silence_or_overwritten(s
     before = {p: p.read_bytes() for p in root.rglob("*") if p.is_file() and p.parent != root}
     table = run_cli("results", str(root))
     assert table.returncode == 0 and "plain-14" in table.stdout and "plain-8 " not in table.stdout
-    assert table.stderr.strip() == f"resdepth: warning: run left out: {damaged} is not valid JSON (Expecting " \
-        "property name enclosed in double quotes: line 1 column 2 (char 1)); fix it or move it away"
-    for command in (["sweep", "experiment=smoke"], ["train", "experiment=smoke", "model.depth=8", "model.block=plain"]):
+    assert table.stderr.strip() == (
+        f"resdepth: warning: run left out: {damaged} is not valid JSON (Expecting "
+        "property name enclosed in double quotes: line 1 column 2 (char 1)); "
+        "fix it or move it away")
+    for command in (["sweep", "experiment=smoke"],
+                    ["train", "experiment=smoke", "model.depth=8", "model.block=plain"]):
         proc = run_cli(*command, f"results_root={root}")
         assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
-            f"resdepth: error: {damaged} is not valid JSON (Expecting property name enclosed in double quotes: "
+            f"resdepth: error: {damaged} is not valid JSON "
+            "(Expecting property name enclosed in double quotes: "
             "line 1 column 2 (char 1)); fix it or move it away"], proc.stderr
-    assert {p: p.read_bytes() for p in root.rglob("*") if p.is_file() and p.parent != root} == before  # no new file
+    # no new file
+    assert {p: p.read_bytes() for p in root.rglob("*")
+            if p.is_file() and p.parent != root} == before
 
 
 def test_changing_an_axis_from_the_shell(smoke_sweep, tmp_path):
-    proc = run_cli("sweep", "experiment=smoke", f"results_root={tmp_path}", "model.depth=8", "seed=0,1",
-                   "model.block=plain", "trainer.max_steps=10", "trainer.eval_every=5")
+    proc = run_cli("sweep", "experiment=smoke", f"results_root={tmp_path}", "model.depth=8",
+                   "seed=0,1", "model.block=plain", "trainer.max_steps=10", "trainer.eval_every=5")
     assert proc.returncode == 0, proc.stderr[-2000:]
-    runs = [r for _, r in rec.find_results(tmp_path)]
-    assert sorted((r["block"], r["depth"], r["seed"]) for r in runs) == [("plain", 8, 0), ("plain", 8, 1)]
+    runs = [r for _, r in find_results(tmp_path)]
+    assert sorted((r["block"], r["depth"], r["seed"]) for r in runs) == [("plain", 8, 0),
+                                                                         ("plain", 8, 1)]
     rows = rec.summarize(tmp_path)
     assert len(rows) == 1 and rows[0]["seeds"] == 2  # two seeds of one configuration, aggregated
 
@@ -103,15 +118,18 @@ def test_sweep_plan_checks_and_prints_without_writing(tmp_path):
     root = tmp_path / "runs"
     proc = run_cli("sweep", "--plan", "experiment=smoke", f"results_root={root}", "model.depth=8")
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.startswith(f"sweep: 2 runs under {root}: 2 new\n") and "starting" not in proc.stdout
+    assert (proc.stdout.startswith(f"sweep: 2 runs under {root}: 2 new\n")
+            and "starting" not in proc.stdout)
     assert not root.exists()  # no sweep.json, no sweeps.jsonl, no run directory
-    proc = run_cli("sweep", "--plan", "experiment=smoke", f"results_root={root}", "model.depth=8,21")
+    proc = run_cli("sweep", "--plan", "experiment=smoke", f"results_root={root}",
+                   "model.depth=8,21")
     assert proc.returncode == 2 and "model.depth=21 is not a CIFAR ResNet depth" in proc.stderr
 
 
 def test_sweep_help_shows_its_usage():
     proc = run_cli("sweep", "--help")
-    assert proc.returncode == 0 and proc.stdout.startswith("usage: resdepth sweep [--plan] [KEY=VALUE ...]")
+    assert proc.returncode == 0 and proc.stdout.startswith(
+        "usage: resdepth sweep [--plan] [KEY=VALUE ...]")
     assert "resdepth sweep model.depth=20,56 seed=0,1,2" in proc.stdout and not proc.stderr
 
 
@@ -119,11 +137,13 @@ def test_grids_start_with_the_deepest_nets():
     from resdepth.sweep import expand_grid, longest_first
 
     def depths(overrides):
-        return [int(dict(o.split("=", 1) for o in job)["model.depth"]) for job in expand_grid(overrides)]
+        return [int(dict(o.split("=", 1) for o in job)["model.depth"])
+                for job in expand_grid(overrides)]
 
     assert depths([]) == [110, 110, 56, 56, 44, 44, 32, 32, 20, 20]  # the paper's grid
     assert depths(["experiment=demo"]) == [56, 56, 20, 20]
-    assert depths(longest_first(["model.depth=20,56,32", "seed=0,1"])) == [56] * 4 + [32] * 4 + [20] * 4
+    assert depths(longest_first(["model.depth=20,56,32", "seed=0,1"])) == (
+        [56] * 4 + [32] * 4 + [20] * 4)
     kept = ["model.depth=20", "seed=1,0", "model.depth=range(20,60,12)"]
     assert longest_first(kept) == kept  # only a list of depths is reordered
 
@@ -142,17 +162,21 @@ def test_sigkill_mid_training_resumes_exactly(tmp_path):
             "optim.milestones=[60,90]", "trainer.progress=false"]
     killed_root, clean_root = tmp_path / "killed", tmp_path / "clean"
     run_dir = Path(compose([*args, f"results_root={killed_root}"])["run_dir"])
-    proc = subprocess.Popen([sys.executable, "-m", "resdepth.cli", "train", *args, f"results_root={killed_root}"],
+    proc = subprocess.Popen([sys.executable, "-m", "resdepth.cli", "train", *args,
+                             f"results_root={killed_root}"],
                             cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     metrics = run_dir / "metrics.csv"
-    assert _wait_for(lambda: (run_dir / "last.ckpt").exists() and len(rec.read_metrics(metrics)) >= 5)
+    assert _wait_for(lambda: (run_dir / "last.ckpt").exists() and len(read_metrics(metrics)) >= 5)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    killed_at = len(rec.read_metrics(metrics))
-    assert 5 <= killed_at < 12 and json.loads((run_dir / "result.json").read_text())["status"] == "running"
-    record = json.loads((run_dir / "result.json").read_text())  # as if the first part ran on another machine
+    killed_at = len(read_metrics(metrics))
+    assert 5 <= killed_at < 12 and json.loads(
+        (run_dir / "result.json").read_text())["status"] == "running"
+    # as if the first part ran on another machine
+    record = json.loads((run_dir / "result.json").read_text())
     here = record["segments"][0]
-    rec.write_json(run_dir / "result.json", {**record, "segments": [{**here, "device": "Elsewhere (2 cores)"}]})
+    write_json(run_dir / "result.json",
+               {**record, "segments": [{**here, "device": "Elsewhere (2 cores)"}]})
 
     again = run_cli("train", *args, f"results_root={killed_root}")
     assert again.returncode == 0, again.stderr[-2000:]
@@ -160,17 +184,20 @@ def test_sigkill_mid_training_resumes_exactly(tmp_path):
     resumed_at = json.loads((run_dir / "result.json").read_text())["resumed_from"]
     assert json.loads((run_dir / "result.json").read_text())["segments"] == [
         {**here, "device": "Elsewhere (2 cores)"}, {**here, "from": resumed_at}]
-    assert (f"note: iterations 0-{resumed_at} were trained on Elsewhere (2 cores) in {here['precision']}; it now "
+    assert (f"note: iterations 0-{resumed_at} were trained on Elsewhere (2 cores) in "
+            f"{here['precision']}; it now "
             f"continues on {here['device']} in {here['precision']}") in again.stdout
-    rows = rec.read_metrics(metrics)
+    rows = read_metrics(metrics)
     assert [r["iteration"] for r in rows] == list(range(10, 121, 10))  # no gap, no duplicate
     result = json.loads((run_dir / "result.json").read_text())
     assert result["status"] == "done" and result["steps"] == 120 and result["resumed_from"] >= 40
 
     clean = run_cli("train", *args, f"results_root={clean_root}")
     assert clean.returncode == 0
-    clean_rows = rec.read_metrics(Path(compose([*args, f"results_root={clean_root}"])["run_dir"]) / "metrics.csv")
-    for a, b in zip(rows, clean_rows):  # the resumed run saw the same batches, lr and state as an uninterrupted one
+    clean_rows = read_metrics(
+        Path(compose([*args, f"results_root={clean_root}"])["run_dir"]) / "metrics.csv")
+    # the resumed run saw the same batches, lr and state as an uninterrupted one
+    for a, b in zip(rows, clean_rows):
         assert a["lr"] == b["lr"]
         assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-4, abs=1e-5)
         assert a["test_error"] == pytest.approx(b["test_error"], abs=0.01)
@@ -182,26 +209,30 @@ def test_ctrl_c_says_where_each_run_stopped_and_how_to_resume(tmp_path, sig, cod
     args = ["experiment=smoke", "model.depth=8", "model.block=plain", "trainer.max_steps=100000",
             "trainer.eval_every=10", f"results_root={tmp_path}"]
     run_dir = Path(compose(args)["run_dir"])
-    proc = subprocess.Popen([sys.executable, "-m", "resdepth.cli", "sweep", *args], cwd=REPO, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # as in a terminal
-    assert _wait_for(lambda: len(rec.read_metrics(run_dir / "metrics.csv")) >= 2 if run_dir.is_dir() else False)
+    proc = subprocess.Popen([sys.executable, "-m", "resdepth.cli", "sweep", *args], cwd=REPO,
+                            text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            # as in a terminal
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    assert _wait_for(lambda: len(read_metrics(run_dir / "metrics.csv")) >= 2
+                     if run_dir.is_dir() else False)
     proc.send_signal(sig)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == code, err
     kept = torch.load(run_dir / "last.ckpt", map_location="cpu", weights_only=False)["global_step"]
     assert kept >= 20 and f"[plain-8 seed 0] {word} at iteration " in err
     assert f"its checkpoint is at iteration {kept}: run the same command again to resume" in err
-    assert "resume from their checkpoints with: resdepth sweep experiment=smoke model.depth=8" in err
+    assert ("resume from their checkpoints with: resdepth sweep experiment=smoke model.depth=8"
+            in err)
     assert err.strip().endswith("resdepth: interrupted") and "Traceback" not in err
-    assert json.loads((run_dir / "result.json").read_text())["status"] == "running"  # resumable, not done
+    # resumable, not done
+    assert json.loads((run_dir / "result.json").read_text())["status"] == "running"
 
 
 def test_divergence_is_recorded_and_the_sweep_goes_on(tmp_path):
-    proc = run_cli("sweep", "experiment=smoke", f"results_root={tmp_path}", "model.depth=8", "model.block=plain",
-                   "optim.lr=0.05,1e12")
+    proc = run_cli("sweep", "experiment=smoke", f"results_root={tmp_path}", "model.depth=8",
+                   "model.block=plain", "optim.lr=0.05,1e12")
     assert proc.returncode == 0, proc.stderr[-2000:]  # diverged is a result, not a failure
-    runs = {r["config"]["optim"]["lr"]: r for _, r in rec.find_results(tmp_path)}
+    runs = {r["config"]["optim"]["lr"]: r for _, r in find_results(tmp_path)}
     assert runs[0.05]["status"] == "done"
     bad = runs[1e12]
     assert bad["status"] == "diverged" and 1 <= bad["diverged_at"] <= 10 and bad["steps"] == 10
@@ -223,15 +254,16 @@ def test_a_failing_run_is_recorded_and_the_sweep_goes_on(tmp_path, monkeypatch, 
 
     monkeypatch.setattr(system.System, "training_step", flaky)
     monkeypatch.chdir(tmp_path)
-    code = sweep(["experiment=smoke", f"results_root={tmp_path}", "model.block=plain", "trainer.max_steps=10",
-                  "trainer.eval_every=5"], launch=cli._hydra)
+    code = sweep(["experiment=smoke", f"results_root={tmp_path}", "model.block=plain",
+                  "trainer.max_steps=10", "trainer.eval_every=5"], launch=cli._hydra)
     out = capsys.readouterr()
     assert code == 1
-    runs = {r["depth"]: r for _, r in rec.find_results(tmp_path)}
+    runs = {r["depth"]: r for _, r in find_results(tmp_path)}
     assert runs[8]["status"] == "done"
     assert runs[14]["status"] == "failed" and "simulated CUDA error" in runs[14]["error"]
-    d14 = Path(compose(["experiment=smoke", f"results_root={tmp_path}", "model.block=plain", "model.depth=14",
-                        "trainer.max_steps=10", "trainer.eval_every=5"])["run_dir"])
+    d14 = Path(compose(["experiment=smoke", f"results_root={tmp_path}", "model.block=plain",
+                        "model.depth=14", "trainer.max_steps=10",
+                        "trainer.eval_every=5"])["run_dir"])
     assert "simulated CUDA error" in (d14 / "error.txt").read_text()
     assert "1 run(s) did not finish" in out.err
 
@@ -241,15 +273,17 @@ def test_results_table_mean_and_std_on_known_files(tmp_path, capsys):
     for seed, (test, train) in enumerate([(0.07, 0.01), (0.08, 0.02), (0.09, 0.06)]):
         d = tmp_path / f"synthetic/residual-20/seed{seed}-x"
         d.mkdir(parents=True)
-        rec.write_json(d / "result.json", {
-            "status": "done", "dataset": "synthetic", "depth": 20, "block": "residual", "shortcut": "A",
-            "seed": seed, "params": 269_722, "steps": 40, "max_steps": 40, "wall_time_s": 60.0,
+        write_json(d / "result.json", {
+            "status": "done", "dataset": "synthetic", "depth": 20, "block": "residual",
+            "shortcut": "A", "seed": seed, "params": 269_722, "steps": 40, "max_steps": 40,
+            "wall_time_s": 60.0,
             "final_test_error": test, "final_train_error": train, "config": {**base, "seed": seed}})
     d = tmp_path / "synthetic/residual-20/seed3-x"
     d.mkdir()
-    rec.write_json(d / "result.json", {**json.loads((tmp_path / "synthetic/residual-20/seed2-x/result.json")
-                                                    .read_text()), "status": "running", "final_test_error": 0.5})
-    assert rec.results_cli([str(tmp_path)]) == 0
+    write_json(d / "result.json", {
+        **json.loads((tmp_path / "synthetic/residual-20/seed2-x/result.json").read_text()),
+        "status": "running", "final_test_error": 0.5})
+    assert results_cli([str(tmp_path)]) == 0
     row, = rec.summarize(tmp_path)
     assert row["seeds"] == 3 and row["test_error_mean"] == pytest.approx(0.08)
     assert row["test_error_std"] == pytest.approx(statistics.stdev([0.07, 0.08, 0.09]))
@@ -262,16 +296,19 @@ def test_results_table_mean_and_std_on_known_files(tmp_path, capsys):
 
 def test_results_table_names_the_settings_that_tell_configs_apart(tmp_path, capsys):
     for lr, momentum, test in [(0.1, 0.9, 0.07), (0.05, 0.9, 0.08), (0.1, 0.8, 0.09)]:
-        cfg = compose(["experiment=smoke", f"results_root={tmp_path}", f"optim.lr={lr}", f"optim.momentum={momentum}"])
+        cfg = compose(["experiment=smoke", f"results_root={tmp_path}", f"optim.lr={lr}",
+                       f"optim.momentum={momentum}"])
         d = tmp_path / f"synthetic/residual-20/seed0-{lr}-{momentum}"
         d.mkdir(parents=True)
-        rec.write_json(d / "result.json", {
-            "status": "done", "dataset": "synthetic", "depth": 20, "block": "residual", "shortcut": "A", "seed": 0,
-            "params": 269_722, "steps": 40, "max_steps": 40, "wall_time_s": 6.0, "final_test_error": test,
-            "final_train_error": 0.01, "config": cfg})
-    assert rec.results_cli([str(tmp_path)]) == 0
+        write_json(d / "result.json", {
+            "status": "done", "dataset": "synthetic", "depth": 20, "block": "residual",
+            "shortcut": "A", "seed": 0, "params": 269_722, "steps": 40, "max_steps": 40,
+            "wall_time_s": 6.0, "final_test_error": test, "final_train_error": 0.01,
+            "config": cfg})
+    assert results_cli([str(tmp_path)]) == 0
     settings = {round(r["test_error_mean"], 2): r["settings"] for r in rec.summarize(tmp_path)}
-    assert settings == {0.07: "optim.lr=0.1 optim.momentum=0.9", 0.08: "optim.lr=0.05 optim.momentum=0.9",
+    assert settings == {0.07: "optim.lr=0.1 optim.momentum=0.9",
+                        0.08: "optim.lr=0.05 optim.momentum=0.9",
                         0.09: "optim.lr=0.1 optim.momentum=0.8"}
     out = capsys.readouterr().out
     assert "settings" in out.splitlines()[0] and "optim.lr=0.05 optim.momentum=0.9" in out
@@ -280,7 +317,8 @@ def test_results_table_names_the_settings_that_tell_configs_apart(tmp_path, caps
     one = tmp_path / "one"
     (one / "a").mkdir(parents=True)
     shutil.copy(next(tmp_path.rglob("result.json")), one / "a" / "result.json")
-    assert rec.summarize(one)[0]["settings"] == "" and "settings" not in rec.format_table(rec.summarize(one))
+    assert rec.summarize(one)[0]["settings"] == "" and "settings" not in rec.format_table(
+        rec.summarize(one))
 
 
 def test_sweep_progress_counts_runs_and_scales_the_time_left(tmp_path):
@@ -289,20 +327,25 @@ def test_sweep_progress_counts_runs_and_scales_the_time_left(tmp_path):
     from resdepth.sweep import sweep_progress
 
     plan = [{"run_dir": str(tmp_path / name), "depth": depth, "max_steps": 100, "start_step": start}
-            for name, depth, start in [("a", 20, 0), ("b", 20, 50), ("c", 110, 0), ("d", 56, 0), ("e", 56, 0)]]
-    for name, status, steps in [("a", "done", 100), ("b", "running", 60), ("c", "failed", 30), ("d", "done", 100),
-                                ("e", "failed", 0)]:
+            for name, depth, start in [("a", 20, 0), ("b", 20, 50), ("c", 110, 0), ("d", 56, 0),
+                                       ("e", 56, 0)]]
+    for name, status, steps in [("a", "done", 100), ("b", "running", 60), ("c", "failed", 30),
+                                ("d", "done", 100), ("e", "failed", 0)]:
         (tmp_path / name).mkdir()
-        finished = "2026-01-01T00:05:00" if name == "c" else "2025-12-31T23:00:00"  # e failed before: a retry to come
-        rec.write_json(tmp_path / name / "result.json", {"status": status, "steps": steps, "finished": finished})
-    rec.write_json(tmp_path / "sweep.json", {"started": "2026-01-01T00:00:00", "plan": plan})
+        # e failed before: a retry to come
+        finished = "2026-01-01T00:05:00" if name == "c" else "2025-12-31T23:00:00"
+        write_json(tmp_path / name / "result.json",
+                   {"status": status, "steps": steps, "finished": finished})
+    write_json(tmp_path / "sweep.json", {"started": "2026-01-01T00:00:00", "plan": plan})
     now = dt.datetime(2026, 1, 1, 0, 10)  # 600 s after the start
     # depth x iterations since the start: 20*100 + 20*10 + 110*30 + 56*100 = 11,100 in 600 s;
     # left: 20*40 (b) + 56*100 (e) = 6,400, so 600 * 6400 / 11100 = 345.9 s
-    assert sweep_progress(tmp_path / "sweep.json", now) == "5 (2 finished, 1 failed so far; about 5m46s left)"
+    assert sweep_progress(tmp_path / "sweep.json", now) == (
+        "5 (2 finished, 1 failed so far; about 5m46s left)")
 
 
-@pytest.mark.skipif(torch.cuda.is_available(), reason="the note is for sweeps that train on the CPU")
+@pytest.mark.skipif(torch.cuda.is_available(),
+                    reason="the note is for sweeps that train on the CPU")
 def test_a_long_sweep_on_the_cpu_says_what_to_expect(tmp_path, monkeypatch, capsys):
     from resdepth import sweep as sw
 
@@ -320,13 +363,17 @@ def test_a_long_sweep_on_one_gpu_names_the_faster_way():
     jobs = [{"trainer": {"max_steps": 64000}}] * 10
     given = ["data=cifar10_jpeg"]
     [note] = plan_notes(jobs, given, ["gpu"] * 10, gpus=1)
-    assert note.startswith("these 10 runs go one at a time") and "nvidia-cuda-mps-control -d" in note
-    assert "`resdepth sweep data=cifar10_jpeg hydra/launcher=parallel hydra.launcher.n_jobs=4`" in note
+    assert (note.startswith("these 10 runs go one at a time")
+            and "nvidia-cuda-mps-control -d" in note)
+    assert ("`resdepth sweep data=cifar10_jpeg hydra/launcher=parallel hydra.launcher.n_jobs=4`"
+            in note)
     [note] = plan_notes(jobs, given, ["gpu"] * 10, gpus=8)
     assert "on one of the 8 GPUs here" in note and "hydra.launcher.n_jobs=8`" in note
-    assert plan_notes(jobs, [*given, "hydra/launcher=parallel"], ["gpu"] * 10, gpus=1) == []  # already parallel
+    # already parallel
+    assert plan_notes(jobs, [*given, "hydra/launcher=parallel"], ["gpu"] * 10, gpus=1) == []
     assert plan_notes(jobs[:1], given, ["gpu"], gpus=1) == []  # one run
-    assert plan_notes([{"trainer": {"max_steps": 400}}] * 4, given, ["gpu"] * 4, gpus=1) == []  # short runs
+    # short runs
+    assert plan_notes([{"trainer": {"max_steps": 400}}] * 4, given, ["gpu"] * 4, gpus=1) == []
     [note] = plan_notes(jobs, given, ["cpu"] * 10, gpus=0)
     assert note.startswith("no CUDA GPU is used")
 
@@ -338,41 +385,52 @@ def test_results_of_an_empty_root_is_a_clear_error(tmp_path):
 
 
 @pytest.mark.parametrize("launcher", [["hydra/launcher=parallel", "hydra.launcher.n_jobs=2"],
-                                      ["hydra/launcher=submitit_local", "hydra.launcher.timeout_min=10"]])
+                                      ["hydra/launcher=submitit_local",
+                                       "hydra.launcher.timeout_min=10"]])
 def test_launchers_run_a_tiny_sweep(tmp_path, launcher):
     proc = run_cli("sweep", "experiment=smoke", f"results_root={tmp_path}", "model.depth=8",
                    "trainer.max_steps=10", "trainer.eval_every=5", *launcher)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
-    runs = [r for _, r in rec.find_results(tmp_path)]
+    runs = [r for _, r in find_results(tmp_path)]
     assert sorted(r["block"] for r in runs) == ["plain", "residual"]
     assert all(r["status"] == "done" and r["steps"] == 10 for r in runs)
     assert "sweep finished: 2 done" in proc.stdout
 
 
 def test_a_plain_net_under_both_shortcuts_is_one_run_trained_once(tmp_path):
-    a, b, res_b = compose(["experiment=smoke", f"results_root={tmp_path}", "model.block=plain"]), compose(
-        ["experiment=smoke", f"results_root={tmp_path}", "model.block=plain", "model.shortcut=B"]), compose(
-        ["experiment=smoke", f"results_root={tmp_path}", "model.block=residual", "model.shortcut=B"])
-    assert a["run_dir"] == b["run_dir"] != res_b["run_dir"]  # no shortcuts: A and B build the same plain net
-    # two jobs of one run at once (parallel launcher): one trains it, the other says so and trains nothing
-    proc = run_cli("sweep", "experiment=smoke", f"results_root={tmp_path}", "model.depth=8", "model.block=plain",
-                   "model.shortcut=A,B", "trainer.max_steps=10", "trainer.eval_every=5", "hydra/launcher=parallel",
-                   "hydra.launcher.n_jobs=2")
+    a, b, res_b = (
+        compose(["experiment=smoke", f"results_root={tmp_path}", "model.block=plain"]),
+        compose(["experiment=smoke", f"results_root={tmp_path}", "model.block=plain",
+                 "model.shortcut=B"]),
+        compose(["experiment=smoke", f"results_root={tmp_path}", "model.block=residual",
+                 "model.shortcut=B"]))
+    # no shortcuts: A and B build the same plain net
+    assert a["run_dir"] == b["run_dir"] != res_b["run_dir"]
+    # two jobs of one run at once (parallel launcher): one trains it, the other says so and trains
+    # nothing
+    proc = run_cli("sweep", "experiment=smoke", f"results_root={tmp_path}", "model.depth=8",
+                   "model.block=plain", "model.shortcut=A,B", "trainer.max_steps=10",
+                   "trainer.eval_every=5", "hydra/launcher=parallel", "hydra.launcher.n_jobs=2")
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
-    assert "sweep: 1 runs under" in proc.stdout and "note: 1 of these 2 jobs repeats another's run" in proc.stdout
-    assert "=== run 1 again (sweep job 2): the same run as job 1, trained once there ===" in proc.stdout
+    assert ("sweep: 1 runs under" in proc.stdout
+            and "note: 1 of these 2 jobs repeats another's run" in proc.stdout)
+    assert ("=== run 1 again (sweep job 2): the same run as job 1, trained once there ==="
+            in proc.stdout)
     assert proc.stdout.count("] starting:") == 1 and "sweep finished: 1 done" in proc.stdout
-    [(run_dir, result)] = rec.find_results(tmp_path)
+    [(run_dir, result)] = find_results(tmp_path)
     assert result["shortcut"] == "A" and result["status"] == "done" and result["steps"] == 10
-    assert len(list((run_dir / ".hydra").iterdir())) == 1  # the repeating job left no record of its own
-    proc = run_cli("train", "experiment=smoke", f"results_root={tmp_path}", "model.depth=8", "model.block=plain",
-                   "model.shortcut=B", "trainer.max_steps=10", "trainer.eval_every=5")
+    # the repeating job left no record of its own
+    assert len(list((run_dir / ".hydra").iterdir())) == 1
+    proc = run_cli("train", "experiment=smoke", f"results_root={tmp_path}", "model.depth=8",
+                   "model.block=plain", "model.shortcut=B", "trainer.max_steps=10",
+                   "trainer.eval_every=5")
     assert proc.returncode == 0 and "this is the same run as shortcut A" in proc.stdout
     assert f"done, skipped ({run_dir}: done)" in proc.stdout
 
 
 def test_slurm_launcher_config_composes():
-    proc = run_cli("train", "hydra/launcher=slurm", "hydra.launcher.partition=gpu", "--cfg", "hydra")
+    proc = run_cli("train", "hydra/launcher=slurm", "hydra.launcher.partition=gpu", "--cfg",
+                   "hydra")
     assert proc.returncode == 0, proc.stderr
     assert "SlurmLauncher" in proc.stdout and "max_num_timeout: 20" in proc.stdout
     assert "partition: gpu" in proc.stdout and "gpus_per_node: 1" in proc.stdout
@@ -390,18 +448,22 @@ def _locked(run_dir: Path) -> bool:
 
 
 def test_parallel_workers_stop_when_the_sweep_is_killed(tmp_path):
-    overrides = ["experiment=smoke", f"results_root={tmp_path}", "model.depth=8", "trainer.max_steps=3000",
-                 "trainer.eval_every=5"]
-    proc = subprocess.Popen([sys.executable, "-m", "resdepth.cli", "sweep", *overrides, "hydra/launcher=parallel",
-                             "hydra.launcher.n_jobs=2"], cwd=REPO, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)
-    run_dirs = [Path(compose([*overrides, f"model.block={b}"])["run_dir"]) for b in ("plain", "residual")]
+    overrides = ["experiment=smoke", f"results_root={tmp_path}", "model.depth=8",
+                 "trainer.max_steps=3000", "trainer.eval_every=5"]
+    proc = subprocess.Popen([sys.executable, "-m", "resdepth.cli", "sweep", *overrides,
+                             "hydra/launcher=parallel", "hydra.launcher.n_jobs=2"], cwd=REPO,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    run_dirs = [Path(compose([*overrides, f"model.block={b}"])["run_dir"])
+                for b in ("plain", "residual")]
     try:  # both workers are training: each holds its run's lock and has written a record
-        assert _wait_for(lambda: all((d / "metrics.csv").exists() and _locked(d) for d in run_dirs), timeout=300)
+        assert _wait_for(lambda: all((d / "metrics.csv").exists() and _locked(d) for d in run_dirs),
+                         timeout=300)
     finally:
         proc.kill()  # SIGKILL: the sweep cannot tell its workers anything
         proc.wait()
     assert _wait_for(lambda: not any(_locked(d) for d in run_dirs), timeout=60)
     steps = [json.loads((d / "result.json").read_text())["steps"] for d in run_dirs]
     time.sleep(3)
-    assert [json.loads((d / "result.json").read_text())["steps"] for d in run_dirs] == steps  # nobody trains them any more
+    # nobody trains them any more
+    assert [json.loads((d / "result.json").read_text())["steps"] for d in run_dirs] == steps

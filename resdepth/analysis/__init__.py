@@ -1,1 +1,1 @@
-"""The paper's numbers, the run model (grouped runs), the results table, the figures and the report."""
+"""The paper's numbers, the run model (grouped runs), the results table, figures and report."""

@@ -1,31 +1,10 @@
-"""The figures of a results root; `resdepth plot [ROOT]` writes them, with Table 6 and report.md (resdepth.report),
-into ROOT/figures/.
-
-  fig6_curves.{png,pdf}     Figure 6: error vs iterations; one panel per block kind (plain | ResNet | ...), and
-                            ResNet-110 vs ResNet-1202 where a 1202 was trained; a marker where a warm-up ended
-  depth_vs_error.{png,pdf}  final training and test error against depth, one series per block kind, with the
-                            paper's Table 6 where it applies
-  fig7_responses.{png,pdf}  Figure 7: std of each 3x3 layer's response (pooled over images, channels and positions
-                            of the test set), in layer order and sorted
-
-One dataset under ROOT: the files go to ROOT/figures/. Several: to ROOT/figures/<dataset>/, one set each.
-The runs come grouped (resdepth.runs): seeds are averaged (mean, sample std, min-max band), different protocols
-never. Runs that are running (or were interrupted), diverged or failed are drawn with their status, never dropped.
-Every registered block kind gets its panel, series and line style. Errors are fractions in the run files and
-percentages here.
-
-Pure: groups in, matplotlib Figure objects out (built without pyplot, so rendered by Agg and never touching the
-global backend); nothing here knows of training. Re-running on the same runs gives the same bytes.
-
-Imports runs and rundir (plot_cli reaches report lazily); never training code.
-"""
+"""Figure 6, error vs depth and Figure 7 of grouped runs, errors in %: Figures built without pyplot
+(Agg; the global backend untouched), so the same runs give the same bytes."""
 
 from __future__ import annotations
 
-import argparse
 import io
 import math
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -34,12 +13,13 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import FormatStrFormatter, MaxNLocator
 
 from ..rundir import atomic_write_bytes
-from .runs import (NO_USABLE, PAPER_TEST_ERROR, PAPER_TEST_STD, REFERENCE_KIND, Group, Run, WarmupEnd, block_kinds,
-                   excluded_runs, kind_label, no_runs, paper_reference, status_note, warmup_end)
+from .paper import PAPER_TEST_ERROR, PAPER_TEST_STD, REFERENCE_KIND
+from .runs import (Group, Run, WarmupMarker, block_kinds, excluded_runs, kind_label,
+                   paper_reference, status_note, warmup_marker)
 
-OFF_SCALE = 85.0  # %: nets ending near chance (never learned, like the paper's plain-110) do not set the y-limit
-# Colour and line style of a block kind's series (depth figure) and lines (Figure 7); kinds without one of their
-# own take the next of EXTRA_STYLES in registration order.
+OFF_SCALE = 85.0  # %: nets near chance (like the paper's plain-110) do not set the y-limit
+# Colour and line style of a block kind (depth figure, Figure 7); kinds without their own take the
+# next of EXTRA_STYLES in registration order.
 KIND_STYLES = {"plain": ("tab:red", "--"), "residual": ("tab:blue", "-")}
 EXTRA_STYLES = [("tab:green", "-."), ("tab:purple", ":"), ("tab:brown", "-."), ("tab:olive", ":")]
 WARMUP_MARKER = "v"
@@ -61,7 +41,7 @@ def _colors(groups: list[Group]) -> dict[tuple, tuple]:
     return {k: palette[i % len(palette)] for i, k in enumerate(keys)}
 
 
-# ------------------------------------------------------------------------------------------ Figure 6
+# ------------------------------------------------------------------------------ Figure 6
 
 def _last_finite(values: np.ndarray) -> float:
     finite = values[np.isfinite(values)]
@@ -69,56 +49,57 @@ def _last_finite(values: np.ndarray) -> float:
 
 
 def _curves(runs: list[Run]) -> dict:
-    """Iterations and train/test error (%) of these runs on their common iterations: mean, min, max."""
+    """x (iterations / 1e4) and the runs' train/test error (%) there: mean, min, max."""
     iters = sorted(set.intersection(*({row["iteration"] for row in r.metrics} for r in runs)))
     out = {"x": np.array(iters, dtype=float) / 1e4}
     for key in ("train_error", "test_error"):
         rows = [{row["iteration"]: row[key] for row in r.metrics} for r in runs]
-        v = 100 * np.array([[row[i] for i in iters] for row in rows], dtype=float).reshape(len(runs), len(iters))
+        v = np.array([[row[i] for i in iters] for row in rows], dtype=float)
+        v = 100 * v.reshape(len(runs), len(iters))
         out[key] = v.mean(axis=0)
         out[key + "_lo"], out[key + "_hi"] = v.min(axis=0), v.max(axis=0)
     return out
 
 
-def _warmups(runs: list[Run]) -> list[WarmupEnd]:
-    return [end for r in runs if (end := warmup_end(r))]
+def _warmups(runs: list[Run]) -> list[WarmupMarker]:
+    return [end for r in runs if (end := warmup_marker(r))]
 
 
 def curve_entries(group: Group) -> list[dict]:
-    """What Figure 6 draws for a group: the mean of its done seeds, then each run that is not done, labelled."""
+    """What Figure 6 draws of a group: the mean of its done seeds, then each run not done."""
     entries = []
     if group.done:
         n = len(group.done)
         label = group.name + (f" (mean of {n} seeds)" if n > 1 else
                               f" seed {group.done[0].seed}" if len(group.runs) > 1 else "")
-        entries.append({"label": label, "done": True, "band": n > 1, "warmups": _warmups(group.done),
-                        **_curves(group.done)})
+        entries.append({"label": label, "done": True, "band": n > 1,
+                        "warmups": _warmups(group.done), **_curves(group.done)})
     for run in group.runs:
         if run.status != "done":
             seed = f" seed {run.seed}" if len(group.runs) > 1 else ""
-            entries.append({"label": f"{group.name}{seed} ({status_note(run)})", "done": False, "band": False,
-                            "warmups": _warmups([run]), **_curves([run])})
+            entries.append({"label": f"{group.name}{seed} ({status_note(run)})", "done": False,
+                            "band": False, "warmups": _warmups([run]), **_curves([run])})
     for e in entries:
-        finals = [v for v in (_last_finite(e["train_error"]), _last_finite(e["test_error"])) if not math.isnan(v)]
-        e["final"] = max(finals, default=math.nan)
+        lasts = (_last_finite(e["train_error"]), _last_finite(e["test_error"]))
+        e["final"] = max([v for v in lasts if not math.isnan(v)], default=math.nan)
     return entries
 
 
 def error_top(values: list[float]) -> float:
-    """Top of an error axis (%): 1.5 x the largest value below OFF_SCALE + 5, up to a multiple of 5, at most 100.
-
-    So a net stuck at 90% shows as off scale instead of squashing the differences of a few % that matter."""
+    """Top of an error axis (%): 1.5 x the largest value below OFF_SCALE, + 5, rounded up to a
+    multiple of 5, at most 100; so a net stuck at 90% shows off scale, not squashing the few %."""
     usable = [v for v in values if v < OFF_SCALE]
     return min(100.0, 5 * math.ceil((1.5 * max(usable) + 5) / 5)) if usable else 100.0
 
 
 def curve_panels(groups: list[Group]) -> list[tuple[str, list[Group]]]:
-    """Figure 6's panels: (title, groups) for each block kind ('plain nets', 'residual nets (ResNet)'), then
+    """Figure 6's panels, (title, groups): one per block kind ('residual nets (ResNet)'), then
     '<kind>-110 vs <kind>-1202' for each kind with a 1202 (which its own panel then leaves out)."""
     kinds = block_kinds(groups)
     big = [k for k in kinds if any(g.block == k and g.depth == 1202 for g in groups)]
     title = lambda k: f"{k} nets" + (f" ({kind_label(k)})" if kind_label(k) != k else "")
-    panels = [(title(k), [g for g in groups if g.block == k and not (k in big and g.depth == 1202)]) for k in kinds]
+    own = lambda k: [g for g in groups if g.block == k and not (k in big and g.depth == 1202)]
+    panels = [(title(k), own(k)) for k in kinds]
     return panels + [(f"{kind_label(k)}-110 vs {kind_label(k)}-1202",
                       [g for g in groups if g.block == k and g.depth in (110, 1202)]) for k in big]
 
@@ -134,15 +115,18 @@ def _draw_curves(ax, panel: list[tuple[Group, dict]], colors: dict, top: float) 
         ax.plot(e["x"], e["test_error"], "-", color=color, lw=2.0, alpha=alpha, label=label)
         if e["band"]:
             for key in ("train_error", "test_error"):
-                ax.fill_between(e["x"], e[key + "_lo"], e[key + "_hi"], color=color, alpha=0.2, lw=0)
-        for end in e["warmups"] if e["x"].size else []:  # on the training error curve (off scale: on the top edge)
+                ax.fill_between(e["x"], e[key + "_lo"], e[key + "_hi"], color=color, alpha=0.2,
+                                lw=0)
+        for end in e["warmups"] if e["x"].size else []:  # on the training error, or the top edge
             x = end.iteration / 1e4
-            ax.plot([x], [min(top, np.interp(x, e["x"], e["train_error"]))], WARMUP_MARKER, color=color,
-                    mec="black", mew=0.8, ms=7, alpha=alpha, zorder=3, clip_on=False)
+            y = min(top, np.interp(x, e["x"], e["train_error"]))
+            ax.plot([x], [y], WARMUP_MARKER, color=color, mec="black", mew=0.8, ms=7, alpha=alpha,
+                    zorder=3, clip_on=False)
     ends = [end for _, e in panel for end in e["warmups"]]
     if ends:  # one legend entry for the markers
+        inexact = "" if all(end.exact for end in ends) else " (at or before the marker)"
         ax.plot([], [], WARMUP_MARKER, color="lightgray", mec="black", mew=0.8, ms=7,
-                label="end of warm-up" + ("" if all(end.exact for end in ends) else " (at or before the marker)"))
+                label="end of warm-up" + inexact)
 
 
 def _finish_panel(ax, title: str, right: float | None, top: float, empty: bool) -> None:
@@ -155,17 +139,18 @@ def _finish_panel(ax, title: str, right: float | None, top: float, empty: bool) 
         return
     labels = ax.get_legend_handles_labels()[1]
     ncols = 2 if max(map(len, labels)) <= 24 else 1  # long notes (running, off scale) would overlap
-    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.16), ncols=ncols, fontsize="small", frameon=False)
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.16), ncols=ncols, fontsize="small",
+              frameon=False)
 
 
 def curves_figure(groups: list[Group]) -> Figure:
-    """Figure 6 for one dataset: training (dashed) and test (bold) error (%) against iterations (1e4)."""
+    """Figure 6 of one dataset: training (dashed) and test (bold) error (%) vs iterations (1e4)."""
     colors = _colors(groups)
     panels = curve_panels(groups)
     drawn = [[(g, e) for g in gs for e in curve_entries(g)] for _, gs in panels]
     entries = [e for panel in drawn for _, e in panel if not math.isnan(e["final"])]
     done = [e["final"] for e in entries if e["done"] and e["final"] < OFF_SCALE]
-    top = error_top(done or [e["final"] for e in entries])  # unfinished runs count only when nothing finished
+    top = error_top(done or [e["final"] for e in entries])  # unfinished ones count if none finished
     right = max(g.max_steps for g in groups) / 1e4 or None
 
     fig = Figure(figsize=(5.2 * len(panels), 4.4), layout="constrained")
@@ -175,12 +160,13 @@ def curves_figure(groups: list[Group]) -> Figure:
         _finish_panel(ax, title, right, top, empty=not panel)
     axes[0].set_ylabel("error (%)")
     warm = any(e["warmups"] for panel in drawn for _, e in panel)
-    fig.suptitle(f"{groups[0].dataset}: error vs iterations (dashed: training error, bold: test error"
-                 f"{'; ▼ on the training error: end of warm-up' if warm else ''})")
+    marker = "; ▼ on the training error: end of warm-up" if warm else ""
+    fig.suptitle(f"{groups[0].dataset}: error vs iterations (dashed: training error, "
+                 f"bold: test error{marker})")
     return fig
 
 
-# ------------------------------------------------------------------------------------------ error vs depth
+# ------------------------------------------------------------------------------ error vs depth
 
 def _depth_series(ax_train, ax_test, groups: list[Group]) -> dict:
     """One errorbar series per (block kind, variant) on each panel; the points drawn, per panel:
@@ -194,24 +180,27 @@ def _depth_series(ax_train, ax_test, groups: list[Group]) -> dict:
     points = {ax_train: [], ax_test: []}
     for (kind, variant), gs in sorted(series.items()):
         color, ls = kind_style(kinds[kind], kinds)
-        style = {"color": color, "marker": "osD^v<>"[variants.index(variant) % 7], "capsize": 3, "ls": ls,
-                 "label": kind_label(kinds[kind]) + variant}
+        style = {"color": color, "marker": "osD^v<>"[variants.index(variant) % 7], "capsize": 3,
+                 "ls": ls, "label": kind_label(kinds[kind]) + variant}
         for ax, key in ((ax_train, "final_train_error"), (ax_test, "final_test_error")):
             stats = [g.stats(key).pct() for g in gs]
-            ax.errorbar([g.depth for g in gs], [s[0] for s in stats], yerr=[s[1] for s in stats], **style)
+            ax.errorbar([g.depth for g in gs], [s[0] for s in stats], yerr=[s[1] for s in stats],
+                        **style)
             points[ax] += [(g.depth, m, sd, color, g.name) for g, (m, sd, _) in zip(gs, stats)]
     return points
 
 
 def _paper_markers(ax_test, groups: list[Group]) -> list[tuple]:
     """The paper's Table 6 test errors at the depths where they apply; the points drawn."""
-    ref = sorted({g.depth for g in groups if g.block == REFERENCE_KIND and paper_reference(g)} & set(PAPER_TEST_ERROR))
+    ours = {g.depth for g in groups if g.block == REFERENCE_KIND and paper_reference(g)}
+    ref = sorted(ours & set(PAPER_TEST_ERROR))
     if not ref:
         return []
     jpeg = "; ours: JPEG copy" if groups[0].dataset == "cifar10_jpeg" else ""
     mean_of_5 = "; 110: mean ± std of 5" if 110 in ref else ""
-    ax_test.errorbar(ref, [PAPER_TEST_ERROR[d] for d in ref], yerr=[PAPER_TEST_STD.get(d, 0) for d in ref],
-                     fmt="x", color="black", ms=9, mew=2, capsize=3,
+    ax_test.errorbar(ref, [PAPER_TEST_ERROR[d] for d in ref],
+                     yerr=[PAPER_TEST_STD.get(d, 0) for d in ref], fmt="x", color="black", ms=9,
+                     mew=2, capsize=3,
                      label=f"paper ({kind_label(REFERENCE_KIND)}, Table 6{jpeg}{mean_of_5})")
     return [(d, PAPER_TEST_ERROR[d], PAPER_TEST_STD.get(d, 0.0), "black", "paper") for d in ref]
 
@@ -223,8 +212,8 @@ def _depth_axes(ax, what: str, depths: list[int], points: list[tuple]) -> None:
     ax.minorticks_off()
     top = error_top([m + sd for _, m, sd, _, _ in points])
     off = [(d, m, c, name) for d, m, _, c, name in points if m > top]
-    title = f"final {what} error" + ("\noff scale: " + ", ".join(f"{n} {m:.0f}%" for _, m, _, n in off)
-                                      if off else "")
+    names = ", ".join(f"{n} {m:.0f}%" for _, m, _, n in off)
+    title = f"final {what} error" + ("\noff scale: " + names if off else "")
     ax.set(title=title, xlabel="depth (layers)", ylabel=f"{what} error (%)", ylim=(0, top))
     for d, _, c, _ in off:
         ax.plot([d], [top], "^", color=c, ms=8, clip_on=False)
@@ -234,8 +223,8 @@ def _depth_axes(ax, what: str, depths: list[int], points: list[tuple]) -> None:
 
 
 def depth_figure(groups: list[Group]) -> Figure:
-    """Final training and test error (%) against depth: mean ± sample std over done seeds, one series per block
-    kind, with the paper's Table 6 ResNet test errors where they apply."""
+    """Final training and test error (%) vs depth: mean ± sample std over done seeds, a series per
+    block kind, with the paper's Table 6 ResNet test errors where they apply."""
     fig = Figure(figsize=(10, 4.4), layout="constrained")
     ax_train, ax_test = fig.subplots(1, 2, sharex=True)
     points = _depth_series(ax_train, ax_test, groups)
@@ -248,30 +237,29 @@ def depth_figure(groups: list[Group]) -> Figure:
         more = f" and {len(left_out) - 6} more" if len(left_out) > 6 else ""
         fig.supxlabel("not in the means: " + "; ".join(left_out[:6]) + more, fontsize=8)
     seeds = sorted({len(g.done) for g in groups if g.done})
+    counts = (f"{seeds[0]}" + ("" if len(seeds) == 1 else f"-{seeds[-1]}")) if seeds else ""
     spread = ("one seed per net: no spread to show" if seeds[-1:] == [1] else
-              f"mean ± sample std over {seeds[0]}{'' if len(seeds) == 1 else f'-{seeds[-1]}'} seeds" if seeds
-              else "no finished runs")
+              f"mean ± sample std over {counts} seeds" if seeds else "no finished runs")
     fig.suptitle(f"{groups[0].dataset}: error vs depth ({spread})")
     return fig
 
 
-# ------------------------------------------------------------------------------------------ Figure 7
+# ------------------------------------------------------------------------------ Figure 7
 
 def responses_figure(groups: list[Group]) -> Figure:
-    """Figure 7: std of the layer responses (after BN, before the addition/ReLU) per 3x3 layer, in layer order
-    (top) and sorted in descending order (bottom); one line per net, the mean over its seeds. Each std is pooled
-    over all elements of the layer's output (images, channels, positions) on the test set (models.ResponseStd)."""
+    """Figure 7: each 3x3 layer's response std on the test set (models.ResponseStd), in layer order
+    (top) and sorted in descending order (bottom); one line per net, the mean over its seeds."""
     colors, kinds = _colors(groups), block_kinds(groups)
     fig = Figure(figsize=(9, 6.5), layout="constrained")
     top, bottom = fig.subplots(2, 1)
     nets = [(g, [r.responses for r in g.runs if r.responses]) for g in groups]
     nets = [(g, stds) for g, stds in nets if stds]
-    dots = max((len(stds[0]) for _, stds in nets), default=0) <= 60  # dots only where they stay readable
+    dots = max((len(stds[0]) for _, stds in nets), default=0) <= 60  # dots while readable
     for g, stds in nets:
         mean = np.mean(np.array(stds, dtype=float), axis=0)
         idx = np.arange(1, len(mean) + 1)
-        style = {"color": colors[(g.depth, g.variant)], "ls": kind_style(g.block, kinds)[1], "lw": 1.5,
-                 "marker": "o" if dots else None, "ms": 2.5}
+        style = {"color": colors[(g.depth, g.variant)], "ls": kind_style(g.block, kinds)[1],
+                 "lw": 1.5, "marker": "o" if dots else None, "ms": 2.5}
         label = g.name + (f" (mean of {len(stds)} seeds)" if len(stds) > 1 else "")
         top.plot(idx, mean, label=label, **style)
         bottom.plot(idx, np.sort(mean)[::-1], label=label, **style)
@@ -282,55 +270,30 @@ def responses_figure(groups: list[Group]) -> Figure:
     if top.lines:
         fig.legend(*top.get_legend_handles_labels(), loc="outside right upper", fontsize="small")
     else:
-        top.text(0.5, 0.5, "no responses.json yet", transform=top.transAxes, ha="center", color="gray")
+        top.text(0.5, 0.5, "no responses.json yet", transform=top.transAxes, ha="center",
+                 color="gray")
     styles = ", ".join(f"{LINE_NAMES[kind_style(k, kinds)[1]]}: {kind_label(k)}" for k in kinds)
     top.set_title(f"{groups[0].dataset}: std of layer responses on the test set ({styles})")
-    fig.supxlabel("std of each 3x3 layer's output after BN, before the addition and ReLU, pooled over all its "
-                  "elements (images, channels, positions)\nof the test set; one line per net, the mean of that std "
-                  "over its seeds", fontsize=8)
+    fig.supxlabel("std of each 3x3 layer's output after BN, before the addition and ReLU, pooled "
+                  "over all its elements (images, channels, positions)\nof the test set; one line "
+                  "per net, the mean of that std over its seeds", fontsize=8)
     return fig
 
 
-# ------------------------------------------------------------------------------------------ files
+# ------------------------------------------------------------------------------ files
 
-FIGURES = {"fig6_curves": curves_figure, "depth_vs_error": depth_figure, "fig7_responses": responses_figure}
+FIGURES = {"fig6_curves": curves_figure, "depth_vs_error": depth_figure,
+           "fig7_responses": responses_figure}
 
 
 def save_figure(fig: Figure, stem: Path) -> list[Path]:
     """PNG (150 dpi) and PDF without timestamps or version stamps, each written atomically."""
     out = []
-    for ext, meta in (("png", {"Software": None}), ("pdf", {"CreationDate": None, "Producer": None})):
+    for ext, meta in (("png", {"Software": None}),
+                      ("pdf", {"CreationDate": None, "Producer": None})):
         buf = io.BytesIO()
         fig.savefig(buf, format=ext, dpi=150, metadata=meta)
         path = stem.with_suffix(f".{ext}")
         atomic_write_bytes(path, buf.getvalue())
         out.append(path)
     return out
-
-
-def plot_cli(argv: list[str]) -> int:
-    """`resdepth plot [ROOT]`: 0 when written; 2 (nothing created) when ROOT holds no runs."""
-    from .report import tables_text, write_outputs
-
-    p = argparse.ArgumentParser(prog="resdepth plot", description="Figures 6 and 7, error vs depth, Table 6 and "
-                                "report.md of the runs under ROOT, into ROOT/figures.")
-    p.add_argument("root", nargs="?", default="runs", help="results root (default: runs)")
-    root = Path(p.parse_args(argv).root)
-    why = no_runs(root)
-    if why:
-        print(f"resdepth: error: {why}", file=sys.stderr)
-        return 2
-    try:
-        written = write_outputs(root)
-    except OSError as e:  # a read-only or full disk: the numbers are still worth seeing
-        print(tables_text(root))
-        print(f"resdepth: error: cannot save the figures and tables: {e.strerror or e}: {e.filename or root}",
-              file=sys.stderr)
-        return 1
-    if not written:
-        print(f"resdepth: error: {NO_USABLE.format(root=root)}", file=sys.stderr)
-        return 2
-    print(f"wrote {len(written)} files to {root / 'figures'}:")
-    for path in written:
-        print(f"  {path}")
-    return 0

@@ -1,14 +1,5 @@
-"""Table 6, the verdicts and report.md of a results root, and `write_outputs`, which writes them with the figures.
-
-  table6.md, table6.csv     per depth: each block kind's final errors against the paper's, params, the status
-  report.md                 one page: the figures, the table, sweep command, data, hardware, versions, time
-
-Table 6 has a column pair per registered block kind (residual first: the paper's column); the paper's numbers
-appear only for cifar10 / cifar10_jpeg runs on the paper's protocol. Errors are fractions in the run files and
-percentages here.
-
-Imports plots, runs, tables and rundir; never training code.
-"""
+"""Table 6 (a column pair per block kind, the paper's where it applies), the degradation verdict and
+report.md of a results root; write_outputs writes them beside the figures. Errors in %."""
 
 from __future__ import annotations
 
@@ -19,19 +10,20 @@ from pathlib import Path
 
 from . import plots
 from ..rundir import atomic_write_text, read_json
-from .runs import (PAPER_PARAMS, PAPER_TEST_CELL, PAPER_TEST_ERROR, REFERENCE_KIND, Group, Run, block_kinds,
-                   by_dataset, excluded_runs, group_runs, kind_label, load_runs, missing_responses, paper_protocol,
-                   paper_reference, status_note, warmup_notes)
+from .paper import PAPER_PARAMS, PAPER_TEST_CELL, PAPER_TEST_ERROR, REFERENCE_KIND
+from .runs import (Group, Run, block_kinds, by_dataset, excluded_runs, group_runs, kind_label,
+                   load_runs, missing_responses, paper_protocol, paper_reference, status_note,
+                   warmup_notes)
 from ..tables import csv_text, error_cell, fmt_time, markdown, number
 
 NA = "n/a (different protocol)"
-FIG7_CAPTION = ("Each point is the std of one 3x3 layer's output (after BN, before the addition and ReLU), pooled "
-                "over all its elements (images, channels and positions) on the test set; a net with several seeds "
-                "shows the mean of that std over them.")
+FIG7_CAPTION = ("Each point is the std of one 3x3 layer's output (after BN, before the addition "
+                "and ReLU), pooled over all its elements (images, channels and positions) on the "
+                "test set; a net with several seeds shows the mean of that std over them.")
 
 
 def table_kinds(groups: list[Group]) -> list[str]:
-    """Table 6's block kinds: the paper's (residual) first, then the others in registration order."""
+    """Table 6's block kinds: the paper's (residual) first, then the rest in registration order."""
     return sorted(block_kinds(groups), key=lambda kind: kind != REFERENCE_KIND)
 
 
@@ -41,26 +33,30 @@ def prefix(kind: str) -> str:
 
 
 def _fill(row: dict, found: dict[str, Group]) -> None:
-    """Each kind's final errors (% mean, std, n), best test error (%) and params, the paper's, and the status."""
+    """Fill in each kind's final errors (% mean, std, n), params, the paper's and the status."""
     for kind in row["kinds"]:
         g, p = found.get(kind), prefix(kind)
         for split in ("test", "train"):
-            row[f"{p}_{split}"] = g.stats(f"final_{split}_error").pct() if g else (math.nan, math.nan, 0)
-        row[f"{p}_test_best"] = 100 * g.stats("final_test_error").best if g else math.nan  # as the paper for 110
+            stats = g.stats(f"final_{split}_error").pct() if g else (math.nan, math.nan, 0)
+            row[f"{p}_{split}"] = stats
+        # the best of the seeds: what the paper gives for 110 beside the mean
+        row[f"{p}_test_best"] = 100 * g.stats("final_test_error").best if g else math.nan
     groups = [found[k] for k in row["kinds"] if k in found]
     ref = prefix(REFERENCE_KIND)
     paper = PAPER_TEST_ERROR.get(row["depth"]) if row["reference"] else None
     row.update(params=next((r.result.get("params") for g in groups for r in g.runs), None),
-               paper_params=PAPER_PARAMS.get(row["depth"], "-") if row["reference"] else NA, paper_test=paper,
-               diff=row.get(f"{ref}_test", (math.nan,))[0] - paper if paper is not None else math.nan)
-    notes = [f"{kind_label(g.block)} seed {r.seed}: {status_note(r)}" for g in groups for r in g.runs
-             if r.status != "done"]
+               paper_params=PAPER_PARAMS.get(row["depth"], "-") if row["reference"] else NA,
+               paper_test=paper,
+               diff=math.nan if paper is None else row.get(f"{ref}_test", (math.nan,))[0] - paper)
+    notes = [f"{kind_label(g.block)} seed {r.seed}: {status_note(r)}" for g in groups
+             for r in g.runs if r.status != "done"]
     notes += [f"no {kind_label(k)} run" for k in row["kinds"] if k not in found]
     row["status"] = "; ".join(notes) or "done"
 
 
-def table_rows(groups: list[Group]) -> list[dict]:
-    """One row per (protocol, shortcut, depth): each kind's final errors (%) and params against the paper."""
+def table6_rows(groups: list[Group]) -> list[dict]:
+    """Table 6's rows, one per (protocol, shortcut, depth): each kind's final errors (%), params and
+    the paper's."""
     kinds = table_kinds(groups)
     keys: dict[tuple, dict] = {}
     found: dict[tuple, dict[str, Group]] = {}
@@ -70,9 +66,9 @@ def table_rows(groups: list[Group]) -> list[dict]:
                                     "reference": False, "kinds": kinds, "max_steps": g.max_steps})
         found.setdefault(key, {})[g.block] = g
         row["reference"] = row["reference"] or paper_reference(g)
-    order = list(dict.fromkeys(g.protocol for g in groups))  # groups come sorted by iterations, then protocol
+    order = list(dict.fromkeys(g.protocol for g in groups))  # groups come sorted by iterations
     rows = []
-    for key, row in sorted(keys.items(), key=lambda kv: (order.index(kv[0][0]), kv[0][1], kv[0][2])):
+    for key, row in sorted(keys.items(), key=lambda kv: (order.index(kv[0][0]), *kv[0][1:])):
         _fill(row, found[key])
         rows.append(row)
     return rows
@@ -97,43 +93,47 @@ def _kinds(rows: list[dict]) -> list[str]:
 
 
 def table_markdown(rows: list[dict]) -> str:
-    """Table 6 as Markdown (errors in %); the paper's columns only when its numbers apply to some row."""
+    """Table 6 as Markdown (errors in %); the paper's columns only where they apply to some row."""
     paper = any(r["reference"] for r in rows)
     first, *others = _kinds(rows)
-    name = kind_label
-    head = ["depth", f"{name(first)} test", *(["paper ResNet test", "ours − paper"] if paper else []),
-            *(f"{name(k)} test" for k in others), *(f"{name(k)} train" for k in (first, *others)),
+    kinds, name = (first, *others), kind_label
+    head = ["depth", f"{name(first)} test",
+            *(["paper ResNet test", "ours − paper"] if paper else []),
+            *(f"{name(k)} test" for k in others), *(f"{name(k)} train" for k in kinds),
             "params (ours)", *(["params (paper)"] if paper else []), "status"]
     body = []
     for r in rows:
-        test = lambda k: error_cell(*r[f"{prefix(k)}_test"], counts=True, best=r[f"{prefix(k)}_test_best"])
+        test = lambda k: error_cell(*r[f"{prefix(k)}_test"], counts=True,
+                                    best=r[f"{prefix(k)}_test_best"])
+        train = lambda k: error_cell(*r[f"{prefix(k)}_train"], counts=True)
         params = "-" if r["params"] is None else f"{r['params'] / 1e6:.2f}M ({r['params']:,})"
-        body.append([f"{r['depth']}{r['variant']}", test(first), *([_paper(r), _diff(r)] if paper else []),
-                     *map(test, others), *(error_cell(*r[f"{prefix(k)}_train"], counts=True) for k in (first, *others)),
+        body.append([f"{r['depth']}{r['variant']}", test(first),
+                     *([_paper(r), _diff(r)] if paper else []), *map(test, others),
+                     *map(train, kinds),
                      params, *([r["paper_params"]] if paper else []), r["status"]])
     return markdown(head, body)
 
 
 def csv_columns(kinds: list[str]) -> list[str]:
-    """Table 6's CSV columns, errors in % (named _pct): per kind its finished seeds and test error mean, std and
-    best; whether the paper applies and its number; per kind the training error mean and std; params."""
+    """Table 6's CSV columns, errors in % (named _pct)."""
+    test = ("seeds", "test_error_pct_mean", "test_error_pct_std", "test_error_pct_best")
     cols = ["dataset", "depth", "variant"]
-    cols += [f"{prefix(k)}_{c}" for k in kinds for c in ("seeds", "test_error_pct_mean", "test_error_pct_std",
-                                                         "test_error_pct_best")]
+    cols += [f"{prefix(k)}_{c}" for k in kinds for c in test]
     cols += ["paper_reference", "paper_resnet_test_error_pct", "ours_minus_paper_pct"]
-    cols += [f"{prefix(k)}_{c}" for k in kinds for c in ("train_error_pct_mean", "train_error_pct_std")]
+    train = ("train_error_pct_mean", "train_error_pct_std")
+    cols += [f"{prefix(k)}_{c}" for k in kinds for c in train]
     return cols + ["params", "paper_params", "status"]
 
 
 def _paper_params(row: dict) -> int | None:
-    """The paper's parameter count as it prints it ('0.27M' -> 270000), None where it does not apply."""
+    """The paper's parameter count ('0.27M' -> 270000), None where it does not apply."""
     text = PAPER_PARAMS.get(row["depth"]) if row["reference"] else None
     return round(float(text[:-1]) * 1e6) if text else None
 
 
 def table_csv(rows: list[dict]) -> str:
-    """Table 6 as CSV: errors in %, 4 decimals; numbers only in numeric columns, empty where there is none (a
-    std of one seed is undefined; the paper's columns where it does not apply, as paper_reference says)."""
+    """Table 6 as CSV: errors in %, 4 decimals; empty where there is no number (the std of one seed;
+    the paper's columns where paper_reference is false)."""
     kinds = _kinds(rows)
     body = []
     for r in rows:
@@ -149,17 +149,17 @@ def table_csv(rows: list[dict]) -> str:
     return csv_text(csv_columns(kinds), body)
 
 
-# ------------------------------------------------------------------------------------------ the verdict
+# ------------------------------------------------------------------------------ the verdict
 
 SPREAD_TEST = "a difference counts only where it exceeds the sum of the two sample stds"
 WITHIN = "within the seed spread"
 
 
 def _above(a: tuple, b: tuple, or_equal: bool = False) -> str:
-    """Whether error a is above error b (each (mean %, std %, n)): 'yes' or 'no'; with several seeds on both sides
-    'yes' only when a - b exceeds the sum of their sample stds, 'no' when b - a does, else WITHIN."""
+    """Whether error a (mean %, std %, n) is above b: 'yes', 'no', or WITHIN where seeds on both
+    sides say the difference is within the sum of their sample stds."""
     diff = a[0] - b[0]
-    if a[2] < 2 or b[2] < 2:  # no spread to set the difference against: the means decide (indicative)
+    if a[2] < 2 or b[2] < 2:  # no spread to set the difference against: the means decide
         return "yes" if diff > 0 or (or_equal and diff == 0) else "no"
     spread = a[1] + b[1]
     return "yes" if diff > spread else "no" if -diff > spread else WITHIN
@@ -174,8 +174,8 @@ def _err(name: str, e: tuple) -> str:
 
 
 def _comparisons(rows: list[dict]) -> tuple[list[dict], dict, dict]:
-    """The rows of the variant judged (the one with the most rows; the default one on a tie) and the final
-    training errors (% mean, std, n over finished seeds) of its plain and residual nets by depth."""
+    """The rows of the variant judged (the most rows; the default one on a tie) and the final
+    training errors (% mean, std, n) of its plain and residual nets by depth."""
     variants = [r["variant"] for r in rows]
     variant = max(dict.fromkeys(variants), key=lambda v: (variants.count(v), v == ""))
     rows = sorted((r for r in rows if r["variant"] == variant), key=lambda r: r["depth"])
@@ -185,22 +185,30 @@ def _comparisons(rows: list[dict]) -> tuple[list[dict], dict, dict]:
 
 
 def verdict_basis(rows: list[dict], nets: list[tuple]) -> tuple[str, list[str]]:
-    """What a verdict rests on ('final training error, 1 seed per net, 4000 of the paper's 64000 iterations,
-    cifar10_jpeg') and why it is only indicative ([] when it is not): one seed, a shortened schedule."""
+    """What a verdict rests on ('final training error, 1 seed per net, ...') and why it is only
+    indicative ([] when it is not)."""
     paper = paper_protocol()["max_steps"]
     seeds = sorted({e[2] for e in nets})
     steps = sorted({r.get("max_steps") for r in rows if r.get("max_steps")})
     dataset = ", ".join(sorted({r.get("dataset") or "unknown dataset" for r in rows}))
     count = f"{seeds[0]}" if len(seeds) == 1 else f"{seeds[0]}-{seeds[-1]}"
-    length = ("iterations not recorded" if not steps else f"{steps[-1]} iterations (the paper's schedule)"
-              if steps[0] >= paper else f"{'/'.join(map(str, steps))} of the paper's {paper} iterations")
+    if not steps:
+        length = "iterations not recorded"
+    elif steps[0] >= paper:
+        length = f"{steps[-1]} iterations (the paper's schedule)"
+    else:
+        length = f"{'/'.join(map(str, steps))} of the paper's {paper} iterations"
     why = []
     if seeds[0] < 2:
-        why.append("one seed per net gives no seed spread to set a difference against" if seeds[-1] < 2 else
-                   "nets with one seed have no spread, so their differences rest on the means alone")
+        why.append("one seed per net gives no seed spread to set a difference against"
+                   if seeds[-1] < 2 else
+                   "nets with one seed have no spread, so their differences rest on the means "
+                   "alone")
     if not steps or steps[0] < paper:
-        why.append("the schedule is shorter than the paper's" if steps else "the schedule's length is unknown")
-    basis = f"final training error, {count} seed{'s' if seeds[-1] > 1 else ''} per net, {length}, {dataset}"
+        why.append("the schedule is shorter than the paper's" if steps
+                   else "the schedule's length is unknown")
+    plural = "s" if seeds[-1] > 1 else ""
+    basis = f"final training error, {count} seed{plural} per net, {length}, {dataset}"
     return basis + ("; " + SPREAD_TEST if seeds[-1] > 1 else ""), why
 
 
@@ -210,8 +218,8 @@ def _residual_parts(plain: dict, res: dict, v: str) -> tuple[list[str], str | No
     if len(res) >= 2:
         r = sorted(res)
         res_flat = _above(res[r[0]], res[r[-1]], or_equal=True)
-        parts.append(f"{_err(f'ResNet-{r[-1]}{v}', res[r[-1]])} <= {_err(f'ResNet-{r[0]}{v}', res[r[0]])}: "
-                     f"{res_flat}")
+        deep, shallow = _err(f"ResNet-{r[-1]}{v}", res[r[-1]]), _err(f"ResNet-{r[0]}{v}", res[r[0]])
+        parts.append(f"{deep} <= {shallow}: {res_flat}")
     both = sorted(set(plain) & set(res))
     if both:
         outcomes = {x: _above(plain[x], res[x]) for x in both}
@@ -225,18 +233,21 @@ def _residual_parts(plain: dict, res: dict, v: str) -> tuple[list[str], str | No
 TAILS = {  # what each outcome lets the sentence say
     "plain": {"yes": "deeper plain nets reach higher training error than shallower ones",
               "no": "deeper plain nets do not reach higher training error than shallower ones",
-              WITHIN: "deeper plain nets are not clearly above shallower ones (within the seed spread)"},
+              WITHIN: "deeper plain nets are not clearly above shallower ones "
+                      "(within the seed spread)"},
     "below": {"yes": "residual nets are below plain at every depth",
               "no": "residual nets are not below plain at every depth",
               WITHIN: "residual nets are not below plain beyond the seed spread at every depth"},
     "flat": {"yes": "deeper residual nets also reach lower training error",
-             "no": "deeper residual nets do not (yet) reach lower training error than shallower ones",
-             WITHIN: "deeper residual nets are not clearly lower than shallower ones (within the seed spread)"},
+             "no": "deeper residual nets do not (yet) reach lower training error than shallower "
+                   "ones",
+             WITHIN: "deeper residual nets are not clearly lower than shallower ones "
+                     "(within the seed spread)"},
 }
 
 
 def _verdict(plain_worse: str, res_flat: str | None, res_below: str | None) -> str:
-    """reproduced | not reproduced | not resolved (a deciding difference within the seed spread, none against)."""
+    """reproduced | not reproduced | not resolved (a deciding difference within the seed spread)."""
     deciding = [plain_worse, res_below if res_below is not None else res_flat]
     if all(o == "yes" for o in deciding):
         return "reproduced"
@@ -244,10 +255,8 @@ def _verdict(plain_worse: str, res_flat: str | None, res_below: str | None) -> s
 
 
 def degradation_sentence(rows: list[dict]) -> str:
-    """One sentence, from the final training errors (%), saying whether the degradation was reproduced, on what
-    basis (seeds, iterations, dataset) and which comparisons held: deepest vs shallowest plain, plain rising at
-    every step, deepest vs shallowest ResNet, ResNet below plain at each depth. One seed or a schedule shorter than
-    the paper's makes it 'indicative only'; synthetic data makes it a software check that judges nothing."""
+    """Whether the final training errors reproduce the degradation, on what basis and by which
+    comparisons: 'indicative only' on one seed or a short schedule; synthetic data judges none."""
     rows, plain, res = _comparisons(rows)
     v = rows[0]["variant"] if rows else ""
     if len(plain) < 2:
@@ -256,36 +265,38 @@ def degradation_sentence(rows: list[dict]) -> str:
     d = sorted(plain)
     plain_worse = _above(plain[d[-1]], plain[d[0]])
     rising = _all([_above(plain[b], plain[a]) for a, b in zip(d, d[1:])])
-    parts = [f"{_err(f'plain-{d[-1]}{v}', plain[d[-1]])} > {_err(f'plain-{d[0]}{v}', plain[d[0]])}: {plain_worse}",
+    deep, shallow = _err(f"plain-{d[-1]}{v}", plain[d[-1]]), _err(f"plain-{d[0]}{v}", plain[d[0]])
+    parts = [f"{deep} > {shallow}: {plain_worse}",
              f"rising at every step of depth {'/'.join(map(str, d))}: {rising}"]
     more, res_flat, res_below = _residual_parts(plain, res, v)
     basis, why = verdict_basis(rows, [*plain.values(), *res.values()])
     comparisons = f"({'; '.join(parts + more)})"
     if any(r.get("dataset") == "synthetic" for r in rows):
-        return (f"Degradation not judged: synthetic data, so this is a software check that says nothing about the "
-                f"paper (basis: {basis}). Its comparisons: {'; '.join(parts + more)}.")
+        return (f"Degradation not judged: synthetic data, so this is a software check that says "
+                f"nothing about the paper (basis: {basis}). Its comparisons: "
+                f"{'; '.join(parts + more)}.")
     if res_flat is None and res_below is None:
-        verdict, tails = "not judged for residual nets", ["residual nets: no finished runs to compare"]
+        verdict = "not judged for residual nets"
+        tails = ["residual nets: no finished runs to compare"]
     else:
         verdict = _verdict(plain_worse, res_flat, res_below)
         tails = [TAILS["below"][res_below]] if res_below is not None else []
         tails += [TAILS["flat"][res_flat]] if res_flat is not None else []
     qualifier = f", indicative only ({' and '.join(why)})" if why else ""
-    return (f"Degradation {verdict}{qualifier}. Basis: {basis}. Found: {TAILS['plain'][plain_worse]}; "
-            f"{'; '.join(tails)} {comparisons}.")
+    return (f"Degradation {verdict}{qualifier}. Basis: {basis}. "
+            f"Found: {TAILS['plain'][plain_worse]}; {'; '.join(tails)} {comparisons}.")
 
 
-# ------------------------------------------------------------------------------------------ report
+# ------------------------------------------------------------------------------ report
 
 def sweep_commands(root: Path) -> list[str]:
-    """Every sweep command run into ROOT, first use first (sweeps.jsonl, one line per `resdepth sweep`); else
-    the one of sweep_command()."""
+    """Every sweep command run into ROOT, first use first (sweeps.jsonl); else sweep_command()'s."""
     commands = []
     try:
         for line in (Path(root) / "sweeps.jsonl").read_text().splitlines():
             try:
                 commands.append(json.loads(line)["command"])
-            except (ValueError, KeyError, TypeError):  # a line torn by a crash: the others still count
+            except (ValueError, KeyError, TypeError):  # a line torn by a crash: the others count
                 continue
     except OSError:
         pass
@@ -293,7 +304,7 @@ def sweep_commands(root: Path) -> list[str]:
 
 
 def sweep_command(root: Path) -> str:
-    """The latest command that wrote ROOT: from sweep.json, else Hydra's multirun.yaml, else 'unknown'."""
+    """The latest command that wrote ROOT (sweep.json, else Hydra's multirun.yaml), or 'unknown'."""
     root = Path(root)
     try:
         return read_json(root / "sweep.json")["command"]
@@ -314,34 +325,47 @@ def _protocols(groups: list[Group]) -> list[str]:
     for g in groups:
         c = g.config
         o, t, d = c.get("optim", {}), c.get("trainer", {}), c.get("data", {})
-        text = (f"{t.get('max_steps')} iterations of {o.get('batch_size')} images, lr {o.get('lr')} "
-                f"x{o.get('gamma')} at {o.get('milestones')}, weight decay {o.get('weight_decay')}, "
-                f"validation images {d.get('val_size')}; paper protocol: {'yes' if paper_reference(g) else 'no'}")
+        paper = "yes" if paper_reference(g) else "no"
+        text = (f"{t.get('max_steps')} iterations of {o.get('batch_size')} images, "
+                f"lr {o.get('lr')} x{o.get('gamma')} at {o.get('milestones')}, "
+                f"weight decay {o.get('weight_decay')}, validation images {d.get('val_size')}; "
+                f"paper protocol: {paper}")
         if text not in out:
             out.append(text)
     return out
 
 
+def _parts(r: Run) -> list[dict]:
+    """Where a run's iterations were trained: one part unless it was resumed elsewhere."""
+    return r.result.get("segments") or [r.result]
+
+
 def _machines(groups: list[Group]) -> list[str]:
     """The report's hardware, resumed-elsewhere, software and compute lines."""
     runs = [r for g in groups for r in g.runs]
-
-    def parts(r: Run) -> list[dict]:  # where the run's iterations were trained (one part unless resumed elsewhere)
-        return r.result.get("segments") or [r.result]
-
-    host = lambda r: (r.result.get("versions") or {}).get("host")
-    hardware = sorted({f"{p.get('device')} ({p.get('precision')}, host {host(r)})" for r in runs for p in parts(r)})
-    mixed = [f"{g.name} seed {r.seed} (" + ", ".join(f"from it {p['from']}: {p.get('device')}, {p.get('precision')}"
-                                                      for p in parts(r)) + ")"
-             for g in groups for r in g.runs if len(parts(r)) > 1]
-    software = sorted({", ".join(f"{k} {v}" for k, v in sorted((r.result.get("versions") or {}).items())
+    versions = lambda r: r.result.get("versions") or {}
+    hardware = sorted({f"{p.get('device')} ({p.get('precision')}, host {versions(r).get('host')})"
+                       for r in runs for p in _parts(r)})
+    mixed = [f"{g.name} seed {r.seed} ("
+             + ", ".join(f"from it {p['from']}: {p.get('device')}, {p.get('precision')}"
+                         for p in _parts(r)) + ")"
+             for g in groups for r in g.runs if len(_parts(r)) > 1]
+    software = sorted({", ".join(f"{k} {v}" for k, v in sorted(versions(r).items())
                                  if k not in ("host", "platform")) for r in runs})
-    platforms = sorted({str((r.result.get("versions") or {}).get("platform")) for r in runs})
+    platforms = sorted({str(versions(r).get("platform")) for r in runs})
     total = sum(r.result.get("wall_time_s") or 0 for r in runs)
     return [f"- hardware: {'; '.join(hardware)}",
             *([f"- resumed on another device or precision: {'; '.join(mixed)}"] if mixed else []),
             f"- software: {'; '.join(software)}; platform {'; '.join(platforms)}",
-            f"- compute: {fmt_time(total)} ({total:.0f} s, the sum of wall_time_s over {len(runs)} runs)"]
+            f"- compute: {fmt_time(total)} ({total:.0f} s, the sum of wall_time_s over "
+            f"{len(runs)} runs)"]
+
+
+def _sweep_lines(root: Path) -> list[str]:
+    commands = sweep_commands(root)
+    if len(commands) == 1:
+        return [f"- sweep command: `{commands[0]}`"]
+    return [f"- sweep command {i} of {len(commands)}: `{c}`" for i, c in enumerate(commands, 1)]
 
 
 def report_markdown(root: Path, groups: list[Group], table_md: str, sentence: str) -> str:
@@ -350,16 +374,14 @@ def report_markdown(root: Path, groups: list[Group], table_md: str, sentence: st
     dataset = groups[0].dataset
     statuses = [r.status for r in runs]
     counts = ", ".join(f"{statuses.count(s)} {s}" for s in sorted(set(statuses)))
-    commands = sweep_commands(root)
     note = ""
     if dataset == "cifar10_jpeg":
-        note = (" (the JPEG copy of CIFAR-10: not bit-identical, expect somewhat higher errors than the paper's, "
-                "which are on the original images)")
+        note = (" (the JPEG copy of CIFAR-10: not bit-identical, expect somewhat higher errors "
+                "than the paper's, which are on the original images)")
     lines = [f"# resdepth: {dataset}", "",
-             f"Runs under `{root}`, drawn by `resdepth plot {root}`. Errors in %; mean ± sample std over the seeds "
-             "that finished (status done).", "",
-             *(f"- sweep command: `{c}`" if len(commands) == 1 else f"- sweep command {i} of {len(commands)}: `{c}`"
-               for i, c in enumerate(commands, 1)),
+             f"Runs under `{root}`, drawn by `resdepth plot {root}`. Errors in %; mean ± sample "
+             "std over the seeds that finished (status done).", "",
+             *_sweep_lines(root),
              f"- dataset: {dataset}{note}",
              *[f"- protocol: {p}" for p in _protocols(groups)],
              *_machines(groups),
@@ -367,11 +389,13 @@ def report_markdown(root: Path, groups: list[Group], table_md: str, sentence: st
              *[f"- warm-up: {n}" for n in warmup_notes(groups)], ""]
     left_out = excluded_runs(groups)
     if left_out:
-        lines += ["Not finished (drawn up to where they are, not in the means): " + "; ".join(left_out) + ".", ""]
+        lines += ["Not finished (drawn up to where they are, not in the means): "
+                  + "; ".join(left_out) + ".", ""]
     lines += ["## Figure 6: error vs iterations", "", "![Figure 6](fig6_curves.png)", "",
               "## Table 6", "", table_md, sentence, "",
               "## Final error vs depth", "", "![error vs depth](depth_vs_error.png)", "",
-              "## Figure 7: std of layer responses", "", "![Figure 7](fig7_responses.png)", "", FIG7_CAPTION, ""]
+              "## Figure 7: std of layer responses", "", "![Figure 7](fig7_responses.png)", "",
+              FIG7_CAPTION, ""]
     missing = missing_responses(groups)
     if missing:
         lines += ["Left out of Figure 7 (no responses.json): " + "; ".join(missing) + ".", ""]
@@ -384,14 +408,15 @@ def table_note(groups: list[Group]) -> str:
         jpeg = (" Ours are on the JPEG copy of CIFAR-10: expect somewhat higher errors."
                 if groups[0].dataset == "cifar10_jpeg" else "")
         steps = f"{p['max_steps'] // 1000}k" if p["max_steps"] % 1000 == 0 else f"{p['max_steps']}"
-        return f"Paper: Table 6 of He et al. 2016 (ResNet, CIFAR-10 test error, {steps} iterations).{jpeg}"
-    return (f"No paper reference: it applies to cifar10 / cifar10_jpeg runs on the paper's protocol "
-            f"({p['max_steps']} iterations, lr {p['lr']}, batch {p['batch_size']}, milestones "
-            f"{', '.join(map(str, p['milestones']))}) only.")
+        return (f"Paper: Table 6 of He et al. 2016 (ResNet, CIFAR-10 test error, {steps} "
+                f"iterations).{jpeg}")
+    return (f"No paper reference: it applies to cifar10 / cifar10_jpeg runs on the paper's "
+            f"protocol ({p['max_steps']} iterations, lr {p['lr']}, batch {p['batch_size']}, "
+            f"milestones {', '.join(map(str, p['milestones']))}) only.")
 
 
 def write_outputs(root: Path) -> list[Path]:
-    """Every figure, table and report of ROOT into ROOT/figures (ROOT/figures/<dataset> when several)."""
+    """The figures, tables and report of ROOT into ROOT/figures (a folder per dataset if many)."""
     root = Path(root)
     datasets = by_dataset(group_runs(load_runs(root)))
     written = []
@@ -400,15 +425,16 @@ def write_outputs(root: Path) -> list[Path]:
         out.mkdir(parents=True, exist_ok=True)
         for name, build in plots.FIGURES.items():
             written += plots.save_figure(build(groups), out / name)
-        rows = table_rows(groups)
+        rows = table6_rows(groups)
         table_md, sentence = table_markdown(rows), degradation_sentence(rows)
         notes = warmup_notes(groups)
         warm = "\nWarm-up:\n" + "".join(f"- {n}\n" for n in notes) if notes else ""
-        texts = {"table6.md": f"# Table 6: {dataset}\n\nErrors in %, mean ± sample std over finished seeds (n; "
-                              f"best: the lowest test error among them). "
-                              f"{table_note(groups)}\n\n{table_md}\n{sentence}\n{warm}",
+        note = table_note(groups)
+        texts = {"table6.md": f"# Table 6: {dataset}\n\nErrors in %, mean ± sample std over "
+                              f"finished seeds (n; best: the lowest test error among them). "
+                              f"{note}\n\n{table_md}\n{sentence}\n{warm}",
                  "table6.csv": table_csv(rows),
-                 "report.md": report_markdown(root, groups, f"{table_note(groups)}\n\n{table_md}", sentence)}
+                 "report.md": report_markdown(root, groups, f"{note}\n\n{table_md}", sentence)}
         for name, text in texts.items():
             atomic_write_text(out / name, text)
             written.append(out / name)
@@ -416,10 +442,11 @@ def write_outputs(root: Path) -> list[Path]:
 
 
 def tables_text(root: Path) -> str:
-    """Table 6 and its verdict for each dataset under ROOT, as text (what `resdepth plot` prints when it cannot
-    save its files)."""
+    """Table 6 and its verdict for each dataset under ROOT, as text (what `resdepth plot` prints
+    when it cannot save its files)."""
     parts = []
     for dataset, groups in by_dataset(group_runs(load_runs(Path(root)))).items():
-        rows = table_rows(groups)
-        parts.append(f"Table 6: {dataset}\n\n{table_markdown(rows)}\n{degradation_sentence(rows)}\n")
+        rows = table6_rows(groups)
+        sentence = degradation_sentence(rows)
+        parts.append(f"Table 6: {dataset}\n\n{table_markdown(rows)}\n{sentence}\n")
     return "\n".join(parts)

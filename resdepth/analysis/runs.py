@@ -1,18 +1,5 @@
-"""The runs under a results root, read once and grouped: the one model that the results table, Table 6, the
-figures and the report share.
-
-A run is one run directory (result.json, metrics.csv, responses.json). Runs are grouped by (dataset, block, depth,
-shortcut, protocol), the protocol being every setting but the model and the seed, so seeds are averaged and
-different protocols never are. A group's statistics are over its seeds whose status is done; runs that are
-running, interrupted, diverged or failed stay in their group and are shown with their status.
-Errors are fractions here, as in the run files; the tables and figures show percentages.
-
-Reading never stops at a bad file: a result.json that cannot be used (not JSON, not an object, a key missing or
-of the wrong type) is named in a warning on stderr and left out, and a copy of a run directory inside the root
-(the same configuration, seed and status) is counted once, with a warning naming the copy.
-
-Imports config, models and rundir; never training code, never matplotlib.
-"""
+"""The runs under a results root, read once and grouped (seeds averaged, protocols never): the model
+that the results table, Table 6, the figures and the report share. Errors are fractions."""
 
 from __future__ import annotations
 
@@ -26,21 +13,22 @@ from pathlib import Path
 
 from ..models import net_name
 from ..rundir import flatten, read_json, read_metrics
+from .paper import PAPER_DATASETS
 
-from .paper import (PAPER_DATASETS, PAPER_PARAMS, PAPER_TEST_CELL, PAPER_TEST_ERROR,  # noqa: F401
-                    PAPER_TEST_STD, REFERENCE_KIND)
-
-CURVE_KEYS = ("iteration", "train_error", "test_error")  # what Figure 6 reads of each metrics.csv row
+CURVE_KEYS = ("iteration", "train_error", "test_error")  # what Figure 6 reads of a metrics.csv row
 INT, NUMBER = (int,), (int, float)
-TYPE_NAMES = {INT: "an integer", NUMBER: "a number", (str,): "a string", (dict,): "an object", (list,): "a list"}
-# Keys of result.json a table or figure reads: the type each must have. Required ones must be there;
-# optional ones may be missing or null.
-REQUIRED = {"status": (str,), "dataset": (str,), "block": (str,), "depth": INT, "shortcut": (str,), "seed": INT,
-            "config": (dict,)}
+TYPE_NAMES = {INT: "an integer", NUMBER: "a number", (str,): "a string", (dict,): "an object",
+              (list,): "a list"}
+# The keys of result.json a table or figure reads, and their types; OPTIONAL ones may be missing
+# or null.
+REQUIRED = {"status": (str,), "dataset": (str,), "block": (str,), "depth": INT, "shortcut": (str,),
+            "seed": INT, "config": (dict,)}
 OPTIONAL = {"final_test_error": NUMBER, "final_train_error": NUMBER, "params": INT, "steps": INT,
             "max_steps": INT, "wall_time_s": NUMBER, "diverged_at": INT, "warmup_ended_at": INT,
             "warmup_ended_by": (str,), "versions": (dict,), "segments": (list,)}
 CONFIG_SECTIONS = ("model", "data", "optim", "trainer")
+NO_USABLE = ("no usable runs under {root}: every result.json was left out "
+             "(see the warnings above)")
 
 
 def warn(text: str) -> None:
@@ -49,7 +37,7 @@ def warn(text: str) -> None:
 
 @dataclass(frozen=True)
 class Stats:
-    """Mean, sample std (0.0 for one value), count and lowest of some values: (nan, nan, 0, nan) for none."""
+    """Mean, sample std (0.0 for one value), count and lowest: (nan, nan, 0, nan) for no values."""
 
     mean: float
     std: float
@@ -60,8 +48,8 @@ class Stats:
     def of(cls, values: list[float]) -> "Stats":
         if not values:
             return cls(math.nan, math.nan, 0, math.nan)
-        return cls(statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0, len(values),
-                   min(values))
+        std = statistics.stdev(values) if len(values) > 1 else 0.0
+        return cls(statistics.fmean(values), std, len(values), min(values))
 
     def pct(self) -> tuple[float, float, int]:
         """(mean, std, n) with the errors in %."""
@@ -70,7 +58,7 @@ class Stats:
 
 @dataclass
 class Run:
-    """One run directory: its result.json, metrics.csv rows and layer response stds (None when missing)."""
+    """One run directory: result.json, metrics.csv rows, layer response stds (None when missing)."""
 
     dir: Path
     result: dict
@@ -88,8 +76,7 @@ class Run:
 
 @dataclass
 class Group:
-    """The seeds of one net under one protocol. `variant` tells apart groups of the same net ("-B", " (40 it)");
-    `settings` names the settings (`optim.lr=0.05`) that tell apart the configurations of one dataset."""
+    """The seeds of one net under one protocol."""
 
     dataset: str
     block: str
@@ -97,8 +84,8 @@ class Group:
     shortcut: str
     protocol: str  # hash of every setting but the model and the seed
     runs: list[Run] = field(default_factory=list)
-    variant: str = ""
-    settings: str = ""
+    variant: str = ""  # tells apart groups of one net: "-B", " (40 it)"
+    settings: str = ""  # the settings that differ within the dataset: "optim.lr=0.05"
 
     @property
     def name(self) -> str:
@@ -117,11 +104,11 @@ class Group:
         return self.runs[0].result.get("max_steps") or 0
 
     def stats(self, key: str) -> Stats:
-        """Stats of result[key] (a fraction, e.g. final_test_error) over the done runs that have it."""
+        """Stats of result[key] (a fraction) over the done runs that have it."""
         return Stats.of([r.result[key] for r in self.done if r.result.get(key) is not None])
 
 
-# ------------------------------------------------------------------------------------------ block kinds
+# ------------------------------------------------------------------------------ block kinds
 
 def kind_label(block: str) -> str:
     """What a block kind's nets are called: 'plain', 'ResNet'."""
@@ -129,27 +116,29 @@ def kind_label(block: str) -> str:
 
 
 def block_kinds(groups: list[Group] = ()) -> list[str]:
-    """The registered block kinds in registration order (plain, residual, ...), then any other kind the groups
-    hold (runs of a kind registered elsewhere), so no run vanishes from a table or figure."""
+    """The registered block kinds in registration order, then any other kind the groups hold, so no
+    run vanishes from a table or figure."""
     from ..models import BLOCKS
 
     registered = list(BLOCKS)
     return registered + sorted({g.block for g in groups} - set(registered))
 
 
-# ------------------------------------------------------------------------------------------ reading
+# ------------------------------------------------------------------------------ reading
 
 def unusable(result) -> str | None:
-    """Why a result.json's content cannot be tabled or drawn (a key missing or of the wrong type), or None."""
+    """Why a result.json's content cannot be tabled or drawn, or None."""
     if not isinstance(result, dict):
-        return f"it holds {type(result).__name__ if result is not None else 'null'}, not a run's record"
+        held = type(result).__name__ if result is not None else "null"
+        return f"it holds {held}, not a run's record"
     for key, types in {**REQUIRED, **OPTIONAL}.items():
         value = result.get(key)
         if value is None and key in OPTIONAL:
             continue
         if value is None or isinstance(value, bool) or not isinstance(value, types):
-            what = "missing" if key not in result else f"{json.dumps(value)[:40]}, not {TYPE_NAMES[types]}"
-            return f"{key} is {what}"
+            if key not in result:
+                return f"{key} is missing"
+            return f"{key} is {json.dumps(value)[:40]}, not {TYPE_NAMES[types]}"
     missing = [s for s in CONFIG_SECTIONS if not isinstance(result["config"].get(s), dict)]
     if missing:
         return f"its config has no {', '.join(missing)} section"
@@ -173,17 +162,18 @@ def config_key(result: dict) -> tuple:
 
 
 def _curve_rows(path: Path) -> list[dict]:
-    """metrics.csv rows that hold the iteration and both errors (others: a file of another shape)."""
+    """metrics.csv rows that hold the iteration and both errors."""
     return [row for row in read_metrics(path) if all(k in row for k in CURVE_KEYS)]
 
 
 def _responses(path: Path, depth: int) -> list[float] | None:
-    """Layer stds of responses.json: one number per 3x3 layer (depth - 1), else None (warned if the file exists)."""
+    """responses.json's std per 3x3 layer (depth - 1 of them), else None (warned if it exists)."""
     if not path.exists():
         return None
     try:
         stds = read_json(path)["layer_std"]
-        if len(stds) == depth - 1 and all(isinstance(s, (int, float)) and not isinstance(s, bool) for s in stds):
+        numbers = all(isinstance(s, (int, float)) and not isinstance(s, bool) for s in stds)
+        if len(stds) == depth - 1 and numbers:
             return [float(s) for s in stds]
     except (OSError, ValueError, KeyError, TypeError):
         pass
@@ -194,20 +184,19 @@ def _responses(path: Path, depth: int) -> list[float] | None:
 def canonical(run: Run) -> bool:
     """The run directory sits where training puts it: <dataset>/<block>-<depth>/seed<k>-<hash>."""
     r, d = run.result, run.dir
-    return (d.parent.parent.name, d.parent.name) == (r["dataset"], f"{r['block']}-{r['depth']}") and \
-        d.name.startswith(f"seed{r['seed']}-")
+    where = (d.parent.parent.name, d.parent.name) == (r["dataset"], f"{r['block']}-{r['depth']}")
+    return where and d.name.startswith(f"seed{r['seed']}-")
 
 
 def dedupe(runs: list[Run]) -> list[Run]:
-    """Runs with one (configuration, seed, status) counted once: the one where training puts it (else the first
-    by path); the others are copies of a run directory and are named in a warning. (A copy that is still running
-    while the original is done does not enter the means either: only done runs do.)"""
+    """Runs with one (configuration, seed, status) counted once: the canonical one, else the first
+    by path; each copy is named in a warning."""
     kept: dict[tuple, Run] = {}
     for run in sorted(runs, key=lambda r: not canonical(r)):  # stable: path order within each
         key = (*config_key(run.result), run.status)
         if key in kept:
-            warn(f"{run.dir / 'result.json'} left out: it repeats {kept[key].dir} (the same configuration, seed "
-                 f"{run.seed} and status {run.status}), so it is counted once")
+            warn(f"{run.dir / 'result.json'} left out: it repeats {kept[key].dir} (the same "
+                 f"configuration, seed {run.seed} and status {run.status}), so it is counted once")
             continue
         kept[key] = run
     ids = {id(k) for k in kept.values()}
@@ -215,14 +204,14 @@ def dedupe(runs: list[Run]) -> list[Run]:
 
 
 def find_results(root: Path) -> list[tuple[Path, dict]]:
-    """Every run directory under root with a readable result.json, sorted by path. An unreadable one is named
-    in a warning on stderr, never dropped in silence."""
+    """(run directory, result.json) of every readable result.json under root, sorted by path; an
+    unreadable one is named in a warning."""
     out = []
     for p in sorted(Path(root).rglob("result.json")):
         try:
             out.append((p.parent, read_json(p)))
         except (OSError, ValueError) as e:
-            print(f"resdepth: warning: run left out: {e}", file=sys.stderr, flush=True)
+            warn(f"run left out: {e}")
     return out
 
 
@@ -231,18 +220,12 @@ def no_runs(root: Path) -> str | None:
     if Path(root).is_dir() and any(Path(root).rglob("result.json")):
         return None
     why = "no such folder" if not Path(root).is_dir() else "no */result.json"
-    return (f"no runs found under {root} ({why}); run `resdepth sweep` or `resdepth train` first, or name the "
-            "results root")
-
-
-# ------------------------------------------------------------------------------------------ results table
-
-# results.csv: its column for each key of a table row. Errors are fractions there (as in result.json), named so.
-NO_USABLE = "no usable runs under {root}: every result.json was left out (see the warnings above)"
+    return (f"no runs found under {root} ({why}); run `resdepth sweep` or `resdepth train` first, "
+            "or name the results root")
 
 
 def load_runs(root: Path) -> list[Run]:
-    """Every usable run under root, once, sorted by path; what cannot be used is named on stderr and left out."""
+    """Every usable run under root, once, sorted by path; the rest is left out with a warning."""
     runs = []
     for run_dir, result in find_results(root):
         why = unusable(result)
@@ -254,7 +237,7 @@ def load_runs(root: Path) -> list[Run]:
     return dedupe(runs)
 
 
-# ------------------------------------------------------------------------------------------ grouping
+# ------------------------------------------------------------------------------ grouping
 
 def protocol_hash(config: dict) -> str:
     """8 hex digits naming every setting of a run except the model and the seed."""
@@ -263,26 +246,30 @@ def protocol_hash(config: dict) -> str:
     return config_hash(config or {}, without=("seed", "model"))
 
 
-def differing_settings(configs: list[dict], shown: tuple[str, ...] = ("seed", "model.", "data.name")) -> list[str]:
-    """For each config, `key=value ...` of the settings (those that define a result) whose values are not the
-    same in all of them, leaving out what a table or legend already shows (the net, the dataset, the seed)."""
+def _setting(key: str, value) -> str:
+    return f"{key}={json.dumps(value).replace(' ', '')}".replace('"', "")
+
+
+def differing_settings(configs: list[dict],
+                       shown: tuple[str, ...] = ("seed", "model.", "data.name")) -> list[str]:
+    """For each config, `key=value ...` of the semantic settings that differ among them, leaving out
+    the `shown` ones (a table or legend already names the net, the dataset, the seed)."""
     from ..config import semantic_config
 
     flat = [flatten(semantic_config(c or {})) for c in configs]
     keys = sorted({k for f in flat for k in f if not k.startswith(shown)})
     differ = [k for k in keys if len({json.dumps(f.get(k), sort_keys=True) for f in flat}) > 1]
-    return [" ".join(f"{k}={json.dumps(f[k]).replace(' ', '')}".replace('"', "") for k in differ if k in f)
-            for f in flat]
+    return [" ".join(_setting(k, f[k]) for k in differ if k in f) for f in flat]
 
 
 def group_runs(runs: list[Run]) -> list[Group]:
-    """Runs grouped by (dataset, block, depth, shortcut, protocol), sorted by dataset, iterations, protocol,
-    shortcut, block kind (in registration order) and depth; variants and settings named where needed."""
+    """Runs grouped by (dataset, block, depth, shortcut, protocol), sorted by dataset, iterations,
+    protocol, shortcut, block kind and depth; variants and settings named where needed."""
     groups: dict[tuple, Group] = {}
     for run in runs:
         r = run.result
-        key = (r.get("dataset", "?"), r.get("block", "?"), r.get("depth", 0), r.get("shortcut", "A"),
-               protocol_hash(r.get("config", {})))
+        key = (r.get("dataset", "?"), r.get("block", "?"), r.get("depth", 0),
+               r.get("shortcut", "A"), protocol_hash(r.get("config", {})))
         groups.setdefault(key, Group(*key)).runs.append(run)
     kinds = block_kinds(list(groups.values()))
     out = sorted(groups.values(), key=lambda g: (g.dataset, g.max_steps, g.protocol, g.shortcut,
@@ -294,7 +281,7 @@ def group_runs(runs: list[Run]) -> list[Group]:
         for g, differ in zip(mine, differing_settings([g.config for g in mine])):
             g.settings = differ
             g.variant = "-B" if g.shortcut == "B" else ""
-            if len(steps) > 1:  # several protocols: say which (by iterations when that tells them apart)
+            if len(steps) > 1:  # say which protocol: by iterations where they tell them apart
                 g.variant += f" ({g.max_steps} it)" if unique else f" ({differ or g.protocol})"
     return out
 
@@ -306,11 +293,11 @@ def by_dataset(groups: list[Group]) -> dict[str, list[Group]]:
     return dict(sorted(out.items()))
 
 
-# ------------------------------------------------------------------------------------------ the paper
+# ------------------------------------------------------------------------------ the paper
 
 @functools.cache
 def paper_protocol() -> dict:
-    """The paper's schedule as conf/experiment/paper.yaml gives it: max_steps, milestones, lr, batch_size."""
+    """The paper's schedule (conf/experiment/paper.yaml): max_steps, milestones, lr, batch_size."""
     from ..config import compose
 
     cfg, = compose(["experiment=paper"])
@@ -328,7 +315,7 @@ def paper_reference(group: Group) -> bool:
     return group.dataset in PAPER_DATASETS and protocol_of(group.config) == paper_protocol()
 
 
-# ------------------------------------------------------------------------------------------ statuses
+# ------------------------------------------------------------------------------ statuses
 
 def last_iteration(run: Run) -> int:
     return run.metrics[-1]["iteration"] if run.metrics else (run.result.get("steps") or 0)
@@ -347,55 +334,58 @@ def status_note(run: Run) -> str:
 
 
 @dataclass(frozen=True)
-class WarmupEnd:
-    """Where a run's warm-up ended: the iteration, why ('training error', 'bound', '' when not recorded) and
-    whether result.json records it (exact) or it is the first record of metrics.csv at the lr after the warm-up
-    (the warm-up ended at or before that record: a run that has not finished)."""
+class WarmupMarker:
+    """Where a run's warm-up ended, as Figure 6 marks it and the report tells it."""
 
     iteration: int
-    by: str
+    by: str  # "training error", "bound", or "" when not recorded
+    # True: result.json records it. False: the first metrics.csv record at the lr after the warm-up,
+    # the warm-up having ended at or before it (a run that has not finished)
     exact: bool
 
 
-def warmup_end(run: Run) -> WarmupEnd | None:
-    """The end of the run's warm-up, or None: no warm-up, or one that has not ended (or cannot be told)."""
+def warmup_marker(run: Run) -> WarmupMarker | None:
+    """Where the run's warm-up ended, or None: no warm-up, or one not ended (or not to be told)."""
     r = run.result
     if r.get("warmup_ended_at"):
-        return WarmupEnd(r["warmup_ended_at"], r.get("warmup_ended_by") or "", True)
-    if r.get("warmup") is not True or r.get("finished"):  # no warm-up, or a finished run that records none
+        return WarmupMarker(r["warmup_ended_at"], r.get("warmup_ended_by") or "", True)
+    if r.get("warmup") is not True or r.get("finished"):  # no warm-up, or finished with no end
         return None
     optim = r["config"]["optim"]
     milestones = [m for m in optim.get("milestones") or [] if isinstance(m, (int, float))] \
         if isinstance(optim.get("milestones"), list) else []
-    first = min(milestones, default=math.inf)  # from there the lr after a milestone may equal the warm-up lr
+    first = min(milestones, default=math.inf)  # from there the lr may equal the warm-up lr again
     after = [row["iteration"] for row in run.metrics
              if "lr" in row and row["lr"] != optim.get("warmup_lr") and row["iteration"] < first]
     if after:
-        return WarmupEnd(after[0], "", False)
-    if run.metrics and run.metrics[-1]["iteration"] >= first:  # still at the warm-up lr there: the bound ended it
-        return WarmupEnd(int(first), "bound", False)
+        return WarmupMarker(after[0], "", False)
+    if run.metrics and run.metrics[-1]["iteration"] >= first:  # at the warm-up lr up to the bound
+        return WarmupMarker(int(first), "bound", False)
     return None
 
 
 def warmup_note(group: Group, run: Run) -> str | None:
-    """'ResNet-110 seed 0: ended at iteration 400 (training error below 80%)': where the run's warm-up ended and
-    why, or None (no warm-up)."""
-    end, r = warmup_end(run), run.result
+    """'ResNet-110 seed 0: ended at iteration 400 (training error below 80%)', or None."""
+    end, r = warmup_marker(run), run.result
     name = f"{group.name} seed {run.seed}"
     if end is None:
         if r.get("warmup") is True and not r.get("finished"):
             return f"{name}: not ended by its last record (iteration {last_iteration(run)})"
         return None
     limit = r["config"]["optim"].get("warmup_until_error")
-    below = f"below {100 * limit:.0f}%" if isinstance(limit, (int, float)) else "below its threshold"
-    why = {"training error": f"training error {below}", "bound": f"its bound, the training error not yet {below}"}
+    number = isinstance(limit, (int, float))
+    below = f"below {100 * limit:.0f}%" if number else "below its threshold"
+    why = {"training error": f"training error {below}",
+           "bound": f"its bound, the training error not yet {below}"}
     if end.exact:
-        return f"{name}: ended at iteration {end.iteration}" + (f" ({why[end.by]})" if end.by in why else "")
+        return f"{name}: ended at iteration {end.iteration}" + (
+            f" ({why[end.by]})" if end.by in why else "")
     if end.by == "bound":
-        return (f"{name}: ended at its bound, the first milestone (iteration {end.iteration}): metrics.csv shows "
-                "the warm-up lr up to there (result.json records the end only when a run finishes)")
-    return (f"{name}: ended by iteration {end.iteration}, the first record at the lr after the warm-up "
-            "(result.json records the end only when a run finishes)")
+        return (f"{name}: ended at its bound, the first milestone (iteration {end.iteration}): "
+                "metrics.csv shows the warm-up lr up to there (result.json records the end only "
+                "when a run finishes)")
+    return (f"{name}: ended by iteration {end.iteration}, the first record at the lr after the "
+            "warm-up (result.json records the end only when a run finishes)")
 
 
 def warmup_notes(groups: list[Group]) -> list[str]:
@@ -405,7 +395,8 @@ def warmup_notes(groups: list[Group]) -> list[str]:
 
 def excluded_runs(groups: list[Group]) -> list[str]:
     """'plain-20 seed 1 (diverged at 1200)' for every run that is not done (so not in the means)."""
-    return [f"{g.name} seed {r.seed} ({status_note(r)})" for g in groups for r in g.runs if r.status != "done"]
+    return [f"{g.name} seed {r.seed} ({status_note(r)})" for g in groups for r in g.runs
+            if r.status != "done"]
 
 
 def missing_responses(groups: list[Group]) -> list[str]:

@@ -13,9 +13,8 @@ from .schema import AUTO_BOOL, Config, choice
 
 
 def validate(cfg: dict) -> None:
-    """Raise ValueError with a one-line message naming the bad value and what is allowed (what Hydra's schema
-    cannot check: ranges, auto|true|false choices, the depth)."""
-    from ..data import check_kind  # data loads torch: only when a config is checked
+    """A one-line ValueError for what Hydra's schema cannot check: ranges, choices, the depth."""
+    from ..data import check_kind  # data loads Lightning: only when a config is checked
 
     _check_keys(cfg, Config)
     _check_paths(cfg)
@@ -23,7 +22,7 @@ def validate(cfg: dict) -> None:
     check_bn_batch(cfg["optim"]["bn_batch"], cfg["optim"]["batch_size"])
     warms_up(cfg["optim"], cfg["model"]["depth"])
     choice("trainer.cuda_graph", cfg["trainer"]["cuda_graph"], AUTO_BOOL)
-    if not 0 <= cfg["seed"] < 2**32:  # what numpy and Lightning accept (their own message does not name the key)
+    if not 0 <= cfg["seed"] < 2**32:  # what numpy and Lightning accept; their error names no key
         raise ValueError(f"seed={cfg['seed']} must be in [0, {2**32 - 1}]")
     for key, value, ok, allowed in _ranges(cfg):
         if not ok:  # `not ok` also catches nan
@@ -33,19 +32,18 @@ def validate(cfg: dict) -> None:
         raise ValueError(f"optim.milestones={m} must be increasing iterations >= 0")
     d = cfg["data"]
     check_kind(d["kind"])
-    if d["kind"] == "synthetic":  # sizes the generator is given; real datasets take theirs from the files
+    if d["kind"] == "synthetic":  # real datasets take their sizes from the files
         for key, least in (("train_size", 2), ("test_size", 1), ("num_classes", 2)):
             if d[key] < least:
                 raise ValueError(f"data.{key}={d[key]} must be >= {least} for data=synthetic")
 
 
-# Top-level nodes that hold another library's arguments (a Lightning logger's): that library checks them.
+# Top-level nodes holding another library's arguments (a Lightning logger's): it checks them.
 FREE_FORM = ("logger",)
 
 
 def _check_keys(node: dict, schema: type, prefix: str = "") -> None:
-    """ValueError naming the first key, at any depth, that no field of the schema has: `+key=value`
-    (`+trainer.deterministic=true`, `+model.width=32`) adds a key that nothing reads but the run's hash."""
+    """ValueError for a key the schema lacks: `+model.width=32` would change only the hash."""
     known = get_type_hints(schema)
     for key, value in node.items():
         dotted = f"{prefix}{key}"
@@ -60,35 +58,68 @@ def _check_keys(node: dict, schema: type, prefix: str = "") -> None:
 
 
 def _check_paths(cfg: dict) -> None:
-    """Every file a run writes stays under results_root (or the run_dir the user names): no empty root, and the
-    dataset's name is one folder name."""
+    """ValueError unless results_root is a folder and data.name one folder name under it."""
     if not str(cfg["results_root"]).strip():
-        raise ValueError("results_root='' is empty: name the folder that holds the results (default: runs)")
+        raise ValueError("results_root='' is empty: "
+                         "name the folder that holds the results (default: runs)")
     if Path(str(cfg["results_root"])).expanduser().is_file():
-        raise ValueError(f"results_root={cfg['results_root']} is a file, not a folder: name a folder for the results")
+        raise ValueError(f"results_root={cfg['results_root']} is a file, not a folder: "
+                         f"name a folder for the results")
     name = str(cfg["data"]["name"])
     if not name or name in (".", "..") or "/" in name or "\\" in name or "\0" in name:
-        raise ValueError(f"data.name={name!r} must be one folder name (it names the dataset's folder under "
-                         f"results_root): letters, digits, '-', '_' or '.', without '/' and not '..'")
+        raise ValueError(f"data.name={name!r} must be one folder name "
+                         f"(it names the dataset's folder under results_root): "
+                         f"letters, digits, '-', '_' or '.', without '/' and not '..'")
 
 
 def unsupported(overrides: list[str]) -> str | None:
-    """Why an argument cannot be honoured (one line), or None. hydra.job.chdir=true would move each run into its
-    own directory, where relative paths (results_root, data) would nest runs inside runs. Hydra's run and sweep
-    directories are the run's own directory, a function of its config, so they are set by run_dir and
-    results_root. Hydra's completion installer knows nothing of resdepth's commands."""
+    """Why an argument cannot be honoured (one line), or None.
+
+    hydra.job.chdir=true would nest runs inside runs (relative paths move with each run); a run's
+    directory is a function of its config, so Hydra's run and sweep dirs are not the user's to set.
+    """
     for i, o in enumerate(overrides):
         key, _, value = o.lstrip("+~").partition("=")
         if key == "hydra.job.chdir" and value.strip().lower() == "true":
-            return ("hydra.job.chdir=true is not supported: resdepth keeps every path relative to where it is run "
-                    "and writes each run into its own run_dir already; leave it false")
+            return ("hydra.job.chdir=true is not supported: resdepth keeps every path relative to "
+                    "where it is run and writes each run into its own run_dir already; "
+                    "leave it false")
         if key in ("hydra.run.dir", "hydra.sweep.dir", "hydra.sweep.subdir"):
             return (f"{key} is not supported: a run's directory is run_dir (by default "
-                    f"results_root/<dataset>/<block>-<depth>/seed<k>-<hash>); set results_root=DIR or run_dir=DIR")
-        if o in ("-sc", "--shell-completion") and overrides[i + 1:i + 2] and "install" in overrides[i + 1]:
-            return ("Hydra's -sc install=bash completes the program name only, not resdepth's commands: "
+                    f"results_root/<dataset>/<block>-<depth>/seed<k>-<hash>); "
+                    f"set results_root=DIR or run_dir=DIR")
+        completion = o in ("-sc", "--shell-completion")
+        if completion and overrides[i + 1:i + 2] and "install" in overrides[i + 1]:
+            return ("Hydra's -sc install=bash completes the program name only, "
+                    "not resdepth's commands: "
                     'eval "$(resdepth completion bash)" completes both')
     return None
+
+
+HYDRA_DIRS = {("run", "dir"): "${run_dir}", ("sweep", "dir"): "${results_root}",
+              ("sweep", "subdir"): "${rd.run_name:}"}  # conf/config.yaml's: runs stay in run_dir
+
+
+def check_hydra(hydra: dict) -> None:
+    """ValueError (one line) for a Hydra setting that would write outside the run's directory,
+    whether the shell, a preset or --config-dir set it (`hydra` unresolved, as composed)."""
+    job, subdir = hydra["job"], hydra["output_subdir"]
+    if job.get("chdir") not in (None, False):
+        raise ValueError(f"hydra.job.chdir={job['chdir']} is not supported: resdepth keeps every "
+                         f"path relative to where it is run and writes each run into its own "
+                         f"run_dir already; leave it false")
+    name = str(job.get("name"))
+    if not name or "/" in name or "\\" in name or name in (".", ".."):
+        raise ValueError(f"hydra.job.name={name!r} must be one file name (it names the run's "
+                         f"log), without '/' and not '..'")
+    if subdir is not None and (Path(subdir).is_absolute() or ".." in Path(subdir).parts):
+        raise ValueError(f"hydra.output_subdir={subdir!r} must stay inside the run directory: a "
+                         f"relative path without '..' (default .hydra/<date>_<time>)")
+    for (section, key), default in HYDRA_DIRS.items():
+        if hydra[section][key] != default:
+            raise ValueError(f"hydra.{section}.{key} is not supported: a run's directory is "
+                             f"run_dir (by default results_root/<dataset>/<block>-<depth>/"
+                             f"seed<k>-<hash>); set results_root=DIR or run_dir=DIR")
 
 
 def _ranges(cfg: dict) -> list[tuple]:
@@ -105,34 +136,38 @@ def _ranges(cfg: dict) -> list[tuple]:
         ("optim.lr", o["lr"], 0 < o["lr"] < math.inf, "> 0 and finite"),
         ("optim.momentum", o["momentum"], 0 <= o["momentum"] < 1, "in [0, 1)"),
         ("optim.weight_decay", o["weight_decay"], o["weight_decay"] >= 0, ">= 0"),
-        ("optim.gamma", o["gamma"], 0 < o["gamma"] <= 1, "in (0, 1]: the lr is multiplied by it at each milestone"),
+        ("optim.gamma", o["gamma"], 0 < o["gamma"] <= 1,
+         "in (0, 1]: the lr is multiplied by it at each milestone"),
         ("optim.warmup_lr", o["warmup_lr"], o["warmup_lr"] > 0, "> 0"),
         ("optim.warmup_until_error", o["warmup_until_error"], 0 <= o["warmup_until_error"] <= 1,
          "a fraction in [0, 1] (0: warm up until optim.warmup_max_steps or the first milestone)"),
-        ("optim.warmup_max_steps", o["warmup_max_steps"], o["warmup_max_steps"] >= 0, ">= 0 (0: the first milestone)"),
+        ("optim.warmup_max_steps", o["warmup_max_steps"], o["warmup_max_steps"] >= 0,
+         ">= 0 (0: the first milestone)"),
         ("optim.bn_batch", o["bn_batch"], o["bn_batch"] >= 0, ">= 0 (0: the whole batch)"),
         ("data.val_size", d["val_size"], d["val_size"] >= 0, ">= 0 (0: no validation split)"),
-        ("data.test_subset", d["test_subset"], d["test_subset"] >= 0, ">= 0 (0: the whole test set)"),
+        ("data.test_subset", d["test_subset"], d["test_subset"] >= 0,
+         ">= 0 (0: the whole test set)"),
         ("data.pad", d["pad"], d["pad"] >= 0, ">= 0 (pixels)"),
         ("trainer.eval_batch_size", t["eval_batch_size"], t["eval_batch_size"] >= 1, positive),
     ]
 
 
-
 def repeated_keys(overrides: list[str]) -> list[str]:
-    """A note for each key given more than once on the shell (`model.depth=8 model.depth=14`). Hydra takes the
-    last value, as most command lines do (so `make reproduce ARGS=experiment=eighth` and a command from the
-    history with one more override still work), but silently training something other than what was typed would
-    be worse than a line saying so. Flags and their values (`--cfg job`) are not overrides; lines that do not
-    parse are left for Hydra's own error."""
+    """A note for each key given more than once on the shell (`model.depth=8 model.depth=14`).
+
+    Hydra takes the last, as most command lines do, but silently training something other than
+    what was typed is worse than a line saying so. Lines that do not parse are left to Hydra.
+    """
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     try:
-        parsed = OverridesParser.create().parse_overrides([o for o in overrides if "=" in o and o[:1] != "-"])
+        assignments = [o for o in overrides if "=" in o and o[:1] != "-"]  # not flags
+        parsed = OverridesParser.create().parse_overrides(assignments)
     except Exception:
         return []
     given: dict[str, list[str]] = {}
     for o in parsed:
         given.setdefault(o.get_key_element().lstrip("+~"), []).append(o.input_line)
-    return [f"{key} is given {len(lines)} times ({', '.join(lines)}): the last one is used, {lines[-1]}"
+    return [f"{key} is given {len(lines)} times ({', '.join(lines)}): "
+            f"the last one is used, {lines[-1]}"
             for key, lines in given.items() if len(lines) > 1]

@@ -9,18 +9,18 @@ from omegaconf import DictConfig, OmegaConf
 
 from .schema import AUTO_BOOL, choice
 
-# Keys that change where and how a run is shown or executed, never what it computes: left out of the run's hash.
+# Keys that change how a run is shown or executed, never what it computes: left out of the hash.
 # (trainer.cuda_graph replays the very same operations.)
-NON_SEMANTIC = ("results_root", "run_dir", "experiment_name", "trainer.progress", "trainer.checkpoint_every",
-                "trainer.cuda_graph", "trainer.eval_batch_size",
+NON_SEMANTIC = ("results_root", "run_dir", "experiment_name", "trainer.progress",
+                "trainer.checkpoint_every", "trainer.cuda_graph", "trainer.eval_batch_size",
                 "data.cache_dir", "data.download", "data.root", "logger")
 
-# How a run directory keeps its name (<dataset>/<block>-<depth>/seed<k>-<hash>) when settings are added:
-# 1. A setting added after runs exist is hashed only where it differs from LEGACY, the value that does what resdepth
-#    did before the setting existed. So a new setting whose default keeps today's behaviour renames nothing, and
-#    old runs are still found to skip or resume. Every new setting gets an entry here.
-# 2. What cannot change a run is hashed at one canonical value: a plain net's shortcut (it has none) as A, and the
-#    warm-up settings of a net that does not warm up at their LEGACY values. So changing a warm-up default renames
+# How a run directory keeps its name when settings are added:
+# 1. A setting added after runs exist is hashed only where it differs from LEGACY, the value that
+#    does what resdepth did before it existed: a new default that keeps today's behaviour renames
+#    nothing, and old runs are still found to skip or resume. Every new setting gets an entry.
+# 2. What cannot change a run is hashed at one value: a plain net's shortcut as A, and the warm-up
+#    settings of a net that does not warm up at LEGACY values, so a new warm-up default renames
 #    only the runs that warm up.
 # tests/test_config.py pins the names of the paper's and the demo's run directories.
 LEGACY = {
@@ -29,12 +29,11 @@ LEGACY = {
     "optim.bn_batch": 0,
     "data.pad": 4,
 }
-LATER_DEFAULTS = {"trainer.eval_batch_size": 1000}  # settings added later that a result never depended on
+LATER_DEFAULTS = {"trainer.eval_batch_size": 1000}  # added later; no result depends on them
 
 
 def fill_legacy(cfg: dict) -> dict:
-    """A copy of a run's config with every setting added after it was recorded filled in at its LEGACY value (what
-    resdepth did then), so a run from an older version loads, resumes and re-plots as it trained."""
+    """A copy of cfg with settings added since at their LEGACY values: it loads as it trained."""
     out = json.loads(json.dumps(cfg))
     for dotted, value in {**LEGACY, **LATER_DEFAULTS}.items():
         *parents, last = dotted.split(".")
@@ -46,18 +45,20 @@ def fill_legacy(cfg: dict) -> dict:
     return out
 
 
-WARMUP_LEGACY = {"optim.warmup_lr": 0.01, "optim.warmup_until_error": 0.8, "optim.warmup_window": 20}
+WARMUP_LEGACY = {"optim.warmup_lr": 0.01, "optim.warmup_until_error": 0.8,
+                 "optim.warmup_window": 20}
 
 
 def warms_up(optim: dict, depth: int) -> bool:
-    """optim.warmup: auto (on for depth >= optim.warmup_depth, the paper's ResNet-110) | true | false."""
+    """optim.warmup: auto (depth >= optim.warmup_depth: the paper's ResNet-110) | true | false."""
     value = choice("optim.warmup", optim["warmup"], AUTO_BOOL)
-    return depth >= int(optim.get("warmup_depth", LEGACY["optim.warmup_depth"])) if value == "auto" else \
-        value == "true"
+    if value == "auto":
+        return depth >= int(optim.get("warmup_depth", LEGACY["optim.warmup_depth"]))
+    return value == "true"
 
 
 def _warms_up_or_unknown(cfg: dict) -> bool:
-    """warms_up for the hash: a bad optim.warmup (validate refuses it with its message) hashes everything."""
+    """warms_up for the hash; a bad optim.warmup (which validate refuses) hashes everything."""
     try:
         return warms_up(cfg["optim"], cfg["model"]["depth"])
     except (ValueError, TypeError, KeyError):
@@ -65,7 +66,7 @@ def _warms_up_or_unknown(cfg: dict) -> bool:
 
 
 def _parent(node: dict, dotted: str) -> tuple[dict, str]:
-    """(the dict holding a dotted key, the key's last part); an empty dict where a parent is missing."""
+    """(the dict holding a dotted key, its last part); an empty dict where a parent is missing."""
     *parents, last = dotted.split(".")
     for p in parents:
         node = node.get(p, {})
@@ -84,11 +85,11 @@ def _put(node: dict, dotted: str, value) -> None:
 
 
 def semantic_config(cfg: DictConfig | dict) -> dict:
-    """What defines a run's result, as hashed into its directory's name: the resolved config minus the Hydra node
-    and NON_SEMANTIC, with the rules above (LEGACY values left out, unusable settings made canonical)."""
+    """What a run's hash covers: the resolved config minus NON_SEMANTIC, by the rules above."""
     if isinstance(cfg, DictConfig):
         keys = [k for k in cfg.keys() if k not in ("hydra", "run_dir")]
-        cfg = OmegaConf.to_container(OmegaConf.masked_copy(cfg, keys), resolve=True, enum_to_str=True)
+        cfg = OmegaConf.to_container(OmegaConf.masked_copy(cfg, keys), resolve=True,
+                                     enum_to_str=True)
     out = json.loads(json.dumps(cfg, default=str))
     out.pop("hydra", None)
     for dotted in NON_SEMANTIC:
@@ -110,9 +111,10 @@ def semantic_config(cfg: DictConfig | dict) -> dict:
 
 
 def the_net(model: dict) -> dict:
-    """The model config with what cannot change the net made canonical: a plain net has no shortcuts, so under
-    shortcut A or B it is the very same net (and the same run)."""
-    return {**model, "shortcut": "A"} if model.get("block") == "plain" and "shortcut" in model else model
+    """The model config with a plain net's shortcut as A: it has none, so A or B is the same net."""
+    if model.get("block") == "plain" and "shortcut" in model:
+        return {**model, "shortcut": "A"}
+    return model
 
 
 def config_hash(cfg: DictConfig | dict, without: tuple[str, ...] = ("seed",)) -> str:
@@ -124,7 +126,7 @@ def config_hash(cfg: DictConfig | dict, without: tuple[str, ...] = ("seed",)) ->
 
 
 def run_name(*, _root_: DictConfig) -> str:
-    """`<dataset>/<block>-<depth>/seed<k>-<hash of everything else>`: a pure function of the config."""
+    """`<dataset>/<block>-<depth>/seed<k>-<hash of the rest>`: a pure function of the config."""
     block = getattr(_root_.model.block, "value", _root_.model.block)
     return (f"{_root_.data.name}/{block}-{_root_.model.depth}"
             f"/seed{_root_.seed}-{config_hash(_root_)}")

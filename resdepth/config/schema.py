@@ -14,8 +14,7 @@ from ..rundir import REPO_ROOT
 
 
 def _conf_dir() -> Path:
-    """The folder of the Hydra configs: resdepth/conf in an installed wheel (built from the top-level conf/),
-    else conf/ at the root of the source tree (a clone, or an editable install of one)."""
+    """The Hydra configs' folder: resdepth/conf in a wheel, else conf/ in the source tree."""
     packaged = Path(__file__).resolve().parent.parent / "conf"
     return packaged if (packaged / "config.yaml").is_file() else REPO_ROOT / "conf"
 
@@ -23,7 +22,7 @@ def _conf_dir() -> Path:
 CONF_DIR = _conf_dir()
 
 
-# model.block's choices are the block kinds registered in models.BLOCKS, so Hydra's error lists what is registered.
+# read from models.BLOCKS, so Hydra's error lists the registered block kinds
 Block = Enum("Block", [(name, name) for name in BLOCKS], type=str)
 
 
@@ -32,16 +31,16 @@ class Shortcut(str, Enum):
     B = "B"
 
 
-# Choices that are not identifiers ("32-true") use Enum's functional form; OmegaConf matches a value by name
-# (and an int such as precision 32 by value), so Hydra itself rejects anything else with the allowed list.
-Precision = Enum("Precision", [("auto", "auto"), ("32-true", "32-true"), ("32", 32), ("bf16-mixed", "bf16-mixed"),
-                               ("16-mixed", "16-mixed")])
+# Enum's functional form allows names like "32-true"; OmegaConf matches a value by name (an int such
+# as precision 32 by value), so Hydra itself rejects anything else with the allowed list.
+Precision = Enum("Precision", [("auto", "auto"), ("32-true", "32-true"), ("32", 32),
+                               ("bf16-mixed", "bf16-mixed"), ("16-mixed", "16-mixed")])
 Accelerator = Enum("Accelerator", [(name, name) for name in ("auto", "cpu", "gpu", "cuda")])
 CompileMode = Enum("CompileMode", [(name, name) for name in
-                                   ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")])
-# auto | true | false settings (trainer.cuda_graph, optim.warmup) stay strings in the schema: OmegaConf refuses a
-# bool for an Enum field, and `trainer.cuda_graph=false` on the shell is a bool. AUTO_BOOL is their allowed list,
-# checked by choice() when a config is composed (train, sweep and --cfg alike).
+                                   ("default", "reduce-overhead", "max-autotune",
+                                    "max-autotune-no-cudagraphs")])
+# auto | true | false settings stay strings, checked by choice(): OmegaConf refuses a bool for an
+# Enum field, and `trainer.cuda_graph=false` on the shell is a bool.
 AUTO_BOOL = ("auto", "true", "false")
 
 
@@ -56,8 +55,8 @@ class ModelConfig:
 class DataConfig:
     name: str = MISSING  # label used in run directories and tables
     kind: str = MISSING  # a loader registered in data.DATASETS
-    root: str = MISSING  # cifar10/cifar100/fashion_mnist: folder holding cifar-10-batches-py, FashionMNIST/raw
-    path: Optional[str] = MISSING  # image_folder: a folder or .tar/.tar.gz with train/<class>/*, test/<class>/*
+    root: str = MISSING  # cifar10/cifar100/fashion_mnist: the folder holding their files
+    path: Optional[str] = MISSING  # image_folder: a folder or .tar/.tar.gz
     download: bool = MISSING
     cache_dir: str = MISSING
     val_size: int = MISSING  # images held out of the training set for validation
@@ -65,7 +64,7 @@ class DataConfig:
     train_size: int = MISSING  # synthetic only
     test_size: int = MISSING  # synthetic only
     num_classes: int = MISSING  # synthetic only
-    pad: int = MISSING  # pixels of zero padding on each side before the random crop (the paper: 4)
+    pad: int = MISSING  # pixels of zero padding a side before the random crop (the paper: 4)
 
 
 @dataclass
@@ -81,7 +80,7 @@ class OptimConfig:
     warmup_lr: float = MISSING
     warmup_until_error: float = MISSING  # fraction
     warmup_window: int = MISSING  # steps averaged for the warm-up test
-    warmup_max_steps: int = MISSING  # the warm-up ends here at the latest (0: at the first milestone)
+    warmup_max_steps: int = MISSING  # the warm-up ends here at the latest (0: first milestone)
     bn_batch: int = MISSING  # images per batch-norm group in training (0: the whole batch)
 
 
@@ -91,13 +90,13 @@ class TrainerConfig:
     eval_every: int = MISSING
     checkpoint_every: int = MISSING  # 0: same as eval_every
     accelerator: Accelerator = MISSING
-    precision: Precision = MISSING  # auto: bf16-mixed where the device computes in bf16 natively, else 32-true
+    precision: Precision = MISSING  # auto: bf16-mixed on devices with native bf16, else 32-true
     channels_last: bool = MISSING
     compile: bool = MISSING
     compile_mode: CompileMode = MISSING
     cuda_graph: str = MISSING  # auto | true | false (AUTO_BOOL)
     progress: bool = MISSING
-    eval_batch_size: int = MISSING  # images per forward pass when a record evaluates (memory, not results)
+    eval_batch_size: int = MISSING  # images per evaluation forward pass (memory, not results)
 
 
 @dataclass
@@ -110,12 +109,11 @@ class Config:
     results_root: str = MISSING
     run_dir: str = MISSING
     experiment_name: str = MISSING
-    logger: Any = None  # conf/logger/<name>.yaml: a Lightning logger's _target_ and arguments; None: none
-
+    logger: Any = None  # conf/logger/<name>.yaml: a Lightning logger's _target_ and arguments
 
 
 def choice(key: str, value, allowed: tuple[str, ...]) -> str:
-    """value as one of `allowed` (lower-cased: `true` on the shell is a bool); ValueError naming key and choices."""
+    """value as one of `allowed`, lower-cased (`true` on the shell is a bool); else ValueError."""
     text = str(getattr(value, "name", value)).lower()
     if text not in allowed:
         raise ValueError(f"{key}={value!r} is not one of {', '.join(allowed)}")

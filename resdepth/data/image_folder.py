@@ -1,4 +1,4 @@
-"""The image-folder reader: train/<class>/*, test/<class>/* in a folder or a .tar/.tar.gz, decoded once."""
+"""The image-folder reader: train/<class>/*, test/<class>/* in a folder or a .tar/.tar.gz."""
 
 from __future__ import annotations
 
@@ -16,27 +16,17 @@ from typing import Callable, Iterable, Iterator
 import numpy as np
 import torch
 
-from ..rundir import atomic_write
+from ..rundir import atomic_write, load_tensors
 from .splits import DatasetError, Loaded, Split, resolve_path
 
-IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")  # torchvision's
-CACHE_VERSION = 2  # 2: cache files named by their source as well, so a rebuilt one replaces the stale one
-# An image folder's file (or archive member) above this many bytes, on disk or decoded, is skipped unread: an
-# uncompressed 4096x4096 RGB bitmap is 48 MiB, far beyond the images these nets train on, while a stray video, disk
-# image or decompression bomb is larger.
-MAX_IMAGE_BYTES = 64 * 2**20
-# The most decoded uint8 image bytes one image folder may hold: they stay in memory (briefly twice, while they are
-# stacked) and then on the training device. 23x CIFAR-10's 184 MB; ImageNet at 32x32 (4.09e9 bytes) fits.
-MAX_DATASET_BYTES = 4 * 2**30
-# torchvision 0.29 deprecates its decoders in favour of TorchCodec; they are still the fastest here, and PIL is the
-# fallback for when they go (or fail on a format).
-warnings.filterwarnings("ignore", message="The image decoding and encoding capabilities of TorchVision",
-                        category=DeprecationWarning)
-
-
-# One file of an image folder: (path parts inside it, name for messages, size in bytes, a function reading its bytes)
+# One file of an image folder: (path parts inside it, name for messages, size in bytes, its reader)
 Entry = tuple[tuple[str, ...], str, int, Callable[[], bytes]]
 Images = dict[str, list[tuple[str, torch.Tensor, str]]]  # split -> [(class, uint8 (3, H, W), name)]
+
+# torchvision 0.29 deprecates its decoders for TorchCodec; they are still the fastest here, and PIL
+# is the fallback for when they go (or fail on a format).
+warnings.filterwarnings("ignore", category=DeprecationWarning,
+                        message="The image decoding and encoding capabilities of TorchVision")
 
 
 def _decode(data: bytes) -> torch.Tensor:
@@ -44,7 +34,8 @@ def _decode(data: bytes) -> torch.Tensor:
     from torchvision.io import ImageReadMode, decode_image
 
     try:
-        return decode_image(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB)
+        raw = torch.frombuffer(bytearray(data), dtype=torch.uint8)
+        return decode_image(raw, mode=ImageReadMode.RGB)
     except Exception:
         from PIL import Image  # formats torchvision.io cannot read (e.g. BMP, TIFF)
 
@@ -53,7 +44,7 @@ def _decode(data: bytes) -> torch.Tensor:
 
 
 def _decoded_bytes(data: bytes) -> int:
-    """Bytes of the uint8 RGB image that `data` decodes to, read from its header alone; 0 where PIL cannot tell."""
+    """Bytes of the uint8 RGB image `data` decodes to, from its header; 0 where PIL cannot tell."""
     from PIL import Image
 
     try:
@@ -63,6 +54,10 @@ def _decoded_bytes(data: bytes) -> int:
         return sys.maxsize
     except Exception:  # a format PIL does not know: decoding will tell
         return 0
+
+
+# torchvision's IMG_EXTENSIONS
+IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 
 
 def _place(parts: tuple[str, ...]) -> tuple[str, str] | None:
@@ -76,7 +71,7 @@ def _place(parts: tuple[str, ...]) -> tuple[str, str] | None:
 
 
 def _folder_files(root: Path) -> list[tuple[str, int, int]]:
-    """(POSIX path relative to root, size in bytes, mtime in ns) of every file under root, in reading order."""
+    """(POSIX path relative to root, bytes, mtime in ns) of every file under root, sorted."""
     files = []
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames.sort()
@@ -95,14 +90,14 @@ def _folder_entries(root: Path, files: list[tuple[str, int, int]]) -> Iterator[E
 
 
 def _tar_entries(path: Path) -> Iterator[Entry]:
-    """Regular-file members, read only when asked; never extracts anything to disk (links, devices, '..', absolute:
-    skipped)."""
+    """Regular-file members, read only when asked; nothing is extracted to disk."""
     with tarfile.open(path, "r:*") as tar:
         for m in tar:
             parts = PurePosixPath(m.name).parts
             if not m.isfile() or m.name.startswith("/") or ".." in parts:
                 continue
-            yield tuple(p for p in parts if p != "."), f"{path}:{m.name}", m.size, tar.extractfile(m).read
+            name = f"{path}:{m.name}"
+            yield tuple(p for p in parts if p != "."), name, m.size, tar.extractfile(m).read
 
 
 def _warn_skipped(names: list[str], why: str) -> None:
@@ -111,10 +106,16 @@ def _warn_skipped(names: list[str], why: str) -> None:
                       + (", ..." if len(names) > 3 else ""))
 
 
+# A file above this, on disk or decoded, is skipped unread: a 4096x4096 RGB bitmap is 48 MiB, while
+# a stray video, disk image or decompression bomb is larger.
+MAX_IMAGE_BYTES = 64 * 2**20
+# Decoded bytes one image folder may hold, in memory (briefly twice, while stacked), then on the
+# device: 23x CIFAR-10's 184 MB; ImageNet at 32x32 (4.09e9 bytes) fits.
+MAX_DATASET_BYTES = 4 * 2**30
+
+
 def _decode_all(src: Path, entries: Iterable[Entry]) -> Images:
-    """The images of train/<class>/* and test/<class>/*, in reading order. A file over MAX_IMAGE_BYTES is skipped
-    without being read (or decoded, if only its decoded size is over) and an unreadable one skipped, each named in
-    a warning; DatasetError when the decoded images pass MAX_DATASET_BYTES."""
+    """The train/ and test/ images in reading order; too large or unreadable: skipped, warned."""
     images: Images = {"train": [], "test": []}
     too_large: list[str] = []
     unreadable: list[str] = []
@@ -138,26 +139,28 @@ def _decode_all(src: Path, entries: Iterable[Entry]) -> Images:
         total += img.numel()
         if total > MAX_DATASET_BYTES:
             raise DatasetError(f"image_folder: {src} holds more than {MAX_DATASET_BYTES:,} bytes "
-                               f"({MAX_DATASET_BYTES / 2**30:g} GiB) of decoded images, the most resdepth holds in "
-                               f"memory (data.MAX_DATASET_BYTES); passed at {name}")
+                               f"({MAX_DATASET_BYTES / 2**30:g} GiB) of decoded images, "
+                               f"the most resdepth holds in memory (data.MAX_DATASET_BYTES); "
+                               f"passed at {name}")
         images[place[0]].append((place[1], img, name))
-    _warn_skipped(too_large, f"file(s) over {MAX_IMAGE_BYTES >> 20} MiB on disk or decoded, far beyond any image "
-                             f"these nets train on (data.MAX_IMAGE_BYTES), unread")
+    _warn_skipped(too_large, f"file(s) over {MAX_IMAGE_BYTES >> 20} MiB on disk or decoded, "
+                             f"far beyond any image these nets train on (data.MAX_IMAGE_BYTES), "
+                             f"unread")
     _warn_skipped(unreadable, "unreadable image file(s)")
     return images
 
 
 def _assemble(src: Path, images: Images) -> Loaded:
-    """The stacked splits, labelled by the sorted training class folders; DatasetError for a missing split, fewer
-    than 2 classes, a test class without training images, or images of different sizes."""
+    """The stacked splits, labelled by the sorted train/ class folders; DatasetError if unusable."""
     for split in ("train", "test"):
         if not images[split]:
-            raise DatasetError(f"image_folder: {src} has no {split}/<class>/<image> files; expected "
-                               f"train/<class>/* and test/<class>/* (ImageFolder layout)")
+            raise DatasetError(f"image_folder: {src} has no {split}/<class>/<image> files; "
+                               f"expected train/<class>/* and test/<class>/* (ImageFolder layout)")
     classes = sorted({c for c, _, _ in images["train"]})
     if len(classes) < 2:
-        raise DatasetError(f"image_folder: {src} has 1 class in train/ ({classes[0]}); a classifier needs at least 2, "
-                           f"one folder of images each (train/<class>/*)")
+        raise DatasetError(f"image_folder: {src} has 1 class in train/ ({classes[0]}); "
+                           f"a classifier needs at least 2, one folder of images each "
+                           f"(train/<class>/*)")
     extra = sorted({c for c, _, _ in images["test"]} - set(classes))
     if extra:
         raise DatasetError(f"image_folder: test classes {extra} in {src} have no training images")
@@ -167,22 +170,26 @@ def _assemble(src: Path, images: Images) -> Loaded:
     for split in ("train", "test"):
         for _, img, name in images[split]:
             if img.shape != shape:
-                raise DatasetError(f"image_folder: {name} is {tuple(img.shape[1:])}, the first image is "
-                                   f"{tuple(shape[1:])}; all images must have one size")
+                raise DatasetError(f"image_folder: {name} is {tuple(img.shape[1:])}, "
+                                   f"the first image is {tuple(shape[1:])}; "
+                                   f"all images must have one size")
         x = torch.stack([img for _, img, _ in images[split]])
         y = torch.tensor([index[c] for c, _, _ in images[split]])
         splits.append(Split(x, y))
     return splits[0], splits[1], classes
 
 
+CACHE_VERSION = 2  # 2: cache files are named by their source too, so a rebuilt one replaces the old
+
+
 def _cache_file(src: Path, files: list[tuple[str, int, int]] | None, cache_dir: str) -> Path:
-    """Where src's decoded tensors are cached: named by src's resolved path and keyed by everything they are built
-    from (a folder: every file's relative path, size and mtime; an archive, one file: its size and mtime)."""
+    """The cache of src: named by its path, keyed by each file's relative path, size and mtime."""
     if files is None:
         st = src.stat()
         files = [(src.name, st.st_size, st.st_mtime_ns)]
     source = hashlib.sha256(str(src.resolve()).encode()).hexdigest()[:8]
-    key = hashlib.sha256(json.dumps([CACHE_VERSION, str(src.resolve()), files]).encode()).hexdigest()[:16]
+    key_text = json.dumps([CACHE_VERSION, str(src.resolve()), files])
+    key = hashlib.sha256(key_text.encode()).hexdigest()[:16]
     return Path(os.path.expanduser(cache_dir)) / f"image_folder-{src.name}-{source}-{key}.pt"
 
 
@@ -190,19 +197,21 @@ def _read_cache(cache: Path) -> Loaded | None:
     if not cache.exists():
         return None
     try:
-        d = torch.load(cache, weights_only=True)
-        return Split(d["train_x"], d["train_y"]), Split(d["test_x"], d["test_y"]), list(d["classes"])
+        d = load_tensors(cache)
+        return (Split(d["train_x"], d["train_y"]), Split(d["test_x"], d["test_y"]),
+                list(d["classes"]))
     except Exception as e:  # a truncated or foreign cache file is rebuilt, not trusted
-        warnings.warn(f"ignoring unreadable cache {cache}: {e}")
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        warnings.warn(f"ignoring unreadable cache {cache}: {first}")
         return None
 
 
 def _write_cache(cache: Path, loaded: Loaded) -> None:
-    """Write atomically, then remove the caches of the same source's earlier contents: one file per source stays."""
+    """Write atomically, then remove the caches of the source's earlier contents."""
     train, test, classes = loaded
     cache.parent.mkdir(parents=True, exist_ok=True)
-    data = {"train_x": train.images, "train_y": train.labels, "test_x": test.images, "test_y": test.labels,
-            "classes": classes}
+    data = {"train_x": train.images, "train_y": train.labels,
+            "test_x": test.images, "test_y": test.labels, "classes": classes}
     atomic_write(cache, lambda tmp: torch.save(data, tmp))
     source = cache.name.rsplit("-", 1)[0]  # image_folder-<name>-<hash of its path>
     for old in cache.parent.glob(f"{glob.escape(source)}-{'[0-9a-f]' * 16}.pt"):
@@ -210,14 +219,15 @@ def _write_cache(cache: Path, loaded: Loaded) -> None:
             old.unlink(missing_ok=True)
 
 
+# By hand, not torchvision's ImageFolder: it reads .tar archives too, decodes once into cached
+# uint8 tensors, and bounds memory.
 def load_image_folder(path: str, cache_dir: str) -> Loaded:
-    """(train, test, class names) of train/<class>/*, test/<class>/* in a folder or a .tar/.tar.gz of one, decoded
-    once and cached as uint8 tensors under cache_dir; any change to the files rebuilds the cache (see _cache_file).
-    Memory stays bounded: see _decode_all. DatasetError, naming the file, for what cannot be used."""
+    """(train, test, class names) of a folder or .tar/.tar.gz, decoded once, cached in cache_dir."""
     src = resolve_path(path)
     if not src.exists():
-        raise DatasetError(f"image_folder: data.path={path!r} not found (looked for {src}); give a folder or "
-                           f".tar/.tar.gz holding train/<class>/* and test/<class>/* images")
+        raise DatasetError(f"image_folder: data.path={path!r} not found (looked for {src}); "
+                           f"give a folder or .tar/.tar.gz holding train/<class>/* and "
+                           f"test/<class>/* images")
     files = None if src.is_file() else _folder_files(src)  # None: an archive
     cache = _cache_file(src, files, cache_dir)
     loaded = _read_cache(cache)
@@ -225,9 +235,11 @@ def load_image_folder(path: str, cache_dir: str) -> Loaded:
         return loaded
     if files is None and not tarfile.is_tarfile(src):
         raise DatasetError(f"image_folder: {src} is neither a folder nor a .tar/.tar.gz archive")
-    print(f"decoding {src} once (cached afterwards in {cache.parent}) ...", file=sys.stderr, flush=True)
+    print(f"decoding {src} once (cached afterwards in {cache.parent}) ...",
+          file=sys.stderr, flush=True)
+    entries = _tar_entries(src) if files is None else _folder_entries(src, files)
     try:
-        images = _decode_all(src, _tar_entries(src) if files is None else _folder_entries(src, files))
+        images = _decode_all(src, entries)
     except (tarfile.TarError, EOFError, OSError) as e:
         raise DatasetError(f"image_folder: cannot read {src}: {type(e).__name__}: {e}") from None
     loaded = _assemble(src, images)

@@ -1,4 +1,4 @@
-"""The LightningDataModule: a dataset held on the training device, augmented in whole batches there."""
+"""The LightningDataModule: a dataset held on the training device, augmented in whole batches."""
 
 from __future__ import annotations
 
@@ -10,13 +10,10 @@ from .datasets import load
 from .splits import DatasetError, Split
 
 
-def crop_flip(x: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor, flip: torch.Tensor, *, pad: int = 4
-              ) -> torch.Tensor:
-    """Zero-pad x (N, C, H, W) by `pad` pixels on each side (data.pad; the paper's 4) and take, per image, the HxW
-    crop at (dy, dx), mirrored where flip.
-
-    dy, dx in [0, 2*pad]; one gather for the whole batch, on x's device.
-    """
+# By hand, not torchvision transforms per sample: one gather augments a whole batch on the device.
+def crop_flip(x: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor, flip: torch.Tensor, *,
+              pad: int = 4) -> torch.Tensor:
+    """x (N, C, H, W) zero-padded by `pad`, each image cropped at (dy, dx), mirrored where flip."""
     n, c, h, w = x.shape
     padded = F.pad(x, (pad, pad, pad, pad))
     ar_h = torch.arange(h, device=x.device)
@@ -28,31 +25,33 @@ def crop_flip(x: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor, flip: torch.T
     return padded[batch, chan, rows[:, None, :, None], cols[:, None, None, :]]
 
 
-def random_crop_flip_params(n: int, generator: torch.Generator, device, *, pad: int = 4) -> tuple[torch.Tensor, ...]:
-    """Per-image crop offsets (dy, dx), uniform over the (2*pad+1)^2 positions of crop_flip with the same `pad`
-    (pixels), and flips with probability 1/2."""
+def random_crop_flip_params(n: int, generator: torch.Generator, device, *,
+                            pad: int = 4) -> tuple[torch.Tensor, ...]:
+    """(dy, dx, flip) per image: uniform over crop_flip's (2*pad+1)^2 crops, flips with p = 1/2."""
     offsets = torch.randint(0, 2 * pad + 1, (2, n), generator=generator, device=device)
     flip = torch.randint(0, 2, (n,), generator=generator, device=device).bool()
     return offsets[0], offsets[1], flip
 
 
 class TrainBatches:
-    """An endless stream of training batches starting at iteration `start`: batch k of epoch e is slice k of a
-    permutation drawn from (seed, e), with crop/flip parameters from the same draw. A pure function of
-    (seed, iteration), so a resumed run sees exactly the batches it would have seen. Crop offsets are for padding
-    by `pad` pixels (data.pad): the `pad` that crop_flip is given."""
+    """Endless training batches from iteration `start`, a pure function of (seed, iteration), so a
+    resumed run sees the batches it would have seen."""
 
-    def __init__(self, split: Split, batch_size: int, seed: int, start: int = 0, *, pad: int = 4) -> None:
+    def __init__(self, split: Split, batch_size: int, seed: int, start: int = 0, *,
+                 pad: int = 4) -> None:
         if len(split) < batch_size:
-            raise DatasetError(f"optim.batch_size={batch_size} is larger than the training set ({len(split)})")
-        self.split, self.batch_size, self.seed, self.start, self.pad = split, batch_size, seed, start, pad
-        self.per_epoch = len(split) // batch_size  # the last incomplete batch of an epoch is dropped
+            raise DatasetError(f"optim.batch_size={batch_size} is larger than the training set "
+                               f"({len(split)})")
+        self.split, self.batch_size, self.seed = split, batch_size, seed
+        self.start, self.pad = start, pad
+        self.per_epoch = len(split) // batch_size  # an epoch's last incomplete batch is dropped
 
     def _epoch(self, epoch: int) -> tuple[torch.Tensor, ...]:
         device = self.split.labels.device
         g = torch.Generator(device=device).manual_seed(self.seed * 1_000_003 + epoch)
         n = len(self.split)
-        return (torch.randperm(n, generator=g, device=device), *random_crop_flip_params(n, g, device, pad=self.pad))
+        perm = torch.randperm(n, generator=g, device=device)
+        return (perm, *random_crop_flip_params(n, g, device, pad=self.pad))
 
     def __iter__(self):
         step = self.start
@@ -68,28 +67,30 @@ class TrainBatches:
 
 
 class DataModule(pl.LightningDataModule):
-    """Loads a dataset once, holds it on the training device as uint8, and augments whole batches there."""
+    """A dataset loaded once, held on the training device as uint8, augmented in whole batches."""
 
     def __init__(self, cfg, *, batch_size: int, seed: int) -> None:
         super().__init__()
         self.cfg, self.batch_size, self.seed = cfg, batch_size, seed
-        self.pad = int(cfg.get("pad", 4))  # (4: records from before data.pad existed) pixels of zero padding on each side before the random crop
+        self.pad = int(cfg.get("pad", 4))  # pixels a side; 4 for records older than data.pad
         self.train: Split | None = None
         self.eval_splits: dict[str, Split] = {}
         self.classes: list[str] = []
         self.mean: torch.Tensor | None = None  # per-pixel mean of the training images, in [0, 1]
 
     def load(self) -> "DataModule":
-        """Read (or generate) the data and make the val split and the test subset; idempotent, on the CPU."""
+        """Read (or generate) the data, split off val, take the test subset; idempotent, on CPU."""
         if self.train is not None:
             return self
         train, test, self.classes = load(self.cfg)
         val_size, test_subset = int(self.cfg["val_size"]), int(self.cfg["test_subset"])
         if not 0 <= val_size < len(train):
-            raise DatasetError(f"data.val_size={val_size} must be in [0, {len(train) - 1}] for this training set")
+            raise DatasetError(f"data.val_size={val_size} must be in [0, {len(train) - 1}] "
+                               f"for this training set")
         if not 0 <= test_subset <= len(test):
-            raise DatasetError(f"data.test_subset={test_subset} must be in [0, {len(test)}] (0: whole test set)")
-        # Fixed split, independent of the run's seed, so every seed and depth is judged on the same images.
+            raise DatasetError(f"data.test_subset={test_subset} must be in [0, {len(test)}] "
+                               f"(0: whole test set)")
+        # seed 0, not the run's: every seed and depth is judged on the same images
         g = torch.Generator().manual_seed(0)
         if val_size:
             perm = torch.randperm(len(train), generator=g)
@@ -100,9 +101,11 @@ class DataModule(pl.LightningDataModule):
             idx = torch.randperm(len(test), generator=g)[:test_subset].sort().values
             test = Split(test.images[idx], test.labels[idx])
         self.eval_splits["test"] = test
-        if len(train) < self.batch_size:  # found here, before a run directory or a record is written
-            raise DatasetError(f"optim.batch_size={self.batch_size} is larger than the training set ({len(train)} "
-                               f"images{' after data.val_size' if val_size else ''}); allowed: 1 to {len(train)}")
+        if len(train) < self.batch_size:  # here, before a run directory or record is written
+            after = " after data.val_size" if val_size else ""
+            raise DatasetError(f"optim.batch_size={self.batch_size} is larger than the "
+                               f"training set ({len(train)} images{after}); "
+                               f"allowed: 1 to {len(train)}")
         self.train = train
         self.mean = train.images.double().mean(0).div(255).float()
         return self
@@ -123,7 +126,8 @@ class DataModule(pl.LightningDataModule):
         return self
 
     def setup(self, stage: str) -> None:
-        device = self.trainer.strategy.root_device if self.trainer is not None else torch.device("cpu")
+        device = (self.trainer.strategy.root_device if self.trainer is not None
+                  else torch.device("cpu"))
         self.to(device)
 
     def train_dataloader(self) -> TrainBatches:
@@ -131,7 +135,7 @@ class DataModule(pl.LightningDataModule):
         return TrainBatches(self.train, self.batch_size, self.seed, start, pad=self.pad)
 
     def normalize(self, images: torch.Tensor) -> torch.Tensor:
-        """uint8 images -> float with the per-pixel training mean subtracted (the paper's only preprocessing)."""
+        """uint8 images / 255 minus the per-pixel training mean (the paper's only preprocessing)."""
         return images.float().div_(255).sub_(self.mean)
 
     def augment(self, images: torch.Tensor, dy, dx, flip) -> torch.Tensor:

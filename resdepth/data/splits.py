@@ -33,9 +33,8 @@ Loader = Callable[[Mapping[str, Any]], Loaded]  # data config -> Loaded
 
 
 def resolve_path(path: str) -> Path:
-    """A user path: ~ expanded; a relative path is taken from the cwd. In a source tree (a clone, or an editable
-    install of one) a relative path that is not in the cwd is taken from the repository root, so a clone's data/
-    serves every folder. An installed resdepth never resolves a path into its own installation."""
+    """A user path, ~ expanded, relative to the cwd; in a source tree, one missing there is taken
+    from the repository root, so a clone's data/ serves every folder."""
     p = Path(os.path.expanduser(path))
     if p.is_absolute() or p.exists() or not in_source_tree():
         return p
@@ -43,6 +42,6 @@ def resolve_path(path: str) -> Path:
 
 
 def in_source_tree() -> bool:
-    """resdepth runs from its repository (pyproject.toml and conf/ beside the package), not from an installed
-    wheel (whose parent folder is site-packages)."""
-    return (REPO_ROOT / "pyproject.toml").is_file() and (REPO_ROOT / "conf" / "config.yaml").is_file()
+    """resdepth runs from its repository (a clone or an editable install), not from a wheel."""
+    return ((REPO_ROOT / "pyproject.toml").is_file()
+            and (REPO_ROOT / "conf" / "config.yaml").is_file())

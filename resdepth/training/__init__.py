@@ -1,1 +1,1 @@
-"""The LightningModule, the CUDA-graph step, device choice, records, loggers, one run wired, load_run."""
+"""The LightningModule, the CUDA-graph step, device choice, records, loggers, one run, load_run."""

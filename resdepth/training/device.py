@@ -1,8 +1,4 @@
-"""Where and how a run computes: the accelerator, what `trainer.precision=auto` means here, whether each iteration
-is one CUDA graph, and which GPU a run takes on a machine with several.
-
-Imports nothing of resdepth but the config's choices; knows nothing of run directories, data or models.
-"""
+"""Where and how a run computes: accelerator, precision, CUDA graph or not, and which GPU."""
 
 from __future__ import annotations
 
@@ -21,18 +17,22 @@ GRAPHING_COMPILE_MODES = ("reduce-overhead", "max-autotune")  # these capture CU
 
 
 def cpu_has_native_bf16() -> bool:
-    """Whether this CPU computes in bf16 natively (x86 with AVX512-BF16 or AMX). There bf16 convolutions are
-    1.4-1.7x faster than fp32 (experiments/bench/README.md); elsewhere bf16 is emulated and slower than fp32."""
-    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")  # torch.cpu's own checks, x86 only
+    """Whether this CPU computes in bf16 natively (x86 with AVX512-BF16 or AMX).
+
+    There bf16 convolutions are 1.4-1.7x faster than fp32 (experiments/bench/README.md);
+    elsewhere bf16 is emulated and slower than fp32.
+    """
+    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")  # torch.cpu's, x86 only
     return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
 
 
 def resolve_device(t: dict) -> tuple[str, str]:
-    """(accelerator, precision) actually used: a GPU when there is one, else the CPU; precision auto is
+    """(accelerator, precision) used: a GPU when there is one, else the CPU; precision auto is
     bf16-mixed where the device computes in bf16 natively (as the GPU runs), else fp32."""
     accelerator = t["accelerator"]
     if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
-        raise ValueError(f"trainer.accelerator={accelerator} but no CUDA GPU is visible; use auto or cpu")
+        raise ValueError(f"trainer.accelerator={accelerator} but no CUDA GPU is visible; "
+                         f"use auto or cpu")
     use_gpu = accelerator != "cpu" and torch.cuda.is_available()
     precision = t["precision"]
     if precision == "auto":
@@ -42,16 +42,18 @@ def resolve_device(t: dict) -> tuple[str, str]:
 
 
 def use_cuda_graph(t: dict, accelerator: str, precision: str) -> bool:
-    """trainer.cuda_graph: auto (on for a CUDA GPU in bf16-mixed or fp32, unless torch.compile captures graphs
-    itself) | true (the same, but an error where it cannot) | false."""
+    """trainer.cuda_graph: auto (on for a CUDA GPU in bf16-mixed or fp32, unless torch.compile
+    captures graphs itself) | true (the same, but an error where it cannot) | false."""
     value = choice("trainer.cuda_graph", t["cuda_graph"], AUTO_BOOL)
     graphing_compile = bool(t["compile"]) and t["compile_mode"] in GRAPHING_COMPILE_MODES
     problem = ("no CUDA GPU is used" if accelerator != "gpu" else
                f"trainer.precision={precision} scales the loss (use bf16-mixed or 32-true)"
                if precision == "16-mixed" else
-               f"trainer.compile_mode={t['compile_mode']} captures CUDA graphs itself" if graphing_compile else None)
+               f"trainer.compile_mode={t['compile_mode']} captures CUDA graphs itself"
+               if graphing_compile else None)
     if value == "true" and problem:
-        raise ValueError(f"trainer.cuda_graph=true cannot be used: {problem}; use trainer.cuda_graph=auto or false")
+        raise ValueError(f"trainer.cuda_graph=true cannot be used: {problem}; "
+                         f"use trainer.cuda_graph=auto or false")
     return value != "false" and problem is None
 
 
@@ -68,9 +70,12 @@ def device_name(accelerator: str, gpu: int | None) -> str:
 
 
 def claim_gpu(n: int, slots: Path | None = None):
-    """(index, lock) of the GPU with the fewest runs on it right now, out of this machine's n. A run holds a lock on
-    one slot file (gpu<i>.<k>.lock) of its GPU while it trains; the lock goes when it is closed or its process
-    ends, so a crashed run never leaves a GPU marked busy. One process picks at a time (pick.lock)."""
+    """(index, lock) of the GPU with the fewest runs on it now, out of this machine's n.
+
+    A run holds a lock on one slot file (gpu<i>.<k>.lock) of its GPU while it trains; the lock
+    goes when it is closed or its process ends, so a crashed run never leaves a GPU marked busy.
+    One process picks at a time (pick.lock).
+    """
     slots = Path(slots or Path(tempfile.gettempdir()) / f"resdepth-gpus-{os.getuid()}")
     slots.mkdir(parents=True, exist_ok=True)
     with open(slots / "pick.lock", "w") as guard:
@@ -101,7 +106,7 @@ def claim_gpu(n: int, slots: Path | None = None):
 
 
 def claim(t: dict):
-    """(gpu index or None, lock or None) for a run: on a machine with several GPUs, the least busy one."""
+    """(gpu index, lock) for a run: on a machine with several GPUs the least busy; else Nones."""
     if resolve_device(t)[0] == "gpu" and torch.cuda.device_count() > 1:
         return claim_gpu(torch.cuda.device_count())
     return None, None

@@ -1,15 +1,9 @@
-"""A finished run in a notebook: its trained net, ready for raw images, its config and its metrics rows.
+"""A finished run in a notebook: its trained net, ready for raw images, its config and metrics.
 
     from resdepth import load_run
     run = load_run("runs/cifar10/residual-56/seed0-1f3a9c2e")
     logits = run.net(images)          # uint8 images (0-255) or floats in [0, 1], N x C x H x W
     run.config, run.metrics, run.result
-
-model.pt holds what the net needs beyond its weights: the per-pixel training mean (the paper's only
-preprocessing), the net's shape and the class names (`model_file`). A model.pt written before it held the mean
-(the weights alone) gets the mean from the run's dataset, which must then be where the run found it.
-
-Imports models, data and rundir; nothing imports it but train.py (to write model.pt) and the package.
 """
 
 from __future__ import annotations
@@ -22,12 +16,14 @@ from torch import nn
 
 from ..data import DataModule, DatasetError
 from ..models import cifar_resnet
-from ..rundir import read_json, read_metrics
+from ..rundir import load_tensors, read_json, read_metrics
 
 
 class Classifier(nn.Module):
-    """A trained CIFAR net for raw images: uint8 (0-255) or float in [0, 1], N x C x H x W -> logits N x classes.
-    The per-pixel training mean (in [0, 1], C x H x W) travels with the weights as a buffer."""
+    """A trained net for raw images: uint8 (0-255) or float in [0, 1], N x C x H x W -> logits.
+
+    The per-pixel training mean (in [0, 1], C x H x W) travels with the weights as a buffer.
+    """
 
     def __init__(self, net: nn.Module, mean: torch.Tensor, classes: list[str]) -> None:
         super().__init__()
@@ -40,50 +36,56 @@ class Classifier(nn.Module):
 
 
 @dataclass
-class Run:
-    """A run directory read back: `net` (a Classifier in eval mode, on the CPU), `config` (the resolved config),
-    `metrics` (metrics.csv's rows as dicts; errors are fractions), `result` (result.json) and `path`."""
+class TrainedRun:
+    """A run directory read back; `metrics` holds metrics.csv's rows (errors are fractions)."""
 
     path: Path
-    net: Classifier
-    config: dict
+    net: Classifier  # in eval mode, on the CPU
+    config: dict  # the resolved config
     metrics: list[dict]
-    result: dict
+    result: dict  # result.json
 
 
 def model_file(net: nn.Module, mean: torch.Tensor, cfg: dict, classes: list[str]) -> dict:
-    """What model.pt holds: the net's weights and everything needed to use them on raw images. Plain tensors,
-    numbers and strings only, so `torch.load(weights_only=True)` reads it."""
+    """What model.pt holds: the weights, the training mean, the net's shape and the class names.
+
+    Plain tensors, numbers and strings only, so `torch.load(weights_only=True)` reads it.
+    """
     m = cfg["model"]
-    return {"state_dict": {k: v.detach().cpu() for k, v in net.state_dict().items()}, "mean": mean.detach().cpu(),
-            "depth": m["depth"], "block": m["block"], "shortcut": m["shortcut"], "classes": list(classes)}
+    return {"state_dict": {k: v.detach().cpu() for k, v in net.state_dict().items()},
+            "mean": mean.detach().cpu(), "depth": m["depth"], "block": m["block"],
+            "shortcut": m["shortcut"], "classes": list(classes)}
 
 
-def load_run(path: str | Path) -> Run:
-    """The run in directory `path` (the one holding model.pt, config.json, metrics.csv, result.json).
-    FileNotFoundError when it holds no model.pt yet (the run has not finished)."""
+def load_run(path: str | Path) -> TrainedRun:
+    """The run in directory `path`; FileNotFoundError when it holds no model.pt (not finished)."""
     path = Path(path)
     if not (path / "model.pt").exists():
-        raise FileNotFoundError(f"{path} holds no model.pt: the run has not finished (resdepth train resumes it)")
+        raise FileNotFoundError(f"{path} holds no model.pt: the run has not finished "
+                                f"(resdepth train resumes it)")
     config = read_json(path / "config.json")["config"]
-    saved = torch.load(path / "model.pt", map_location="cpu", weights_only=True)
+    saved = load_tensors(path / "model.pt", map_location="cpu")
     if "state_dict" not in saved:  # written before model.pt held the mean: the weights alone
-        saved = {"state_dict": saved, "mean": _mean_from_dataset(path, config), "classes": [], **config["model"]}
+        saved = {"state_dict": saved, "mean": _mean_from_dataset(path, config), "classes": [],
+                 **config["model"]}
     weights = saved["state_dict"]
-    classes = saved["classes"] or [str(i) for i in range(weights["fc.bias"].numel())]
+    num_classes = weights["fc.bias"].numel()
+    classes = saved["classes"] or [str(i) for i in range(num_classes)]
     net = cifar_resnet(depth=saved["depth"], block=saved["block"], shortcut=saved["shortcut"],
-                       in_channels=weights["conv1.weight"].shape[1], num_classes=weights["fc.bias"].numel())
+                       in_channels=weights["conv1.weight"].shape[1], num_classes=num_classes)
     net.load_state_dict(weights)
     result = read_json(path / "result.json") if (path / "result.json").exists() else {}
-    return Run(path, Classifier(net, saved["mean"], classes).eval(), config, read_metrics(path / "metrics.csv"), result)
+    return TrainedRun(path, Classifier(net, saved["mean"], classes).eval(), config,
+                      read_metrics(path / "metrics.csv"), result)
 
 
 def _mean_from_dataset(path: Path, config: dict) -> torch.Tensor:
-    """The per-pixel training mean of an older run's dataset, computed as training did; a clear error when the
-    dataset is not there."""
+    """The training mean of an older run (its model.pt lacks it), from the run's dataset."""
     try:
-        data = DataModule(config["data"], batch_size=config["optim"]["batch_size"], seed=config["seed"]).load()
+        data = DataModule(config["data"], batch_size=config["optim"]["batch_size"],
+                          seed=config["seed"]).load()
     except (DatasetError, OSError) as e:
-        raise DatasetError(f"{path / 'model.pt'} was written before model.pt held the training mean, and the run's "
-                           f"dataset ({config['data']['name']}) that gives it cannot be read here: {e}") from None
+        raise DatasetError(f"{path / 'model.pt'} was written before model.pt held the training "
+                           f"mean, and the run's dataset ({config['data']['name']}) that gives "
+                           f"it cannot be read here: {e}") from None
     return data.mean

@@ -1,10 +1,4 @@
-"""The callback that turns training into records: every eval_every iterations a metrics.csv row, a result.json
-update, a progress line and the same row to the run's logger (RunLogger: `logger=csv|tensorboard|wandb`, Lightning's
-own classes, writing under <run_dir>/logs); every checkpoint_every iterations last.ckpt. Stops a diverged run.
-What a run prints also goes to <run_dir>/resdepth.log (run_log).
-
-Reads the LightningModule's records (System.take_record); writes only through rundir and the logger.
-"""
+"""The callback that turns training into records, and run_log: what a run prints, in its folder."""
 
 from __future__ import annotations
 
@@ -21,18 +15,19 @@ from ..models import net_name
 from ..tables import fmt_time
 from ..rundir import append_metrics, atomic_write, write_json
 
-PACE_AFTER_S = 30.0  # seconds: a run that has not reached a record by then says its pace once (in logs)
+PACE_AFTER_S = 30.0  # seconds: a run with no record by then says its pace once (in logs)
 
 
 def label(cfg: dict) -> str:
     """'plain-20', 'ResNet-56' (the paper's names), with the seed and option B when used."""
     m = cfg["model"]
-    return f"{net_name(m['block'], m['depth'])}{'-B' if m['shortcut'] == 'B' else ''} seed {cfg['seed']}"
+    option = "-B" if m["shortcut"] == "B" else ""
+    return f"{net_name(m['block'], m['depth'])}{option} seed {cfg['seed']}"
 
 
 class Recorder(pl.Callback):
-    """Every eval_every iterations: take a record, append it to metrics.csv, print progress, update result.json;
-    every checkpoint_every iterations: write last.ckpt atomically. Stops a diverged run."""
+    """Every eval_every iterations a record: a metrics.csv row, the same to the run's logger,
+    result.json and a progress line; every checkpoint_every last.ckpt. Stops a diverged run."""
 
     def __init__(self, run_dir: Path, cfg: dict, result: dict, logger=None) -> None:
         self.run_dir, self.cfg, self.result, self.logger = run_dir, cfg, result, logger
@@ -40,7 +35,7 @@ class Recorder(pl.Callback):
         self.max_steps, self.eval_every = t["max_steps"], t["eval_every"]
         self.checkpoint_every = t["checkpoint_every"] or t["eval_every"]
         self.progress = t["progress"]
-        # On a terminal, one line redrawn in place between records; in logs and CI, only whole lines.
+        # Not Lightning's bar: on a terminal one line redrawn in place; in logs, only whole lines.
         self.live = self.progress and sys.stdout.isatty()
         self.last_draw, self.last_row = 0.0, None
         self.t0, self.step0 = time.perf_counter(), None
@@ -59,13 +54,15 @@ class Recorder(pl.Callback):
         elif self.progress and not self.paced and time.perf_counter() - self.t0 > PACE_AFTER_S:
             self._pace(step)
         if step % self.eval_every == 0 or step >= self.max_steps:
+            # Evaluated here, not in Lightning's validation loop: that runs after this hook (which
+            # writes the row, then its checkpoint) and skips a last iteration off its grid.
             row = pl_module.take_record()
             append_metrics(self.run_dir / "metrics.csv", row)
             if self.logger:
                 self.logger.send(row)
             # where the warm-up ended is known from then on, also to a run that never finishes
             self.result.update(warmup_ended_at=pl_module.warmup_steps or None,
-                               warmup_ended_by=getattr(pl_module, "warmup_ended_by", None))
+                               warmup_ended_by=pl_module.warmup_ended_by)
             self._update_result(row)
             if self.progress:
                 self._print(step, row)
@@ -73,6 +70,8 @@ class Recorder(pl.Callback):
                 trainer.should_stop = True
                 return
         if step % self.checkpoint_every == 0 or step >= self.max_steps:
+            # Atomic rename, so a kill mid-write keeps the last checkpoint: Lightning's save stages
+            # it in the system temp dir and moves it, a copy in place from another filesystem.
             atomic_write(self.run_dir / "last.ckpt", trainer.save_checkpoint)
             self.checkpoint_step = step
 
@@ -100,21 +99,23 @@ class Recorder(pl.Callback):
         """The live line: iteration, the last record's errors, speed, time left (no device sync)."""
         rate, left = self._rate_left(step)
         last = self.last_row
-        errs = (f"train {100 * last['train_error']:.2f}% test {100 * last['test_error']:.2f}% (it {last['iteration']})"
-                if last else "first record at it " + str(self.eval_every))
-        sys.stdout.write(f"\r\033[K  [{label(self.cfg)}] it {step}/{self.max_steps}  {errs}  {rate:.1f} it/s  "
-                         f"left {fmt_time(left)}")
+        first = "first record at it " + str(self.eval_every)
+        errs = (f"train {100 * last['train_error']:.2f}% test {100 * last['test_error']:.2f}% "
+                f"(it {last['iteration']})" if last else first)
+        sys.stdout.write(f"\r\033[K  [{label(self.cfg)}] it {step}/{self.max_steps}  {errs}  "
+                         f"{rate:.1f} it/s  left {fmt_time(left)}")
         sys.stdout.flush()
         self.last_draw = time.perf_counter()
 
     def _pace(self, step: int) -> None:
-        """Once, in logs, when the first record is still far off: the speed so far and the run's time left."""
+        """Once, in logs, when the first record is far off: the speed so far, the time left."""
         self.paced = True
         rate, left = self._rate_left(step)
         next_record = min(self.max_steps, (step // self.eval_every + 1) * self.eval_every)
         if rate and (next_record - step) / rate > PACE_AFTER_S:
-            print(f"  [{label(self.cfg)}] it {step:>6}/{self.max_steps}  {rate:.2f} it/s: first record at it "
-                  f"{next_record} in about {fmt_time((next_record - step) / rate)}, the run needs about "
+            print(f"  [{label(self.cfg)}] it {step:>6}/{self.max_steps}  {rate:.2f} it/s: "
+                  f"first record at it {next_record} in about "
+                  f"{fmt_time((next_record - step) / rate)}, the run needs about "
                   f"{fmt_time(left)} more", flush=True)
 
     def _print(self, step: int, row: dict) -> None:
@@ -129,15 +130,15 @@ class Recorder(pl.Callback):
             errs += f"  test {100 * row['test_error']:5.2f}%"
         if row["diverged_at"] is not None:
             errs = f"DIVERGED at iteration {row['diverged_at']} (loss not finite)"
-        print(f"  [{label(self.cfg)}] it {step:>6}/{self.max_steps} ({100 * step / self.max_steps:3.0f}%)  {errs}"
+        print(f"  [{label(self.cfg)}] it {step:>6}/{self.max_steps} "
+              f"({100 * step / self.max_steps:3.0f}%)  {errs}"
               f"  lr {row['lr']:<6.4g} {rate:6.1f} it/s  left {fmt_time(left)}", flush=True)
 
 
-# ------------------------------------------------------------------------------------------------ run log
+# -------------------------------------------------------------------------------------- run log
 
 class _Tee(io.TextIOBase):
-    """A stream that writes to the console and to the run's log; the live line (redrawn with '\\r') stays on the
-    terminal only."""
+    """Writes to the console and the run's log; the live line (redrawn with '\\r'): console only."""
 
     def __init__(self, console, log) -> None:
         self.console, self.log = console, log
@@ -161,8 +162,8 @@ class _Tee(io.TextIOBase):
 
 @contextlib.contextmanager
 def run_log(path: Path):
-    """What the run prints (stdout and stderr) is also appended to `path` (<run_dir>/resdepth.log, the file
-    Hydra's job logging opens there too), so each run's folder keeps its own progress lines."""
+    """What the run prints (stdout and stderr) is also appended to `path` (<run_dir>/resdepth.log,
+    which Hydra's job logging opens too), so each run's folder keeps its own progress lines."""
     with open(path, "a") as log:
         out, err = sys.stdout, sys.stderr
         sys.stdout, sys.stderr = _Tee(out, log), _Tee(err, log)

@@ -1,10 +1,4 @@
-"""One run, wired: config -> data + system + Lightning trainer + records, in the run's directory.
-
-`train(cfg)` is a plain function (the CLI, the sweep and the tests call it). It skips a finished run, resumes an
-interrupted one from its last checkpoint, refuses a run directory that holds another config, and records a
-diverged or failed run as such. It computes nothing itself: device choice is in device.py, the run directory's
-files in rundir.py, the records in records.py, the training step in system.py.
-"""
+"""One run, wired: config -> data + system + Lightning trainer + records, in the run's directory."""
 
 from __future__ import annotations
 
@@ -30,12 +24,12 @@ from ..models import count_parameters
 from .loggers import RunLogger
 from .records import Recorder, label, run_log
 from ..tables import fmt_time
-from ..rundir import RunBusy, RunConflict  # noqa: F401 (raised by train: the CLI and sweep catch them from here)
+from ..rundir import RunBusy, RunConflict  # noqa: F401 (the CLI and sweep catch them from here)
 from .system import System
 
 
 class RunFailed(RuntimeError):
-    """A run failed after its directory was set up; result.json says failed, error.txt holds the traceback."""
+    """A run failed after its directory was set up (result.json: failed; error.txt: traceback)."""
 
 
 class CorruptCheckpoint(RuntimeError):
@@ -51,18 +45,18 @@ class Interrupted(KeyboardInterrupt):
 
 
 def train(cfg: DictConfig | dict) -> dict:
-    """Train (or resume, or skip) the run that `cfg` describes; return its result.json contents.
+    """Train, resume or skip (when finished) the run `cfg` describes; return its result.json.
 
-    Raises ValueError (bad config), RunConflict, RunBusy, DatasetError before writing anything; an error during
-    training is recorded in result.json (status "failed") and raised again.
+    Raises ValueError (bad config), RunConflict, RunBusy, DatasetError before writing anything;
+    an error during training is recorded in result.json (status "failed") and raised again.
     """
     cfg = to_plain(cfg) if isinstance(cfg, DictConfig) else cfg
     validate(cfg)
     check(cfg["trainer"])
     if the_net(cfg["model"]) != cfg["model"]:
         cfg = {**cfg, "model": the_net(cfg["model"])}
-        print(f"[{label(cfg)}] note: a plain net has no shortcuts, so model.shortcut does not change it: "
-              f"this is the same run as shortcut A", flush=True)
+        print(f"[{label(cfg)}] note: a plain net has no shortcuts, so model.shortcut does not "
+              f"change it: this is the same run as shortcut A", flush=True)
     run_dir = Path(cfg["run_dir"])
     done = rundir.finished_result(run_dir, semantic_config(cfg))
     if done:
@@ -86,12 +80,13 @@ def quiet_lightning() -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", message=".*LeafSpec.*")
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")
-    warnings.filterwarnings("ignore", message="`training_step` returned `None`")  # the whole-step path's update
 
 
 def build(cfg: dict, gpu: int | None = None) -> tuple[DataModule, System, dict]:
-    """The data, the LightningModule and the Trainer arguments of a run: shared by train() and the benchmark.
-    `gpu`: which CUDA device, where there are several (default: the first)."""
+    """The data, the LightningModule and the Trainer arguments of a run (train and bench).
+
+    `gpu`: which CUDA device, where there are several (default: the first).
+    """
     quiet_lightning()
     accelerator, precision = resolve_device(cfg["trainer"])
     data = DataModule(cfg["data"], batch_size=cfg["optim"]["batch_size"], seed=cfg["seed"]).load()
@@ -101,37 +96,46 @@ def build(cfg: dict, gpu: int | None = None) -> tuple[DataModule, System, dict]:
     system.whole_step = use_cuda_graph(cfg["trainer"], accelerator, precision)
     devices = [gpu] if accelerator == "gpu" and gpu is not None else 1
     trainer_kwargs = dict(
-        accelerator=accelerator, devices=devices, precision=precision, max_steps=cfg["trainer"]["max_steps"],
-        max_epochs=-1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-        enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0, benchmark=accelerator == "gpu",
+        accelerator=accelerator, devices=devices, precision=precision,
+        max_steps=cfg["trainer"]["max_steps"], max_epochs=-1, logger=False,
+        # checkpoints, evaluation and progress lines are the Recorder's (records.py says why)
+        enable_checkpointing=False, num_sanity_val_steps=0, limit_val_batches=0,
+        enable_progress_bar=False, enable_model_summary=False, benchmark=accelerator == "gpu",
     )
     return data, system, trainer_kwargs
 
 
 def checkpoint_step(ckpt: Path) -> int:
-    """The iteration of a run's last checkpoint (0: none). mmap: read it without loading the whole checkpoint.
-    CorruptCheckpoint, with what to do, when it cannot be read (nothing is deleted without the user asking)."""
+    """The iteration of a run's last checkpoint (0: none), read before fit to set up the run.
+
+    CorruptCheckpoint, with what to do, when it cannot be read (nothing is deleted unasked).
+    """
     if not ckpt.exists():
         return 0
-    try:
-        return int(torch.load(ckpt, map_location="cpu", weights_only=False, mmap=True)["global_step"])
-    except Exception as e:
+    try:  # mmap: without loading the whole checkpoint
+        return int(rundir.load_tensors(ckpt, map_location="cpu", mmap=True)["global_step"])
+    except rundir.UnsafeFile as e:
         raise CorruptCheckpoint(
-            f"{ckpt} is damaged ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else 'unreadable'}), so the "
-            f"run cannot resume from it; to restart it from iteration 0, move it away and run the same command "
-            f"again: mv '{ckpt}' '{ckpt}.damaged'") from None
+            f"{e}, so the run cannot resume from it; to restart it from iteration 0, move it away "
+            f"and run the same command again: mv '{ckpt}' '{ckpt}.refused'") from None
+    except Exception as e:
+        first = str(e).splitlines()[0] if str(e) else "unreadable"
+        raise CorruptCheckpoint(
+            f"{ckpt} is damaged ({type(e).__name__}: {first}), so the "
+            f"run cannot resume from it; to restart it from iteration 0, move it away and run "
+            f"the same command again: mv '{ckpt}' '{ckpt}.damaged'") from None
 
 
 @contextlib.contextmanager
 def failures_recorded(cfg: dict, run_dir: Path):
-    """A failure at any point of a run (a refusal before anything is written aside) is recorded: result.json says
-    failed with the error, error.txt holds the traceback, and RunFailed says so in one line."""
+    """A failure at any point of a run (a refusal before anything is written aside) is recorded:
+    result.json says failed, error.txt holds the traceback, RunFailed says so in one line."""
     try:
         yield
     except (DatasetError, ValueError) as e:
         if (run_dir / "result.json").exists() and _status(run_dir) == "running":
             raise RunFailed(_record_failure(cfg, run_dir, e)) from e
-        raise  # refused before anything was written: the CLI says why and removes the empty directory
+        raise  # refused before anything was written: the CLI says why, removes the empty directory
     except (RunFailed, KeyboardInterrupt, SystemExit):
         raise
     except Exception as e:
@@ -146,38 +150,30 @@ def _status(run_dir: Path):
 
 
 def _record_failure(cfg: dict, run_dir: Path, e: BaseException) -> str:
-    """Mark the run failed in result.json and keep the traceback in error.txt; return the one-line message."""
+    """Mark the run failed in result.json, the traceback in error.txt; the one-line message."""
     error = f"{type(e).__name__}: {e}"
     message = f"{error} (traceback in {run_dir / 'error.txt'})"
     try:
         rundir.atomic_write_text(run_dir / "error.txt", traceback.format_exc())
-        previous = rundir.read_json(run_dir / "result.json") if (run_dir / "result.json").exists() else {}
+        exists = (run_dir / "result.json").exists()
+        previous = rundir.read_json(run_dir / "result.json") if exists else {}
         result = previous if isinstance(previous, dict) else {}
         result.update(status="failed", error=error, finished=rundir.now(), run_dir=str(run_dir))
         result.setdefault("config", cfg)
         rundir.write_json(run_dir / "result.json", result)
-    except OSError as write_error:  # a read-only or full disk: say so instead of pointing to a missing file
-        message = f"{error} (it could not be recorded in {run_dir}: {write_error.strerror or write_error})"
+    except OSError as write_error:  # a read-only or full disk: say so, not a missing file
+        message = (f"{error} (it could not be recorded in {run_dir}: "
+                   f"{write_error.strerror or write_error})")
     print(f"[{label(cfg)}] FAILED: {message}", file=sys.stderr, flush=True)
     return message
 
 
 def _run(cfg: dict, run_dir: Path, gpu: int | None) -> dict:
     data, system, trainer_kwargs = build(cfg, gpu)
-    accelerator, precision = trainer_kwargs["accelerator"], trainer_kwargs["precision"]
     resume_step = checkpoint_step(run_dir / "last.ckpt")
     logger = RunLogger(cfg, run_dir, resume_step) if cfg.get("logger") else None
     trainer_kwargs["logger"] = logger.logger if logger else False
-    chash = config_hash(cfg, without=())
-    if not (run_dir / "config.json").exists():
-        rundir.write_json(run_dir / "config.json", {"hash": chash, "semantic": semantic_config(cfg), "config": cfg})
-    rundir.truncate_metrics(run_dir / "metrics.csv", resume_step)
-    device = device_name(accelerator, gpu)
-    result = rundir.start_result(run_dir, cfg, chash, resume_step, {
-        "params": count_parameters(system.net), "device": device, "accelerator": accelerator,
-        "precision": precision, "cuda_graph": system.whole_step, "classes": data.num_classes,
-        "train_images": len(data.train), "warmup": system.warming_up})
-    _announce(cfg, result, resume_step, system.whole_step)
+    result = _start(cfg, run_dir, data, system, trainer_kwargs, gpu, resume_step)
     recorder = Recorder(run_dir, cfg, result, logger)
     trainer = pl.Trainer(**trainer_kwargs, callbacks=[recorder], default_root_dir=str(run_dir))
     t0 = time.perf_counter()
@@ -187,50 +183,81 @@ def _run(cfg: dict, run_dir: Path, gpu: int | None) -> dict:
         if logger:
             logger.close()
     if result["status"] != "diverged":
+        accelerator = trainer_kwargs["accelerator"]
         system.to(torch.device("cuda", gpu or 0) if accelerator == "gpu" else torch.device("cpu"))
         data.to(system.device)  # Lightning's teardown may have moved the module to the CPU
         result["status"] = "done"
         rundir.write_json(run_dir / "responses.json", {
             "layer_std": system.layer_responses(data.eval_splits["test"]), "split": "test",
             "depth": cfg["model"]["depth"], "block": cfg["model"]["block"]})
-    weights = model_file(system.net, data.mean, cfg, data.classes)  # with the mean: ready for raw images (load.py)
-    rundir.atomic_write(run_dir / "model.pt", lambda tmp: torch.save(weights, tmp))
-    result.update(warmup_ended_at=system.warmup_steps or None, warmup_ended_by=getattr(system, "warmup_ended_by", None),
-                  finished=rundir.now(), session_s=time.perf_counter() - t0)
-    rundir.write_json(run_dir / "result.json", result)
-    final = (f"test {100 * result['final_test_error']:.2f}%  train {100 * result['final_train_error']:.2f}%"
-             if result["status"] == "done" else f"diverged at iteration {result['diverged_at']}")
-    print(f"[{label(cfg)}] {result['status']}: {final}  ({fmt_time(result.get('wall_time_s') or 0)}) -> {run_dir}",
-          flush=True)
+    _finish(cfg, run_dir, data, system, result, time.perf_counter() - t0)
     return result
 
 
+def _start(cfg: dict, run_dir: Path, data: DataModule, system: System, trainer_kwargs: dict,
+           gpu: int | None, resume_step: int) -> dict:
+    """config.json, metrics.csv cut back to the checkpoint, result.json running; the first line."""
+    accelerator, precision = trainer_kwargs["accelerator"], trainer_kwargs["precision"]
+    chash = config_hash(cfg, without=())
+    if not (run_dir / "config.json").exists():
+        rundir.write_json(run_dir / "config.json",
+                          {"hash": chash, "semantic": semantic_config(cfg), "config": cfg})
+    rundir.truncate_metrics(run_dir / "metrics.csv", resume_step)
+    result = rundir.start_result(run_dir, cfg, chash, resume_step, {
+        "params": count_parameters(system.net), "device": device_name(accelerator, gpu),
+        "accelerator": accelerator, "precision": precision, "cuda_graph": system.whole_step,
+        "classes": data.num_classes, "train_images": len(data.train),
+        "warmup": system.warming_up})
+    _announce(cfg, result, resume_step, system.whole_step)
+    return result
+
+
+def _finish(cfg: dict, run_dir: Path, data: DataModule, system: System, result: dict,
+            session_s: float) -> None:
+    """model.pt and the final result.json of a done or diverged run; its last line."""
+    # with the mean: ready for raw images (load.py)
+    weights = model_file(system.net, data.mean, cfg, data.classes)
+    rundir.atomic_write(run_dir / "model.pt", lambda tmp: torch.save(weights, tmp))
+    result.update(warmup_ended_at=system.warmup_steps or None,
+                  warmup_ended_by=system.warmup_ended_by, finished=rundir.now(),
+                  session_s=session_s)
+    rundir.write_json(run_dir / "result.json", result)
+    final = (f"test {100 * result['final_test_error']:.2f}%  "
+             f"train {100 * result['final_train_error']:.2f}%"
+             if result["status"] == "done" else f"diverged at iteration {result['diverged_at']}")
+    print(f"[{label(cfg)}] {result['status']}: {final}  "
+          f"({fmt_time(result.get('wall_time_s') or 0)}) -> {run_dir}", flush=True)
+
+
 def _announce(cfg: dict, result: dict, resume_step: int, cuda_graph: bool) -> None:
-    """The run's first line: what it trains, where, and whether it resumes (on another device, say so)."""
+    """The run's first line: what it trains, where, whether it resumes (elsewhere: it says so)."""
     segments, device, precision = result["segments"], result["device"], result["precision"]
     if len(segments) > 1 and segments[-1]["from"] == resume_step:
         before = segments[-2]
-        print(f"[{label(cfg)}] note: iterations {before['from']}-{resume_step} were trained on {before['device']} in "
-              f"{before['precision']}; it now continues on {device} in {precision} (both are kept in "
-              f"result.json's segments)", flush=True)
+        print(f"[{label(cfg)}] note: iterations {before['from']}-{resume_step} were trained on "
+              f"{before['device']} in {before['precision']}; it now continues on {device} in "
+              f"{precision} (both are kept in result.json's segments)", flush=True)
     what = f"resuming at iteration {resume_step}" if resume_step else "starting"
     print(f"[{label(cfg)}] {what}: {cfg['data']['name']}, {result['params']:,} params, "
-          f"{cfg['trainer']['max_steps']} iterations of {cfg['optim']['batch_size']}, {device}, {precision}"
-          f"{', CUDA graph' if cuda_graph else ''} -> {result['run_dir']}", flush=True)
+          f"{cfg['trainer']['max_steps']} iterations of {cfg['optim']['batch_size']}, "
+          f"{device}, {precision}{', CUDA graph' if cuda_graph else ''} -> {result['run_dir']}",
+          flush=True)
 
 
 def _fit(cfg: dict, trainer: pl.Trainer, system: System, data: DataModule, recorder: Recorder,
          resume_step: int) -> None:
-    """trainer.fit, resuming from last.ckpt; an interruption says where the run can resume, a failure is recorded."""
+    """trainer.fit, resuming from last.ckpt; an interruption says where the run can resume."""
     run_dir = recorder.run_dir
+    ckpt_path = str(run_dir / "last.ckpt") if resume_step else None
     try:
-        trainer.fit(system, datamodule=data, ckpt_path=str(run_dir / "last.ckpt") if resume_step else None)
-    except (KeyboardInterrupt, SystemExit) as e:  # Lightning turns Ctrl-C into SystemExit(1) after its shutdown
+        trainer.fit(system, datamodule=data, ckpt_path=ckpt_path, weights_only=True)
+    except (KeyboardInterrupt, SystemExit) as e:  # Lightning turns Ctrl-C into SystemExit(1)
         if not (isinstance(e, KeyboardInterrupt) or trainer.interrupted):
             raise
         sigterm = isinstance(e, SIGTERMException)
         kept = recorder.checkpoint_step if recorder.checkpoint_step is not None else resume_step
-        print(f"\n[{label(cfg)}] {'stopped by SIGTERM' if sigterm else 'interrupted'} at iteration "
-              f"{trainer.global_step}; " + (f"its checkpoint is at iteration {kept}" if kept else "no checkpoint yet")
+        where = f"its checkpoint is at iteration {kept}" if kept else "no checkpoint yet"
+        print(f"\n[{label(cfg)}] {'stopped by SIGTERM' if sigterm else 'interrupted'} at "
+              f"iteration {trainer.global_step}; " + where
               + ": run the same command again to resume", file=sys.stderr, flush=True)
         raise Interrupted(143 if sigterm else 130) from None
