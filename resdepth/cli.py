@@ -154,7 +154,10 @@ def _train(cfg: DictConfig, multirun: bool):
     except (ValueError, DatasetError, RunConflict, RunBusy) as e:  # nothing trained or overwritten
         _clean_up_refused(Path(cfg.run_dir))
         if multirun:
+            from .sweep import record_refusal
+
             print(f"resdepth: error: {e}", file=sys.stderr, flush=True)
+            record_refusal(str(cfg.run_dir), str(e))
             return {"status": "error", "error": str(e)}
         _fail(str(e))
     except RunFailed as e:  # recorded in result.json as failed by train(), which printed it

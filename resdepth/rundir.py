@@ -7,6 +7,7 @@ import contextlib
 import csv
 import datetime as dt
 import fcntl
+import glob
 import io
 import json
 import os
@@ -32,10 +33,25 @@ class RunBusy(RuntimeError):
     """Another process is training this run right now."""
 
 
+def _remove_stale_temps(path: Path) -> None:
+    """Remove the temp files of `path` that writers killed mid-write left (their process is gone)."""
+    for tmp in path.parent.glob(f".{glob.escape(path.name)}.tmp*"):
+        pid = tmp.name.rpartition(".tmp")[2]
+        if not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            os.kill(int(pid), 0)  # raises when no such process: its writer was killed
+        except ProcessLookupError:
+            tmp.unlink(missing_ok=True)
+        except OSError:  # alive, another user's process: not ours to touch
+            pass
+
+
 def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
     """Write `path` through `write(tmp)`, fsync and rename: readers never see half a file."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    _remove_stale_temps(path)
     try:
         write(tmp)
         with open(tmp, "rb+") as f:
@@ -196,6 +212,14 @@ def remove_made(run_dir: Path, before: dict | None, record: str | None) -> None:
                 break
             if folder == Path(before["made_from"]):
                 break
+
+
+def retire_error(run_dir: Path) -> None:
+    """An earlier failure's error.txt becomes error-<its date>.txt once the run has finished."""
+    error = run_dir / "error.txt"
+    if error.is_file():
+        stamp = dt.datetime.fromtimestamp(error.stat().st_mtime).strftime("%Y-%m-%d_%H-%M-%S")
+        error.rename(run_dir / f"error-{stamp}.txt")
 
 
 def flatten(node, prefix: str = "") -> dict:

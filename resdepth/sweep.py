@@ -353,12 +353,44 @@ def watch_sweep(poll_s: float = 1.0) -> None:
     threading.Thread(target=watch, name="resdepth-sweep-watch", daemon=True).start()
 
 
+REFUSED = "sweep-refused.jsonl"  # beside sweep.json: each job refused, with its sweep's start
+
+
+def record_refusal(run_dir: str, error: str) -> None:
+    """Note a refused job beside its sweep's plan, so the summary names it and the sweep fails."""
+    plan = Path(os.environ.get(SWEEP_PLAN_ENV, ""))
+    try:
+        started = read_json(plan)["started"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return  # not a sweep of ours: the job's own line on stderr is all there is
+    append_jsonl(plan.with_name(REFUSED), {"started": started, "run_dir": run_dir, "error": error})
+
+
+def _refusals(started: str) -> dict[str, str]:
+    """run_dir -> error of the jobs of the sweep started at `started` that were refused."""
+    path = Path(os.environ.get(SWEEP_PLAN_ENV, "")).with_name(REFUSED)
+    try:
+        lines = path.read_text(errors="replace").splitlines()
+    except OSError:
+        return {}
+    found = {}
+    for line in lines:
+        try:
+            entry = json.loads(line)
+            if entry["started"] == started:
+                found[entry["run_dir"]] = entry["error"]
+        except (ValueError, KeyError, TypeError):
+            continue  # a torn or foreign line
+    return found
+
+
 def print_summary(jobs: list[dict], same_as: list[int], started: str) -> int:
     """After the launcher: print each root's results table and the sweep's statuses; return 1 (the
     unfinished runs named, with how to resume them) if a run did not finish, else 0."""
     roots = sorted({job["results_root"] for job in jobs})
     run_dirs = [job["run_dir"] for i, job in enumerate(jobs) if same_as[i] == i]
-    final = [run_state(Path(d)) for d in run_dirs]
+    refused = _refusals(started)
+    final = ["refused" if d in refused else run_state(Path(d)) for d in run_dirs]
     for root in roots:
         rows = write_tables(Path(root))
         print(f"\nresults under {root} (results.csv, results.md):\n{format_table(rows)}",
@@ -375,8 +407,9 @@ def print_summary(jobs: list[dict], same_as: list[int], started: str) -> int:
           f"what an error names is fixed, the same command retries them and resumes the "
           f"interrupted ones:", file=sys.stderr)
     for d in failed:
-        error = _error(Path(d))
-        print(f"  {d}: {'failed' + error if error else run_state(Path(d))}", file=sys.stderr)
+        error = f": {refused[d]}" if d in refused else _error(Path(d))
+        state = "refused" if d in refused else "failed" if error else run_state(Path(d))
+        print(f"  {d}: {state + error if error else state}", file=sys.stderr)
     return 1
 
 

@@ -33,6 +33,28 @@ def test_atomic_write_leaves_no_temp_file_when_writing_fails(tmp_path):
             and sorted(p.name for p in tmp_path.iterdir()) == ["result.json"])
 
 
+def test_a_temp_file_left_by_a_killed_writer_goes_at_the_next_write(tmp_path):
+    dead = subprocess.Popen(["true"])
+    dead.wait()  # its pid names no process now
+    left = tmp_path / f".last.ckpt.tmp{dead.pid}"
+    busy = tmp_path / f".last.ckpt.tmp{os.getppid()}"  # a writer still alive
+    other = tmp_path / f".model.pt.tmp{dead.pid}"  # another target's: not this write's business
+    for p in (left, busy, other):
+        p.write_text("half")
+    rundir.atomic_write_text(tmp_path / "last.ckpt", "whole")
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        ["last.ckpt", busy.name, other.name])
+
+
+def test_checkpoints_are_staged_beside_the_run_never_in_tmpdir(tmp_path, monkeypatch):
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "no-such-tmpdir"))
+    cfg = _smoke(tmp_path, "trainer.max_steps=20", "trainer.eval_every=10")
+    assert train(cfg)["status"] == "done" and (Path(cfg["run_dir"]) / "last.ckpt").exists()
+    assert not (tmp_path / "no-such-tmpdir").exists()
+
+
 def test_a_damaged_metrics_row_is_named_and_a_torn_last_line_is_not(tmp_path, capsys):
     path = tmp_path / "metrics.csv"
     for it in (10, 20, 30, 40):
@@ -73,6 +95,9 @@ def test_a_damaged_checkpoint_is_named_recorded_and_kept(tmp_path):
                    "trainer.max_steps=20", "trainer.eval_every=10")
     assert (proc.returncode == 0
             and json.loads((run_dir / "result.json").read_text())["status"] == "done")
+    # the old failure's traceback is kept under its date, no longer as the run's error
+    retired = [p.name for p in run_dir.glob("error*.txt")]
+    assert len(retired) == 1 and retired[0].startswith("error-"), retired
 
 
 class Payload:
@@ -239,3 +264,16 @@ def test_the_sweep_summary_names_a_failed_run_and_what_to_do(tmp_path):
     assert "1 run(s) did not finish" in proc.stderr
     line = next(x for x in proc.stderr.splitlines() if x.startswith(f"  {run_dir}: failed: "))
     assert "last.ckpt is damaged" in line and f"mv '{run_dir / 'last.ckpt'}'" in line
+
+
+def test_a_sweep_with_a_refused_job_fails_and_names_it(tmp_path):
+    overrides = ["experiment=smoke", "model.depth=8", f"results_root={tmp_path}",
+                 "trainer.max_steps=10", "trainer.eval_every=5"]
+    assert run_cli("sweep", *overrides).returncode == 0
+    run_dir = Path(compose([*overrides, "model.block=plain"])["run_dir"])
+    record = json.loads((run_dir / "config.json").read_text())
+    record["semantic"]["optim"]["lr"] = 0.5  # edited by hand: another config now
+    rundir.write_json(run_dir / "config.json", record)
+    proc = run_cli("sweep", *overrides)
+    assert proc.returncode == 1 and "sweep finished: 1 refused, 1 done" in proc.stdout
+    assert f"  {run_dir}: refused: {run_dir} holds a run of another config" in proc.stderr

@@ -10,6 +10,8 @@ import time
 from pathlib import Path
 
 import pytorch_lightning as pl
+import torch
+from pytorch_lightning.plugins.io import TorchCheckpointIO
 
 from ..models import net_name
 from ..tables import fmt_time
@@ -23,6 +25,14 @@ def label(cfg: dict) -> str:
     m = cfg["model"]
     option = "-B" if m["shortcut"] == "B" else ""
     return f"{net_name(m['block'], m['depth'])}{option} seed {cfg['seed']}"
+
+
+class CheckpointIO(TorchCheckpointIO):
+    """Saves where it is told: the Recorder's atomic_write stages last.ckpt beside its target,
+    while Lightning's own save stages it in $TMPDIR (a small one failed runs with disk to spare)."""
+
+    def save_checkpoint(self, checkpoint: dict, path, storage_options=None) -> None:
+        torch.save(checkpoint, path)
 
 
 class Recorder(pl.Callback):
@@ -70,8 +80,8 @@ class Recorder(pl.Callback):
                 trainer.should_stop = True
                 return
         if step % self.checkpoint_every == 0 or step >= self.max_steps:
-            # Atomic rename, so a kill mid-write keeps the last checkpoint: Lightning's save stages
-            # it in the system temp dir and moves it, a copy in place from another filesystem.
+            # Not ModelCheckpoint: an atomic rename beside the target, so a kill mid-write keeps
+            # the last checkpoint (Lightning's save moves a $TMPDIR copy, in place across disks).
             atomic_write(self.run_dir / "last.ckpt", trainer.save_checkpoint)
             self.checkpoint_step = step
 

@@ -22,7 +22,7 @@ from .device import check, claim, device_name, resolve_device, use_cuda_graph
 from .load import model_file
 from ..models import count_parameters
 from .loggers import RunLogger
-from .records import Recorder, label, run_log
+from .records import CheckpointIO, Recorder, label, run_log
 from ..tables import fmt_time
 from ..rundir import RunBusy, RunConflict  # noqa: F401 (the CLI and sweep catch them from here)
 from .system import System
@@ -101,6 +101,7 @@ def build(cfg: dict, gpu: int | None = None) -> tuple[DataModule, System, dict]:
         # checkpoints, evaluation and progress lines are the Recorder's (records.py says why)
         enable_checkpointing=False, num_sanity_val_steps=0, limit_val_batches=0,
         enable_progress_bar=False, enable_model_summary=False, benchmark=accelerator == "gpu",
+        plugins=[CheckpointIO()],
     )
     return data, system, trainer_kwargs
 
@@ -222,6 +223,7 @@ def _finish(cfg: dict, run_dir: Path, data: DataModule, system: System, result: 
                   warmup_ended_by=system.warmup_ended_by, finished=rundir.now(),
                   session_s=session_s)
     rundir.write_json(run_dir / "result.json", result)
+    rundir.retire_error(run_dir)
     final = (f"test {100 * result['final_test_error']:.2f}%  "
              f"train {100 * result['final_train_error']:.2f}%"
              if result["status"] == "done" else f"diverged at iteration {result['diverged_at']}")
