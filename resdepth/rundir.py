@@ -34,7 +34,7 @@ class RunBusy(RuntimeError):
 
 
 def _remove_stale_temps(path: Path) -> None:
-    """Remove the temp files of `path` that writers killed mid-write left (their process is gone)."""
+    """Remove the temp files of `path` left by writers killed mid-write (their process is gone)."""
     for tmp in path.parent.glob(f".{glob.escape(path.name)}.tmp*"):
         pid = tmp.name.rpartition(".tmp")[2]
         if not pid.isdigit() or int(pid) == os.getpid():
