@@ -15,6 +15,7 @@ import pickle
 import platform
 import shutil
 import socket
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -99,13 +100,39 @@ def write_json(path: Path, obj) -> None:
     atomic_write_text(path, text + "\n")
 
 
+MAX_RECORD_BYTES = 64 * 2**20  # a run's own JSON and CSV records are kilobytes: more is not one
+
+
+def read_text(path: Path, limit: int = MAX_RECORD_BYTES) -> str:
+    """A record's text as UTF-8, from a regular file of at most `limit` bytes (a FIFO or device is
+    never opened: it could hang or never end); ValueError naming the file otherwise."""
+    info = os.stat(path)  # follows a symlink: what it points to must be a regular file
+    if not stat.S_ISREG(info.st_mode):
+        raise ValueError(f"{path} is not a regular file (a FIFO, device or folder), so it is not "
+                         f"read")
+    if info.st_size > limit:
+        raise ValueError(f"{path} is {info.st_size:,} bytes, more than the {limit:,} a record of "
+                         f"resdepth can hold, so it is not read")
+    with open(path, "rb") as f:
+        data = f.read(limit + 1)
+    try:
+        return data.decode()
+    except UnicodeDecodeError as e:
+        print(f"resdepth: warning: {path}: byte {e.start} is not UTF-8; read with such bytes "
+              f"replaced", file=sys.stderr, flush=True)
+        return data.decode(errors="replace")
+
+
 def read_json(path: Path):
     """The JSON in path; ValueError naming the file when it is not valid JSON (damaged by hand)."""
-    with open(path) as f:
-        try:
-            return json.load(f)
-        except ValueError as e:
-            raise ValueError(f"{path} is not valid JSON ({e}); fix it or move it away") from None
+    try:
+        return json.loads(read_text(path))
+    except RecursionError:
+        raise ValueError(f"{path} is nested too deeply to be a record; fix it or move it away")
+    except ValueError as e:
+        if str(e).startswith(str(path)):
+            raise
+        raise ValueError(f"{path} is not valid JSON ({e}); fix it or move it away") from None
 
 
 def append_synced(path: Path, text: str) -> None:
@@ -125,8 +152,20 @@ def read_metrics(path: Path) -> list[dict]:
     """metrics.csv rows as floats (iteration an int), [] if missing; unreadable rows left out."""
     if not Path(path).exists():
         return []
-    with open(path, newline="") as f:
-        lines = list(csv.DictReader(f))
+    try:
+        text = read_text(path)
+    except ValueError as e:
+        print(f"resdepth: warning: {e}; its curve is left out", file=sys.stderr, flush=True)
+        return []
+    lines = []
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    while True:
+        try:
+            lines.append(next(reader))
+        except StopIteration:
+            break
+        except csv.Error as e:  # e.g. a field longer than any number: the row is left out
+            lines.append({"iteration": f"({e})"})
     rows = []
     for n, r in enumerate(lines):
         try:

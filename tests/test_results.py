@@ -172,6 +172,39 @@ def test_damaged_responses_and_metrics_are_left_out_not_fatal(tmp_path, base_con
     assert "ResNet-8 (done, no responses.json)" in (tmp_path / "figures" / "report.md").read_text()
 
 
+def test_hostile_files_in_a_root_are_named_and_left_out_never_hang(tmp_path, base_config, capsys):
+    import os
+    import signal
+
+    plain = fake_run(tmp_path, base_config, "plain", 8)
+    res = fake_run(tmp_path, base_config, "residual", 8)
+    lines = (plain / "metrics.csv").read_text().splitlines()
+    long_row = lines[1].split(",")[0] + "," + "9" * 200_000  # a field longer than csv allows
+    (plain / "metrics.csv").write_bytes(
+        "\n".join([lines[0], lines[1], long_row, *lines[2:]]).encode() + b"\n\xff,\xfe\n")
+    (res / "metrics.csv").unlink()
+    os.mkfifo(res / "metrics.csv")  # opening it would wait for a writer forever
+    (res / "responses.json").unlink()
+    (res / "responses.json").symlink_to("/dev/zero")  # reading it would never end
+    (tmp_path / "x").mkdir()
+    (tmp_path / "x" / "result.json").symlink_to("/dev/urandom")
+    def hung(*_):
+        raise TimeoutError("reading the root hangs")
+
+    signal.signal(signal.SIGALRM, hung)
+    signal.alarm(300)  # a hang fails the test instead of stopping the suite
+    try:
+        assert results_cli([str(tmp_path)]) == 0 and plot_cli([str(tmp_path)]) == 0
+    finally:
+        signal.alarm(0)
+    err = capsys.readouterr().err
+    assert f"{tmp_path / 'x' / 'result.json'} is not a regular file" in err
+    assert f"{res / 'metrics.csv'} is not a regular file" in err
+    assert f"{plain / 'metrics.csv'}: row 3 cannot be read" in err
+    assert f"{plain / 'metrics.csv'}: byte " in err and "is not UTF-8" in err
+    assert f"{res / 'responses.json'} left out of Figure 7" in err
+
+
 # ---------------------------------------------------------------- verdicts say what they rest on
 
 
