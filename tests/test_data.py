@@ -257,6 +257,29 @@ def test_cifar10_jpeg_archive_loads_and_its_cache_is_reused(tmp_cache, monkeypat
             and torch.equal(again.train.labels, train.labels))
 
 
+def test_16_bit_images_are_scaled_to_8_bits_beside_8_bit_ones(tmp_path, tmp_cache):
+    from PIL import Image
+
+    root = _folder(tmp_path / "imgs")
+    buf = io.BytesIO()
+    Image.fromarray(np.full((32, 32), 65535, dtype=np.uint16)).save(buf, format="PNG")
+    (root / "train" / "a" / "white16.png").write_bytes(buf.getvalue())
+    train, _, _ = rdata.load_image_folder(str(root), str(tmp_cache))
+    assert train.images.dtype == torch.uint8 and len(train) == 3
+    assert int(train.images.max()) == 255  # white, not 65535 wrapped nor 257 after /255
+
+
+def test_two_image_files_swapped_by_mv_are_read_again(tmp_path, tmp_cache):
+    root = _folder(tmp_path / "imgs")
+    a, b = root / "train" / "a" / "0.bmp", root / "train" / "b" / "0.bmp"  # one size, two colours
+    first, _, _ = rdata.load_image_folder(str(root), str(tmp_cache))
+    os.rename(a, tmp_path / "swap.bmp")
+    os.rename(b, a)  # rename keeps each file's size and mtime
+    os.rename(tmp_path / "swap.bmp", b)
+    again, _, _ = rdata.load_image_folder(str(root), str(tmp_cache))
+    assert torch.equal(again.images, first.images.flip(0))
+
+
 def test_a_pickle_payload_as_the_dataset_cache_is_ignored_and_never_runs(tmp_path, tmp_cache):
     from .test_rundir import plant
 

@@ -33,9 +33,12 @@ def _decode(data: bytes) -> torch.Tensor:
     """Decode one image file's bytes to uint8 (3, H, W)."""
     from torchvision.io import ImageReadMode, decode_image
 
+    from torchvision.transforms.v2.functional import to_dtype
+
     try:
         raw = torch.frombuffer(bytearray(data), dtype=torch.uint8)
-        return decode_image(raw, mode=ImageReadMode.RGB)
+        # a 16-bit PNG decodes to uint16: scaled to 8 bits, as every other image
+        return to_dtype(decode_image(raw, mode=ImageReadMode.RGB), torch.uint8, scale=True)
     except Exception:
         from PIL import Image  # formats torchvision.io cannot read (e.g. BMP, TIFF)
 
@@ -70,7 +73,7 @@ def _place(parts: tuple[str, ...]) -> tuple[str, str] | None:
     return split, cls
 
 
-def _folder_files(root: Path) -> list[tuple[str, int, int]]:
+def _folder_files(root: Path) -> list[tuple[str, int, int, int]]:
     """(POSIX path relative to root, bytes, mtime in ns) of every file under root, sorted."""
     files = []
     for dirpath, dirnames, filenames in os.walk(root):
@@ -79,12 +82,14 @@ def _folder_files(root: Path) -> list[tuple[str, int, int]]:
             p = Path(dirpath) / f
             if p.is_file():
                 st = p.stat()
-                files.append((p.relative_to(root).as_posix(), st.st_size, st.st_mtime_ns))
+                # ctime too: `mv` of two files of one size keeps their mtimes, not ctimes
+                files.append((p.relative_to(root).as_posix(), st.st_size, st.st_mtime_ns,
+                              st.st_ctime_ns))
     return files
 
 
-def _folder_entries(root: Path, files: list[tuple[str, int, int]]) -> Iterator[Entry]:
-    for rel, size, _ in files:
+def _folder_entries(root: Path, files: list[tuple[str, int, int, int]]) -> Iterator[Entry]:
+    for rel, size, *_ in files:
         path = root / rel
         yield PurePosixPath(rel).parts, str(path), size, path.read_bytes
 
@@ -182,11 +187,12 @@ def _assemble(src: Path, images: Images) -> Loaded:
 CACHE_VERSION = 2  # 2: cache files are named by their source too, so a rebuilt one replaces the old
 
 
-def _cache_file(src: Path, files: list[tuple[str, int, int]] | None, cache_dir: str) -> Path:
+def _cache_file(src: Path, files: list[tuple[str, int, int, int]] | None,
+                cache_dir: str) -> Path:
     """The cache of src: named by its path, keyed by each file's relative path, size and mtime."""
     if files is None:
         st = src.stat()
-        files = [(src.name, st.st_size, st.st_mtime_ns)]
+        files = [(src.name, st.st_size, st.st_mtime_ns, st.st_ctime_ns)]
     source = hashlib.sha256(str(src.resolve()).encode()).hexdigest()[:8]
     key_text = json.dumps([CACHE_VERSION, str(src.resolve()), files])
     key = hashlib.sha256(key_text.encode()).hexdigest()[:16]
