@@ -277,3 +277,22 @@ def test_a_sweep_with_a_refused_job_fails_and_names_it(tmp_path):
     proc = run_cli("sweep", *overrides)
     assert proc.returncode == 1 and "sweep finished: 1 refused, 1 done" in proc.stdout
     assert f"  {run_dir}: refused: {run_dir} holds a run of another config" in proc.stderr
+
+
+def test_clean_up_removes_only_what_appeared_since_it_looked(tmp_path):
+    run_dir, keep = tmp_path / "root" / "run", tmp_path / "root" / "keep"
+    (run_dir / ".hydra" / "old").mkdir(parents=True)
+    (run_dir / "notes.log").write_text("the user's")
+    keep.mkdir()
+    before = rundir.before_writing(run_dir)
+    (run_dir / ".hydra" / "new").mkdir()
+    (run_dir / "resdepth.log").write_text("this command's")
+    for record in ("../keep", str(keep), ".hydra/new"):  # a hostile record path deletes nothing
+        rundir.remove_made(run_dir, before, record)
+    assert sorted(p.name for p in run_dir.iterdir()) == [".hydra", "notes.log"]
+    assert [p.name for p in (run_dir / ".hydra").iterdir()] == ["old"] and keep.is_dir()
+    fresh = tmp_path / "made" / "by" / "us"
+    before = rundir.before_writing(fresh)
+    (fresh / ".hydra" / "x").mkdir(parents=True)
+    rundir.remove_made(fresh, before, ".hydra/x")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["root"]
