@@ -299,7 +299,8 @@ def where_trained(previous: dict, resume_step: int, device: str, precision: str)
 
 
 CARRIED = ("final_test_error", "best_test_error", "best_test_iteration", "final_val_error",
-           "best_val_error", "best_val_iteration", "final_train_error", "final_train_loss")
+           "best_val_error", "best_val_iteration", "final_train_error", "final_train_loss",
+           "wall_time_s")  # a resume with no record left to take keeps the last one's
 
 
 def start_result(run_dir: Path, cfg: dict, chash: str, resume_step: int, run: dict) -> dict:

@@ -257,6 +257,14 @@ def test_cifar10_jpeg_archive_loads_and_its_cache_is_reused(tmp_cache, monkeypat
             and torch.equal(again.train.labels, train.labels))
 
 
+def test_a_cache_folder_that_cannot_be_written_is_skipped_with_a_warning(tmp_path):
+    root = _folder(tmp_path / "imgs")
+    (tmp_path / "a-file").write_text("not a folder")
+    with pytest.warns(UserWarning, match="cannot cache the decoded images in .*a-file"):
+        train, _, _ = rdata.load_image_folder(str(root), str(tmp_path / "a-file" / "cache"))
+    assert len(train) == 2
+
+
 def test_16_bit_images_are_scaled_to_8_bits_beside_8_bit_ones(tmp_path, tmp_cache):
     from PIL import Image
 

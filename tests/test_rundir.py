@@ -296,3 +296,16 @@ def test_clean_up_removes_only_what_appeared_since_it_looked(tmp_path):
     (fresh / ".hydra" / "x").mkdir(parents=True)
     rundir.remove_made(fresh, before, ".hydra/x")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["root"]
+
+
+def test_a_run_killed_after_its_last_checkpoint_keeps_its_wall_time(tmp_path):
+    cfg = _smoke(tmp_path, "trainer.max_steps=20", "trainer.eval_every=10")
+    run_dir = Path(cfg["run_dir"])
+    wall = train(cfg)["wall_time_s"]
+    result = json.loads((run_dir / "result.json").read_text())
+    # killed after the last checkpoint, before model.pt: nothing is left to train
+    rundir.write_json(run_dir / "result.json", {**result, "status": "running"})
+    (run_dir / "model.pt").unlink()
+    again = train(cfg)
+    assert again["status"] == "done" and again["wall_time_s"] == wall > 0
+    assert (run_dir / "model.pt").exists()

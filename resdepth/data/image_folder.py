@@ -249,5 +249,9 @@ def load_image_folder(path: str, cache_dir: str) -> Loaded:
     except (tarfile.TarError, EOFError, OSError) as e:
         raise DatasetError(f"image_folder: cannot read {src}: {type(e).__name__}: {e}") from None
     loaded = _assemble(src, images)
-    _write_cache(cache, loaded)
+    try:
+        _write_cache(cache, loaded)
+    except OSError as e:  # a read-only or full cache folder: the cache is a courtesy, not the run
+        warnings.warn(f"image_folder: cannot cache the decoded images in {cache.parent} "
+                      f"({e.strerror or e}); they are decoded again next time (data.cache_dir)")
     return loaded
