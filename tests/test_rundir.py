@@ -309,3 +309,19 @@ def test_a_run_killed_after_its_last_checkpoint_keeps_its_wall_time(tmp_path):
     again = train(cfg)
     assert again["status"] == "done" and again["wall_time_s"] == wall > 0
     assert (run_dir / "model.pt").exists()
+
+
+def test_a_checkpoint_of_another_net_is_one_line_with_what_to_do(tmp_path):
+    runs = {depth: _smoke(tmp_path, f"model.depth={depth}", "trainer.max_steps=10",
+                          "trainer.eval_every=10") for depth in (8, 14)}
+    for cfg in runs.values():
+        train(cfg)
+    run_dir = Path(runs[14]["run_dir"])
+    result = json.loads((run_dir / "result.json").read_text())
+    rundir.write_json(run_dir / "result.json", {**result, "status": "running"})
+    (run_dir / "last.ckpt").write_bytes((Path(runs[8]["run_dir"]) / "last.ckpt").read_bytes())
+    proc = run_cli("train", "experiment=smoke", "model.depth=14", f"results_root={tmp_path}",
+                   "trainer.progress=false", "trainer.max_steps=10", "trainer.eval_every=10")
+    failed = [line for line in proc.stderr.splitlines() if "FAILED" in line or "error:" in line]
+    assert proc.returncode == 1 and len(proc.stderr.strip().splitlines()) == 2, proc.stderr
+    assert all("holds another net" in line and "mv '" in line for line in failed)

@@ -152,7 +152,12 @@ def _status(run_dir: Path):
 
 def _record_failure(cfg: dict, run_dir: Path, e: BaseException) -> str:
     """Mark the run failed in result.json, the traceback in error.txt; the one-line message."""
-    error = f"{type(e).__name__}: {e}"
+    lines = str(e).strip().splitlines() or [""]
+    error = f"{type(e).__name__}: {lines[0]}" + (" ..." if len(lines) > 1 else "")
+    if "Error(s) in loading state_dict" in lines[0]:  # e.g. a checkpoint of another depth
+        ckpt = run_dir / "last.ckpt"
+        error += (f" ({ckpt} holds another net, so the run cannot resume from it; to restart it "
+                  f"from iteration 0, move it away: mv '{ckpt}' '{ckpt}.other')")
     message = f"{error} (traceback in {run_dir / 'error.txt'})"
     try:
         rundir.atomic_write_text(run_dir / "error.txt", traceback.format_exc())
