@@ -3,6 +3,7 @@ failures recorded before training too, file-system trouble as one line in every 
 
 import json
 import os
+import signal
 import subprocess
 from pathlib import Path
 
@@ -325,3 +326,28 @@ def test_a_checkpoint_of_another_net_is_one_line_with_what_to_do(tmp_path):
     failed = [line for line in proc.stderr.splitlines() if "FAILED" in line or "error:" in line]
     assert proc.returncode == 1 and len(proc.stderr.strip().splitlines()) == 2, proc.stderr
     assert all("holds another net" in line and "mv '" in line for line in failed)
+
+
+@pytest.mark.parametrize("when", ["in training", "after training"])
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP])
+def test_sigterm_and_sighup_stop_a_run_as_documented_at_any_moment(tmp_path, monkeypatch, capsys,
+                                                                  when, signum):
+    from resdepth.training import system
+    from resdepth.training.train import Interrupted
+
+    cfg = _smoke(tmp_path, "trainer.max_steps=20", "trainer.eval_every=10")
+    hook = "take_record" if when == "in training" else "layer_responses"
+    original = getattr(system.System, hook)
+
+    def signalled(self, *args):
+        os.kill(os.getpid(), signum)  # as `kill` or a closed terminal would, mid-run
+        return original(self, *args)
+
+    monkeypatch.setattr(system.System, hook, signalled)
+    with pytest.raises(Interrupted) as stopped:
+        train(cfg)
+    assert stopped.value.exit_code == 128 + signum
+    name = "SIGTERM" if signum == signal.SIGTERM else "SIGHUP"
+    assert f"stopped by {name}" in capsys.readouterr().err
+    monkeypatch.setattr(system.System, hook, original)
+    assert train(cfg)["status"] == "done"  # the same command finishes it

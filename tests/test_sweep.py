@@ -204,7 +204,8 @@ def test_sigkill_mid_training_resumes_exactly(tmp_path):
 
 
 @pytest.mark.parametrize("sig, code, word", [(signal.SIGINT, 130, "interrupted"),
-                                              (signal.SIGTERM, 143, "stopped by SIGTERM")])
+                                              (signal.SIGTERM, 143, "stopped by SIGTERM"),
+                                              (signal.SIGHUP, 129, "stopped by SIGHUP")])
 def test_ctrl_c_says_where_each_run_stopped_and_how_to_resume(tmp_path, sig, code, word):
     args = ["experiment=smoke", "model.depth=8", "model.block=plain", "trainer.max_steps=100000",
             "trainer.eval_every=10", f"results_root={tmp_path}"]

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import signal
 import sys
+import threading
 import time
 import traceback
 import warnings
@@ -37,11 +39,43 @@ class CorruptCheckpoint(RuntimeError):
 
 
 class Interrupted(KeyboardInterrupt):
-    """Ctrl-C (exit code 130) or SIGTERM (143) stopped a run; its last checkpoint resumes it."""
+    """Ctrl-C (exit 130), SIGTERM (143) or SIGHUP (129) stopped a run; its checkpoint resumes it."""
 
-    def __init__(self, exit_code: int = 130) -> None:
+    def __init__(self, exit_code: int = 130, announced: bool = True) -> None:
         super().__init__(exit_code)
-        self.exit_code = exit_code
+        self.exit_code, self.announced = exit_code, announced
+
+
+STOP_SIGNALS = {signal.SIGTERM: "SIGTERM", signal.SIGHUP: "SIGHUP"}
+_received: list[int] = []  # the stop signals this process got
+
+
+@contextlib.contextmanager
+def stop_signals(cfg: dict):
+    """SIGTERM and SIGHUP at any moment stop the run as Ctrl-C does: exit 128 + the signal, with
+    the line that says how to resume (Lightning catches SIGTERM only inside fit)."""
+    if threading.current_thread() is not threading.main_thread():  # signals reach it alone
+        yield
+        return
+
+    def stop(signum, frame):
+        _received.append(signum)
+        raise Interrupted(128 + signum, announced=False)
+
+    # only where nothing else handles them (submitit, in a SLURM job, does)
+    free = [s for s in STOP_SIGNALS if signal.getsignal(s) in (signal.SIG_DFL, None)]
+    previous = {s: signal.signal(s, stop) for s in free}
+    try:
+        yield
+    except Interrupted as e:
+        if not e.announced:
+            print(f"\n[{label(cfg)}] stopped by {STOP_SIGNALS.get(e.exit_code - 128)} after "
+                  f"training, before its last files were written: run the same command again to "
+                  f"finish it", file=sys.stderr, flush=True)
+        raise
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
 
 
 def train(cfg: DictConfig | dict) -> dict:
@@ -66,7 +100,7 @@ def train(cfg: DictConfig | dict) -> dict:
     lock = rundir.lock_run(run_dir)
     gpu, gpu_lock = claim(cfg["trainer"])  # parallel jobs on a machine with several GPUs
     try:
-        with run_log(run_dir / "resdepth.log"), failures_recorded(cfg, run_dir):
+        with run_log(run_dir / "resdepth.log"), stop_signals(cfg), failures_recorded(cfg, run_dir):
             return _run(cfg, run_dir, gpu)
     finally:
         lock.close()
@@ -261,10 +295,11 @@ def _fit(cfg: dict, trainer: pl.Trainer, system: System, data: DataModule, recor
     except (KeyboardInterrupt, SystemExit) as e:  # Lightning turns Ctrl-C into SystemExit(1)
         if not (isinstance(e, KeyboardInterrupt) or trainer.interrupted):
             raise
-        sigterm = isinstance(e, SIGTERMException)
+        signum = _received[-1] if _received else signal.SIGTERM if isinstance(
+            e, SIGTERMException) else None
         kept = recorder.checkpoint_step if recorder.checkpoint_step is not None else resume_step
         where = f"its checkpoint is at iteration {kept}" if kept else "no checkpoint yet"
-        print(f"\n[{label(cfg)}] {'stopped by SIGTERM' if sigterm else 'interrupted'} at "
-              f"iteration {trainer.global_step}; " + where
+        how = f"stopped by {STOP_SIGNALS[signum]}" if signum else "interrupted"
+        print(f"\n[{label(cfg)}] {how} at iteration {trainer.global_step}; " + where
               + ": run the same command again to resume", file=sys.stderr, flush=True)
-        raise Interrupted(143 if sigterm else 130) from None
+        raise Interrupted(128 + signum if signum else 130) from None
