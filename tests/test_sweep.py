@@ -18,6 +18,7 @@ import torch
 from resdepth.analysis import results as rec
 from resdepth.analysis.runs import find_results
 from resdepth.rundir import read_metrics, write_json
+from resdepth.training.train import checkpoint_step
 from resdepth.cli import results_cli
 
 from .conftest import REPO, compose, run_cli
@@ -148,12 +149,14 @@ def test_grids_start_with_the_deepest_nets():
     assert longest_first(kept) == kept  # only a list of depths is reordered
 
 
-def _wait_for(predicate, timeout=120):
+def _wait_for(predicate, timeout=600):
+    """Polls until `predicate()` holds: wait for the very state a test then asserts on, never for
+    one that usually comes just before it (a record is appended before its checkpoint is saved)."""
     t = time.time()
     while time.time() - t < timeout:
         if predicate():
             return True
-        time.sleep(0.2)
+        time.sleep(0.05)
     return False
 
 
@@ -166,11 +169,11 @@ def test_sigkill_mid_training_resumes_exactly(tmp_path):
                              f"results_root={killed_root}"],
                             cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     metrics = run_dir / "metrics.csv"
-    assert _wait_for(lambda: (run_dir / "last.ckpt").exists() and len(read_metrics(metrics)) >= 5)
+    assert _wait_for(lambda: checkpoint_step(run_dir / "last.ckpt") >= 40)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     killed_at = len(read_metrics(metrics))
-    assert 5 <= killed_at < 12 and json.loads(
+    assert 4 <= killed_at < 12 and json.loads(
         (run_dir / "result.json").read_text())["status"] == "running"
     # as if the first part ran on another machine
     record = json.loads((run_dir / "result.json").read_text())
@@ -214,12 +217,11 @@ def test_ctrl_c_says_where_each_run_stopped_and_how_to_resume(tmp_path, sig, cod
                             text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             # as in a terminal
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-    assert _wait_for(lambda: len(read_metrics(run_dir / "metrics.csv")) >= 2
-                     if run_dir.is_dir() else False)
+    assert _wait_for(lambda: checkpoint_step(run_dir / "last.ckpt") >= 20)
     proc.send_signal(sig)
-    _, err = proc.communicate(timeout=120)
+    _, err = proc.communicate(timeout=600)
     assert proc.returncode == code, err
-    kept = torch.load(run_dir / "last.ckpt", map_location="cpu", weights_only=False)["global_step"]
+    kept = checkpoint_step(run_dir / "last.ckpt")
     assert kept >= 20 and f"[plain-8 seed 0] {word} at iteration " in err
     assert f"its checkpoint is at iteration {kept}: run the same command again to resume" in err
     assert ("resume from their checkpoints with: resdepth sweep experiment=smoke model.depth=8"
@@ -458,12 +460,11 @@ def test_parallel_workers_stop_when_the_sweep_is_killed(tmp_path):
     run_dirs = [Path(compose([*overrides, f"model.block={b}"])["run_dir"])
                 for b in ("plain", "residual")]
     try:  # both workers are training: each holds its run's lock and has written a record
-        assert _wait_for(lambda: all((d / "metrics.csv").exists() and _locked(d) for d in run_dirs),
-                         timeout=300)
+        assert _wait_for(lambda: all((d / "metrics.csv").exists() and _locked(d) for d in run_dirs))
     finally:
         proc.kill()  # SIGKILL: the sweep cannot tell its workers anything
         proc.wait()
-    assert _wait_for(lambda: not any(_locked(d) for d in run_dirs), timeout=60)
+    assert _wait_for(lambda: not any(_locked(d) for d in run_dirs))
     steps = [json.loads((d / "result.json").read_text())["steps"] for d in run_dirs]
     time.sleep(3)
     # nobody trains them any more
