@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from .config import compose, one_line_error, validate
 from .models import cifar_resnet
 from .rundir import atomic_write_text
+from .tables import plural
 from .training.device import device_name
 
 # Lightning, torchvision, the data and the training code are imported where they are used:
@@ -71,7 +72,7 @@ def bench_config(args, depth: int, block: str, steps: int, logger: str = "none")
                  f"trainer.compile={str(args.compile).lower()}",
                  f"trainer.compile_mode={args.compile_mode}",
                  f"trainer.cuda_graph={args.cuda_graph}", f"trainer.accelerator={args.accelerator}",
-                 "trainer.progress=false"]
+                 f"trainer.threads={args.thread_counts[0]}", "trainer.progress=false"]
     return compose(overrides)[0]
 
 
@@ -261,8 +262,9 @@ def time_conventional(cfg: dict, warmup: int, steps: int, device: torch.device,
             "peak_mem_mb": _peak_mb(device)}
 
 
-def concurrent(args, k: int, depth: int) -> dict:
-    """Aggregate images/s of k copies of `ours` training at once on this device (subprocesses)."""
+def concurrent(args, k: int, depth: int, threads: int) -> dict:
+    """Aggregate images/s of k copies of `ours` training at once on this device (subprocesses),
+    each computing with `threads` CPU threads."""
     tmp = Path(args.out).with_suffix(f".k{k}")
     tmp.mkdir(parents=True, exist_ok=True)
     for f in tmp.glob("*"):
@@ -272,7 +274,8 @@ def concurrent(args, k: int, depth: int) -> dict:
            "--warmup", str(args.warmup), "--batch-size", str(args.batch_size), "--precision",
            args.precision, "--data", args.data, "--compile", str(args.compile).lower(),
            "--compile-mode", args.compile_mode, "--cuda-graph", args.cuda_graph, "--accelerator",
-           args.accelerator, "--bn-batch", str(args.bn_batch), "--quiet", "--barrier", f"{tmp}:{k}"]
+           args.accelerator, "--bn-batch", str(args.bn_batch), "--threads", str(threads), "--quiet",
+           "--barrier", f"{tmp}:{k}"]
     procs = [subprocess.Popen([*cmd, "--out", str(tmp / f"{i}.json")], stdout=subprocess.DEVNULL,
                               stderr=subprocess.PIPE, text=True) for i in range(k)]
     errors = [p.communicate()[1] for p in procs]
@@ -281,10 +284,11 @@ def concurrent(args, k: int, depth: int) -> dict:
         for i, p in enumerate(procs):
             if p.returncode:
                 error = errors[i].strip().splitlines()[-1] if errors[i].strip() else "failed"
-                return {"k": k, "error": error}
+                return {"k": k, "threads": threads, "error": error}
             rows = json.loads((tmp / f"{i}.json").read_text())["rows"]
             rates.append(rows[0]["ours_images_per_s"])
-        return {"k": k, "depth": depth, "images_per_s": sum(rates), "per_run_images_per_s": rates}
+        return {"k": k, "threads": threads, "depth": depth, "images_per_s": sum(rates),
+                "per_run_images_per_s": rates}
     finally:  # the children's files: their numbers are in the result
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -372,8 +376,12 @@ def run_bench(args, argv: list[str], depths: list[int], blocks: list[str], pipel
 def measure(args, depth: int, block: str, pipelines: list[str],
             device) -> tuple[dict, torch.device]:
     """One row of the table: each pipeline's ms/step at this depth and block, and their ratios."""
+    from .training.device import set_threads
+
     cfg = bench_config(args, depth, block, args.warmup + args.steps)
-    row = {"depth": depth, "block": block, "batch_size": args.batch_size}
+    set_threads(cfg["trainer"])  # for every pipeline, as `resdepth train` does
+    row = {"depth": depth, "block": block, "batch_size": args.batch_size,
+           "threads": torch.get_num_threads()}
     if "ours" in pipelines:
         r = time_ours(cfg, args.warmup, args.steps, args.barrier)
         device = r.pop("device")
@@ -410,32 +418,42 @@ def _time_logger(args, cfg: dict, depth: int, block: str, row: dict) -> None:
 
 
 def at_once(args, out: dict, ks: list[int], depth: int, seconds: list[float], say) -> None:
-    """k runs of `depth` at once for each k: aggregate images/s, speed-up over one, and the paper's
-    sweep with k at once (`seconds`: each run alone), into out["concurrent"]."""
-    out["concurrent"] = [concurrent(args, k, depth) for k in ks]
-    base = next((c["images_per_s"] for c in out["concurrent"]
-                 if c.get("k") == 1 and "images_per_s" in c), None)
-    speedup = {c["k"]: c["images_per_s"] / base
-               for c in out["concurrent"] if base and "images_per_s" in c}
-    for c in out["concurrent"]:
-        if c["k"] in speedup:
-            c["speedup_vs_k1"] = speedup[c["k"]]
-            if "projected_paper_sweep_s" in out:  # with k runs at once, deepest first
+    """k runs of `depth` at once for each k and each --threads value: aggregate images/s, speed-up
+    over one run with the first --threads value (the rows' setting), and the paper's sweep with k
+    at once (`seconds`: each run alone, with that setting), into out["concurrent"]."""
+    first, several = args.thread_counts[0], len(args.thread_counts) > 1
+    out["concurrent"], base = [], None
+    for threads in args.thread_counts:
+        for k in ks:
+            c = concurrent(args, k, depth, threads)
+            out["concurrent"].append(c)
+            if (k, threads) == (1, first) and "images_per_s" in c:
+                base = c["images_per_s"]
+            if base and "images_per_s" in c:
+                c["speedup_vs_k1"] = c["images_per_s"] / base
+            _save(args.out, out)
+            say(_concurrent_line(c, first if several else None))
+    speedup = {c["k"]: c["speedup_vs_k1"] for c in out["concurrent"]
+               if c["threads"] == first and "speedup_vs_k1" in c}
+    if "projected_paper_sweep_s" in out:  # with k runs at once, deepest first
+        for c in out["concurrent"]:
+            if c["threads"] == first and c["k"] in speedup:
                 c["projected_paper_sweep_s"] = project_sweep_at_once(seconds, speedup, c["k"])
+                say(f"  paper sweep with {c['k']} at once: "
+                    f"{c['projected_paper_sweep_s'] / 60:.0f} min")
         _save(args.out, out)
-        say(_concurrent_line(c))
 
 
-def _concurrent_line(c: dict) -> str:
-    line = f"  k={c['k']} concurrent runs of depth {c.get('depth')}: "
-    if "images_per_s" in c:
-        line += (f"{c['images_per_s']:,.0f} images/s in all "
-                 f"({c.get('speedup_vs_k1', 1):.2f}x k=1)")
-    else:
-        line += f"error: {c['error']}"
-    if "projected_paper_sweep_s" in c:
-        line += f"; paper sweep with {c['k']} at once: {c['projected_paper_sweep_s'] / 60:.0f} min"
-    return line
+def _concurrent_line(c: dict, base_threads: int | None = None) -> str:
+    """One measurement of --concurrent; with several --threads values, each says its own and the
+    speed-up is over one run with the first."""
+    each = "" if base_threads is None else f", {plural(c['threads'], 'CPU thread')} each"
+    line = f"  k={c['k']} concurrent runs of depth {c.get('depth')}{each}: "
+    if "images_per_s" not in c:
+        return line + f"error: {c['error']}"
+    ref = "k=1" if base_threads is None else f"one run with {plural(base_threads, 'CPU thread')}"
+    speedup = c.get("speedup_vs_k1", 1)
+    return line + f"{c['images_per_s']:,.0f} images/s in all ({speedup:.2f}x {ref})"
 
 
 def check_config(args, depth: int, block: str) -> None:
@@ -508,11 +526,11 @@ def _save(path: str, out: dict) -> None:
 
 
 def _device_name(device) -> str:
-    """device_name, with the threads torch uses on a CPU: 'x86_64 CPU, 2 cores, 2 threads'."""
+    """device_name, with the threads torch uses on a CPU: 'x86_64 CPU, 2 cores, 1 thread'."""
     if device is not None and device.type == "cuda":
         return device_name("gpu", device.index)
     cpu = device_name("cpu", None).removesuffix(f" ({os.cpu_count()} cores)")
-    return f"{cpu} CPU, {os.cpu_count()} cores, {torch.get_num_threads()} threads"
+    return f"{cpu} CPU, {os.cpu_count()} cores, {plural(torch.get_num_threads(), 'thread')}"
 
 
 def _row_line(row: dict) -> str:

@@ -335,6 +335,9 @@ def _bench_parser(cuda: bool) -> argparse.ArgumentParser:
         help="conventional DataLoader workers")
     add("--concurrent", default="1,2,4" if cuda else "0",
         help="k runs at once on this device; 0: skip")
+    add("--threads", default="1",
+        help="comma list of CPU threads per run (trainer.threads; 0: all cores): the rows are "
+             "timed with the first, --concurrent with each (threads per run against runs at once)")
     add("--out", default="bench.json",
         help="the JSON written (an earlier one there is kept, renamed)")
     add("--logger", default="none",
@@ -401,6 +404,9 @@ def _bench_options(args, cuda: bool) -> tuple[list[int], list[str], list[str], l
                           ("--batch-size", args.batch_size)):
         if value < 1:
             raise ValueError(f"{option}={value} must be a positive integer")
+    args.thread_counts = _int_list("--threads", args.threads, "CPU thread counts >= 0 (1,2)")
+    if any(t < 0 for t in args.thread_counts):
+        raise ValueError(f"--threads={args.threads!r}: thread counts must be >= 0 (0: all cores)")
     if args.workers < 0:
         raise ValueError(f"--workers={args.workers}: must be >= 0 (0: load in the main process)")
     return depths, blocks, pipelines, [k for k in ks if k > 0]

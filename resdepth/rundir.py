@@ -285,16 +285,21 @@ def finished_result(run_dir: Path, semantic: dict) -> dict | None:
     return result if result.get("status") in COMPLETE else None
 
 
-def where_trained(previous: dict, resume_step: int, device: str, precision: str) -> list[dict]:
-    """Segments [{from, device, precision}]: which device and precision trained which iterations."""
+SEGMENT = ("device", "precision", "threads")  # what a segment of a run's iterations shared
+
+
+def where_trained(previous: dict, resume_step: int, run: dict) -> list[dict]:
+    """Segments [{from, device, precision, threads}]: where, in what precision and with how many
+    CPU threads each part of the iterations was trained (a record older than threads has none)."""
     segments = list(previous.get("segments") or []) if resume_step else []
     if resume_step and not segments and previous.get("device"):  # a record older than segments
         segments = [{"from": 0, "device": previous["device"],
                      "precision": previous.get("precision")}]
     if len(segments) > 1 and segments[-1]["from"] == resume_step:  # it trained nothing kept
         segments.pop()
-    if not segments or (segments[-1]["device"], segments[-1]["precision"]) != (device, precision):
-        segments.append({"from": resume_step, "device": device, "precision": precision})
+    here = {k: run[k] for k in SEGMENT}
+    if not segments or {k: segments[-1].get(k) for k in SEGMENT} != here:
+        segments.append({"from": resume_step, **here})
     return segments
 
 
@@ -314,7 +319,7 @@ def start_result(run_dir: Path, cfg: dict, chash: str, resume_step: int, run: di
         "steps": resume_step, "started": previous.get("started") or now(),
         "resumed_from": resume_step or None, "diverged_at": None,
         "error": None, "versions": versions(), **run,
-        "segments": where_trained(previous, resume_step, run["device"], run["precision"]),
+        "segments": where_trained(previous, resume_step, run),
     }
     for key in CARRIED:
         result[key] = previous.get(key) if resume_step else None

@@ -1,4 +1,5 @@
-"""Tables as Markdown, CSV or aligned text, and the cells they share: errors in %, durations."""
+"""Tables as Markdown, CSV or aligned text, and the cells they share: errors in %, durations,
+where a run trained."""
 
 from __future__ import annotations
 
@@ -59,3 +60,14 @@ def fmt_time(seconds: float) -> str:
         return "?"
     h, r = divmod(max(0, round(seconds)), 3600)
     return f"{h}h{r // 60:02d}m" if h else f"{r // 60}m{r % 60:02d}s"
+
+
+def plural(n, word: str) -> str:
+    return f"{n} {word}{'' if n == 1 else 's'}"
+
+
+def where(segment: dict) -> str:
+    """'x86_64 (2 cores) in bf16-mixed with 1 CPU thread': one segment of a run, in words."""
+    threads = segment.get("threads")
+    return (f"{segment.get('device')} in {segment.get('precision')} with "
+            + (plural(threads, "CPU thread") if threads else "an unrecorded number of CPU threads"))

@@ -20,7 +20,7 @@ def test_bench_runs_end_to_end_and_writes_json(tmp_path):
     out.write_text('{"earlier": "bench"}')
     proc = run_cli("bench", "--depths", "8,14", "--steps", "2", "--warmup", "1",
                    "--batch-size", "32", "--data", "synthetic", "--workers", "1",
-                   "--concurrent", "1,2", "--out", str(out))
+                   "--concurrent", "1,2", "--threads", "1,2", "--out", str(out))
     assert proc.returncode == 0, proc.stderr[-2000:]
     b = json.loads(out.read_text())
     assert [r["depth"] for r in b["rows"]] == [8, 14]
@@ -32,8 +32,14 @@ def test_bench_runs_end_to_end_and_writes_json(tmp_path):
             r["ours_ms_per_step"] / r["minimal_ms_per_step"] - 1)
         assert r["speedup_vs_conventional"] == pytest.approx(
             r["conventional_ms_per_step"] / r["ours_ms_per_step"])
-    assert [c["k"] for c in b["concurrent"]] == [1, 2] and all(
-        c["images_per_s"] > 0 for c in b["concurrent"])
+    # runs at once against threads per run: every pair, each against one run on one thread
+    assert [(c["k"], c["threads"]) for c in b["concurrent"]] == [(1, 1), (2, 1), (1, 2), (2, 2)]
+    assert all(c["images_per_s"] > 0 for c in b["concurrent"])
+    assert b["concurrent"][0]["speedup_vs_k1"] == 1 and all(
+        c["speedup_vs_k1"] == pytest.approx(c["images_per_s"] / b["concurrent"][0]["images_per_s"])
+        for c in b["concurrent"])
+    assert all(r["threads"] == 1 for r in b["rows"]) and "2 CPU threads each" in proc.stdout
+    assert [c["k"] for c in b["concurrent"] if "projected_paper_sweep_s" in c] == [1, 2]
     assert b["projected_paper_sweep_s"] > 0 and b["device"]
     # what auto meant here
     assert b["precision"] == "auto" and b["precision_used"] in ("32-true", "bf16-mixed")
@@ -86,6 +92,8 @@ def test_bench_checks_the_data_before_measuring(tmp_path, capsys):
     ("--blocks", "deep", "--blocks='deep': each must be plain or residual"),
     ("--logger", "mlflow", "--logger='mlflow' is not one of csv, none, tensorboard, wandb"),
     ("--concurrent", "-1", "--concurrent='-1': run counts must be >= 0"),
+    ("--threads", "1,-2", "--threads='1,-2': thread counts must be >= 0"),
+    ("--threads", "two", "--threads='two': must be a comma list of CPU thread counts"),
     ("--steps", "0", "--steps=0 must be a positive integer"),
     ("--warmup", "-1", "--warmup=-1 must be a positive integer"),
     ("--batch-size", "0", "--batch-size=0 must be a positive integer"),

@@ -204,19 +204,22 @@ def test_report_states_command_data_hardware_versions_compute_and_statuses(plott
     report = (root / "figures" / "report.md").read_text()
     assert ("- sweep command 1 of 2: `resdepth sweep seed=0`\n"
             "- sweep command 2 of 2: `resdepth sweep seed=1`" in report)
-    assert "resumed on another device" not in report
+    assert "resumed with another device" not in report
+    # no GPU trained these runs, so torch's CUDA build is not named (it would mean nothing)
+    assert "cuda" not in report.split("- software:")[1].splitlines()[0]
     # a run resumed on another machine: both are named, and the run is listed
     plain8 = run_dir(root, "plain", 8)
     record = read_json(plain8 / "result.json")
-    here = {"device": record["device"], "precision": record["precision"]}
+    here = {"device": record["device"], "precision": record["precision"], "threads": 1}
     write_json(plain8 / "result.json", {**record, "segments": [
         {"from": 0, "device": "Other GPU", "precision": "bf16-mixed"}, {"from": 20, **here}]})
     write_outputs(root)
     report = (root / "figures" / "report.md").read_text()
-    assert ("Other GPU (bf16-mixed, host " in report
-            and f"{here['device']} ({here['precision']}, host " in report)
-    assert ("- resumed on another device or precision: plain-8 seed 0 (from it 0: Other GPU, "
-            f"bf16-mixed, from it 20: {here['device']}, {here['precision']})") in report
+    assert ("Other GPU in bf16-mixed with an unrecorded number of CPU threads (host " in report
+            and f"{here['device']} in {here['precision']} with 1 CPU thread (host " in report)
+    assert ("- resumed with another device, precision or CPU thread count: plain-8 seed 0 "
+            "(from it 0: Other GPU in bf16-mixed with an unrecorded number of CPU threads; "
+            f"from it 20: {here['device']} in {here['precision']} with 1 CPU thread)") in report
 
 
 @slow

@@ -187,9 +187,10 @@ def test_sigkill_mid_training_resumes_exactly(tmp_path):
     resumed_at = json.loads((run_dir / "result.json").read_text())["resumed_from"]
     assert json.loads((run_dir / "result.json").read_text())["segments"] == [
         {**here, "device": "Elsewhere (2 cores)"}, {**here, "from": resumed_at}]
+    assert here["threads"] == 1  # trainer.threads' default, whatever the launcher
     assert (f"note: iterations 0-{resumed_at} were trained on Elsewhere (2 cores) in "
-            f"{here['precision']}; it now "
-            f"continues on {here['device']} in {here['precision']}") in again.stdout
+            f"{here['precision']} with 1 CPU thread; it now continues on {here['device']} in "
+            f"{here['precision']} with 1 CPU thread") in again.stdout
     rows = read_metrics(metrics)
     assert [r["iteration"] for r in rows] == list(range(10, 121, 10))  # no gap, no duplicate
     result = json.loads((run_dir / "result.json").read_text())
@@ -390,14 +391,25 @@ def test_results_of_an_empty_root_is_a_clear_error(tmp_path):
 @pytest.mark.parametrize("launcher", [["hydra/launcher=parallel", "hydra.launcher.n_jobs=2"],
                                       ["hydra/launcher=submitit_local",
                                        "hydra.launcher.timeout_min=10"]])
-def test_launchers_run_a_tiny_sweep(tmp_path, launcher):
-    proc = run_cli("sweep", "experiment=smoke", f"results_root={tmp_path}", "model.depth=8",
-                   "trainer.max_steps=10", "trainer.eval_every=5", *launcher)
+def test_launchers_run_a_tiny_sweep_with_the_numbers_of_the_basic_launcher(tmp_path, launcher):
+    args = ["experiment=smoke", "model.depth=8", "trainer.max_steps=10", "trainer.eval_every=5"]
+    proc = run_cli("sweep", *args, f"results_root={tmp_path / 'launched'}", *launcher)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
-    runs = [r for _, r in find_results(tmp_path)]
+    runs = [r for _, r in find_results(tmp_path / "launched")]
     assert sorted(r["block"] for r in runs) == ["plain", "residual"]
     assert all(r["status"] == "done" and r["steps"] == 10 for r in runs)
     assert "sweep finished: 2 done" in proc.stdout
+    # joblib's workers start on one thread, a plain process on every core: the run sets its own
+    # (trainer.threads), so one run directory means one numerics under every launcher
+    assert run_cli("sweep", *args, f"results_root={tmp_path / 'basic'}").returncode == 0
+    for block in ("plain", "residual"):
+        dirs = [Path(compose([*args, f"model.block={block}", f"results_root={tmp_path / r}"])[
+            "run_dir"]) for r in ("launched", "basic")]
+        results = [json.loads((d / "result.json").read_text()) for d in dirs]
+        assert [s["threads"] for r in results for s in r["segments"]] == [1, 1]
+        launched, basic = [repr([{k: v for k, v in row.items() if k != "elapsed_s"}  # nan too
+                                 for row in read_metrics(d / "metrics.csv")]) for d in dirs]
+        assert launched == basic
 
 
 def test_a_plain_net_under_both_shortcuts_is_one_run_trained_once(tmp_path):

@@ -142,6 +142,43 @@ def test_warmup_resumed_mid_window_ends_where_an_uninterrupted_one_does(tmp_path
         r["lr"] for r in read_metrics(f"{clean['run_dir']}/metrics.csv")]
 
 
+def test_a_resume_with_another_cpu_thread_count_says_so_and_records_both(tmp_path, monkeypatch,
+                                                                          capsys):
+    """trainer.threads is a recorded setting: result.json's segments say how many CPU threads
+    trained which iterations, and a resume with another number says so, as a device change does."""
+    args = ("trainer.eval_every=5", "trainer.max_steps=15")
+
+    def stop_at_5(self, outputs, batch, batch_idx):
+        if self.trainer.global_step == 5:
+            raise Stop("stopped at iteration 5")
+
+    before = torch.get_num_threads()
+    try:
+        with monkeypatch.context() as m:
+            m.setattr(System, "on_train_batch_end", stop_at_5)
+            with pytest.raises(Exception, match="stopped at iteration 5"):
+                train(_tiny(tmp_path, *args, "trainer.threads=1"))
+        capsys.readouterr()
+        cfg = _tiny(tmp_path, *args, "trainer.threads=2")
+        resumed = train(cfg)
+        assert torch.get_num_threads() == 2  # what the run computed with
+    finally:
+        torch.set_num_threads(before)
+    device, precision = resumed["device"], resumed["precision"]
+    assert resumed["resumed_from"] == 5 and resumed["threads"] == 2
+    assert resumed["segments"] == [
+        {"from": 0, "device": device, "precision": precision, "threads": 1},
+        {"from": 5, "device": device, "precision": precision, "threads": 2}]
+    out = capsys.readouterr().out
+    assert (f"note: iterations 0-5 were trained on {device} in {precision} with 1 CPU thread; it "
+            f"now continues on {device} in {precision} with 2 CPU threads") in out
+    assert f"{device}, {precision}, 2 CPU threads -> " in out
+    # not part of the run's name: the same run directory under any thread count
+    assert cfg["run_dir"] == _tiny(tmp_path, *args)["run_dir"]
+    with pytest.raises(ValueError, match=r"trainer.threads=-1 .*>= 0 \(0: all of this machine"):
+        train(_tiny(tmp_path, *args, "trainer.threads=-1"))
+
+
 def test_bn_batch_reaches_the_net_and_must_divide_the_batch():
     # batch 32: two groups
     cfg = compose(["experiment=smoke", "model.depth=8", "optim.bn_batch=16"])

@@ -14,7 +14,7 @@ from .paper import PAPER_PARAMS, PAPER_TEST_CELL, PAPER_TEST_ERROR, REFERENCE_KI
 from .runs import (Group, Run, block_kinds, by_dataset, excluded_runs, group_runs, kind_label,
                    load_runs, missing_responses, paper_protocol, paper_reference, status_note,
                    warmup_notes)
-from ..tables import csv_text, error_cell, fmt_time, markdown, number
+from ..tables import csv_text, error_cell, fmt_time, markdown, number, where
 
 NA = "n/a (different protocol)"
 FIG7_CAPTION = ("Each point is the std of one 3x3 layer's output (after BN, before the addition "
@@ -344,18 +344,21 @@ def _machines(groups: list[Group]) -> list[str]:
     """The report's hardware, resumed-elsewhere, software and compute lines."""
     runs = [r for g in groups for r in g.runs]
     versions = lambda r: r.result.get("versions") or {}
-    hardware = sorted({f"{p.get('device')} ({p.get('precision')}, host {versions(r).get('host')})"
+    hardware = sorted({f"{where(p)} (host {versions(r).get('host')})"
                        for r in runs for p in _parts(r)})
     mixed = [f"{g.name} seed {r.seed} ("
-             + ", ".join(f"from it {p['from']}: {p.get('device')}, {p.get('precision')}"
-                         for p in _parts(r)) + ")"
+             + "; ".join(f"from it {p['from']}: {where(p)}" for p in _parts(r)) + ")"
              for g in groups for r in g.runs if len(_parts(r)) > 1]
+    # torch's CUDA build is named only where a run trained on a GPU (it means nothing on a CPU)
+    gpu = lambda r: r.result.get("accelerator") == "gpu"
     software = sorted({", ".join(f"{k} {v}" for k, v in sorted(versions(r).items())
-                                 if k not in ("host", "platform")) for r in runs})
+                                 if k not in ("host", "platform") and (k != "cuda" or gpu(r)))
+                       for r in runs})
     platforms = sorted({str(versions(r).get("platform")) for r in runs})
     total = sum(r.result.get("wall_time_s") or 0 for r in runs)
     return [f"- hardware: {'; '.join(hardware)}",
-            *([f"- resumed on another device or precision: {'; '.join(mixed)}"] if mixed else []),
+            *([f"- resumed with another device, precision or CPU thread count: "
+               f"{'; '.join(mixed)}"] if mixed else []),
             f"- software: {'; '.join(software)}; platform {'; '.join(platforms)}",
             f"- compute: {fmt_time(total)} ({total:.0f} s, the sum of wall_time_s over "
             f"{len(runs)} runs)"]

@@ -145,7 +145,7 @@ def unusable(result) -> str | None:
     if result["depth"] < 1:
         return f"depth is {result['depth']}"
     if not all(isinstance(s, dict) and "from" in s for s in result.get("segments") or []):
-        return "segments is not a list of {from, device, precision}"
+        return "segments is not a list of {from, device, precision, threads}"
     try:
         config_key(result)
     except (KeyError, TypeError, ValueError, AttributeError) as e:

@@ -149,6 +149,8 @@ def _ranges(cfg: dict) -> list[tuple]:
          ">= 0 (0: the whole test set)"),
         ("data.pad", d["pad"], d["pad"] >= 0, ">= 0 (pixels)"),
         ("trainer.eval_batch_size", t["eval_batch_size"], t["eval_batch_size"] >= 1, positive),
+        ("trainer.threads", t["threads"], t["threads"] >= 0,
+         ">= 0 (0: all of this machine's cores)"),
     ]
 
 

@@ -10,10 +10,11 @@ from omegaconf import DictConfig, OmegaConf
 from .schema import AUTO_BOOL, choice
 
 # Keys that change how a run is shown or executed, never what it computes: left out of the hash.
-# (trainer.cuda_graph replays the very same operations.)
+# (trainer.cuda_graph replays the very same operations; trainer.threads, like the device, can
+# change the last bits of the arithmetic, so result.json's segments record it.)
 NON_SEMANTIC = ("results_root", "run_dir", "experiment_name", "trainer.progress",
                 "trainer.checkpoint_every", "trainer.cuda_graph", "trainer.eval_batch_size",
-                "data.cache_dir", "data.download", "data.root", "logger")
+                "trainer.threads", "data.cache_dir", "data.download", "data.root", "logger")
 
 # How a run directory keeps its name when settings are added:
 # 1. A setting added after runs exist is hashed only where it differs from LEGACY, the value that
@@ -29,7 +30,8 @@ LEGACY = {
     "optim.bn_batch": 0,
     "data.pad": 4,
 }
-LATER_DEFAULTS = {"trainer.eval_batch_size": 1000}  # added later; no result depends on them
+# Added later; no result depends on them (trainer.threads: result.json's segments record it).
+LATER_DEFAULTS = {"trainer.eval_batch_size": 1000, "trainer.threads": 1}
 
 
 def fill_legacy(cfg: dict) -> dict:

@@ -97,6 +97,7 @@ class TrainerConfig:
     cuda_graph: str = MISSING  # auto | true | false (AUTO_BOOL)
     progress: bool = MISSING
     eval_batch_size: int = MISSING  # images per evaluation forward pass (memory, not results)
+    threads: int = MISSING  # CPU threads a run computes with (0: all cores); recorded, not hashed
 
 
 @dataclass

@@ -26,6 +26,16 @@ def cpu_has_native_bf16() -> bool:
     return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
 
 
+def set_threads(t: dict) -> int:
+    """Compute with trainer.threads CPU threads (0: every core this process may use) and return
+    the number. Set here, never left to the launcher: joblib's workers start with one thread and
+    a plain process with all cores, and the same run would differ in its last bits between them.
+    """
+    n = t.get("threads", 1) or len(os.sched_getaffinity(0))
+    torch.set_num_threads(n)
+    return n
+
+
 def resolve_device(t: dict) -> tuple[str, str]:
     """(accelerator, precision) used: a GPU when there is one, else the CPU; precision auto is
     bf16-mixed where the device computes in bf16 natively (as the GPU runs), else fp32."""

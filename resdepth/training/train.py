@@ -20,12 +20,12 @@ from pytorch_lightning.utilities.exceptions import SIGTERMException
 from .. import rundir
 from ..config import config_hash, semantic_config, the_net, to_plain, validate
 from ..data import DataModule, DatasetError
-from .device import check, claim, device_name, resolve_device, use_cuda_graph
+from .device import check, claim, device_name, resolve_device, set_threads, use_cuda_graph
 from .load import model_file
 from ..models import count_parameters
 from .loggers import RunLogger
 from .records import CheckpointIO, Recorder, label, run_log
-from ..tables import fmt_time
+from ..tables import fmt_time, plural, where
 from ..rundir import RunBusy, RunConflict  # noqa: F401 (the CLI and sweep catch them from here)
 from .system import System
 
@@ -122,6 +122,7 @@ def build(cfg: dict, gpu: int | None = None) -> tuple[DataModule, System, dict]:
     `gpu`: which CUDA device, where there are several (default: the first).
     """
     quiet_lightning()
+    set_threads(cfg["trainer"])
     accelerator, precision = resolve_device(cfg["trainer"])
     data = DataModule(cfg["data"], batch_size=cfg["optim"]["batch_size"], seed=cfg["seed"]).load()
     pl.seed_everything(cfg["seed"], workers=False, verbose=False)
@@ -245,7 +246,8 @@ def _start(cfg: dict, run_dir: Path, data: DataModule, system: System, trainer_k
     rundir.truncate_metrics(run_dir / "metrics.csv", resume_step)
     result = rundir.start_result(run_dir, cfg, chash, resume_step, {
         "params": count_parameters(system.net), "device": device_name(accelerator, gpu),
-        "accelerator": accelerator, "precision": precision, "cuda_graph": system.whole_step,
+        "accelerator": accelerator, "precision": precision, "threads": torch.get_num_threads(),
+        "cuda_graph": system.whole_step,
         "classes": data.num_classes, "train_images": len(data.train),
         "warmup": system.warming_up})
     _announce(cfg, result, resume_step, system.whole_step)
@@ -276,13 +278,13 @@ def _announce(cfg: dict, result: dict, resume_step: int, cuda_graph: bool) -> No
     if len(segments) > 1 and segments[-1]["from"] == resume_step:
         before = segments[-2]
         print(f"[{label(cfg)}] note: iterations {before['from']}-{resume_step} were trained on "
-              f"{before['device']} in {before['precision']}; it now continues on {device} in "
-              f"{precision} (both are kept in result.json's segments)", flush=True)
+              f"{where(before)}; it now continues on {where(segments[-1])} "
+              f"(both are kept in result.json's segments)", flush=True)
     what = f"resuming at iteration {resume_step}" if resume_step else "starting"
     print(f"[{label(cfg)}] {what}: {cfg['data']['name']}, {result['params']:,} params, "
           f"{cfg['trainer']['max_steps']} iterations of {cfg['optim']['batch_size']}, "
-          f"{device}, {precision}{', CUDA graph' if cuda_graph else ''} -> {result['run_dir']}",
-          flush=True)
+          f"{device}, {precision}, {plural(result['threads'], 'CPU thread')}"
+          f"{', CUDA graph' if cuda_graph else ''} -> {result['run_dir']}", flush=True)
 
 
 def _fit(cfg: dict, trainer: pl.Trainer, system: System, data: DataModule, recorder: Recorder,
