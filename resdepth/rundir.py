@@ -82,10 +82,12 @@ class UnsafeFile(ValueError):
 def load_tensors(path: Path, **kwargs):
     """torch.load of tensors and plain values only (weights_only): a file from elsewhere is data.
 
-    UnsafeFile, naming the file, for anything else; nothing in it runs.
+    UnsafeFile, naming the file, for anything else; nothing in it runs. ValueError for what is not
+    a regular file within the size limit of its kind.
     """
     import torch  # here: the commands that only read tables must not wait for torch
 
+    regular_file(path)
     try:
         return torch.load(path, weights_only=True, **kwargs)
     except pickle.UnpicklingError as e:
@@ -100,19 +102,35 @@ def write_json(path: Path, obj) -> None:
     atomic_write_text(path, text + "\n")
 
 
-MAX_RECORD_BYTES = 64 * 2**20  # a run's own JSON and CSV records are kilobytes: more is not one
+# The most bytes resdepth reads of each kind of file it finds in a run directory, a results root or
+# a dataset cache: far above what it writes there (a result.json is kilobytes, a metrics.csv of
+# 64,000 records 8 MB, a ResNet-110 checkpoint 7 MB, the CIFAR-10 image-folder cache 184 MB), far
+# below what could exhaust a machine's memory.
+SIZE_LIMITS = {".json": 16 * 2**20, ".jsonl": 16 * 2**20, ".yaml": 2**20, ".csv": 2**30,
+               ".ckpt": 16 * 2**30, ".pt": 16 * 2**30}
+MAX_RECORD_BYTES = 64 * 2**20  # any other kind
 
 
-def read_text(path: Path, limit: int = MAX_RECORD_BYTES) -> str:
-    """A record's text as UTF-8, from a regular file of at most `limit` bytes (a FIFO or device is
-    never opened: it could hang or never end); ValueError naming the file otherwise."""
+def regular_file(path: Path, limit: int | None = None) -> int:
+    """The size of path, a regular file (a symlink followed) of at most `limit` bytes (default: its
+    kind's, SIZE_LIMITS); ValueError naming it otherwise. A FIFO or a device is never opened: it
+    could hang or never end."""
+    limit = limit or SIZE_LIMITS.get(Path(path).suffix, MAX_RECORD_BYTES)
     info = os.stat(path)  # follows a symlink: what it points to must be a regular file
     if not stat.S_ISREG(info.st_mode):
         raise ValueError(f"{path} is not a regular file (a FIFO, device or folder), so it is not "
                          f"read")
     if info.st_size > limit:
-        raise ValueError(f"{path} is {info.st_size:,} bytes, more than the {limit:,} a record of "
-                         f"resdepth can hold, so it is not read")
+        raise ValueError(f"{path} is {info.st_size:,} bytes, more than the {limit:,} a file of its "
+                         f"kind from resdepth can hold, so it is not read")
+    return info.st_size
+
+
+def read_text(path: Path, limit: int | None = None) -> str:
+    """A record's text as UTF-8, from a regular file within its kind's size limit (regular_file);
+    ValueError naming the file otherwise. Bytes that are not UTF-8 are replaced, with a warning."""
+    limit = limit or SIZE_LIMITS.get(Path(path).suffix, MAX_RECORD_BYTES)
+    regular_file(path, limit)
     with open(path, "rb") as f:
         data = f.read(limit + 1)
     try:

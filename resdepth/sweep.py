@@ -27,7 +27,7 @@ from omegaconf import DictConfig, OmegaConf
 from .analysis.results import format_table, write_tables
 from .config import check_hydra, compose, composed, one_line_error, semantic_config, validate
 from .data import DataModule, DatasetError
-from .rundir import COMPLETE, append_jsonl, before_writing, read_json, write_json
+from .rundir import COMPLETE, append_jsonl, before_writing, read_json, read_text, write_json
 from .tables import fmt_time
 from .training.device import check, resolve_device
 
@@ -370,8 +370,8 @@ def _refusals(started: str) -> dict[str, str]:
     """run_dir -> error of the jobs of the sweep started at `started` that were refused."""
     path = Path(os.environ.get(SWEEP_PLAN_ENV, "")).with_name(REFUSED)
     try:
-        lines = path.read_text(errors="replace").splitlines()
-    except OSError:
+        lines = read_text(path).splitlines()
+    except (OSError, ValueError):
         return {}
     found = {}
     for line in lines:

@@ -188,6 +188,9 @@ def test_hostile_files_in_a_root_are_named_and_left_out_never_hang(tmp_path, bas
     (res / "responses.json").symlink_to("/dev/zero")  # reading it would never end
     (tmp_path / "x").mkdir()
     (tmp_path / "x" / "result.json").symlink_to("/dev/urandom")
+    for record in ("sweeps.jsonl", "multirun.yaml"):  # what report.md's sweep command comes from
+        os.mkfifo(tmp_path / record)
+
     def hung(*_):
         raise TimeoutError("reading the root hangs")
 
@@ -203,6 +206,7 @@ def test_hostile_files_in_a_root_are_named_and_left_out_never_hang(tmp_path, bas
     assert f"{plain / 'metrics.csv'}: row 3 cannot be read" in err
     assert f"{plain / 'metrics.csv'}: byte " in err and "is not UTF-8" in err
     assert f"{res / 'responses.json'} left out of Figure 7" in err
+    assert "- sweep command: `unknown`" in (tmp_path / "figures" / "report.md").read_text()
 
 
 # ---------------------------------------------------------------- verdicts say what they rest on

@@ -101,6 +101,37 @@ def test_a_damaged_checkpoint_is_named_recorded_and_kept(tmp_path):
     assert len(retired) == 1 and retired[0].startswith("error-"), retired
 
 
+def test_a_checkpoint_or_model_that_is_no_regular_file_is_one_line_and_never_hangs(tmp_path):
+    cfg = _smoke(tmp_path, "trainer.max_steps=20", "trainer.eval_every=10")
+    run_dir = Path(cfg["run_dir"])
+    train(cfg)
+    result = json.loads((run_dir / "result.json").read_text())
+    rundir.write_json(run_dir / "result.json", {**result, "status": "running"})
+    (run_dir / "last.ckpt").unlink()
+    os.mkfifo(run_dir / "last.ckpt")  # opening it would wait for a writer forever
+    (run_dir / "model.pt").unlink()
+    (run_dir / "model.pt").symlink_to("/dev/zero")  # reading it would never end
+
+    def hung(*_):
+        raise TimeoutError("reading the run directory hangs")
+
+    signal.signal(signal.SIGALRM, hung)
+    signal.alarm(300)  # a hang fails the test instead of stopping the suite
+    try:
+        with pytest.raises(RunFailed, match=r"last.ckpt is damaged \(ValueError: .* is not a "
+                                            r"regular file .* mv "):
+            train(cfg)
+        with pytest.raises(ValueError, match=f"{run_dir / 'model.pt'} is not a regular file"):
+            load_run(run_dir)
+    finally:
+        signal.alarm(0)
+    # a file far larger than any of its kind resdepth writes is not read either
+    os.truncate(run_dir / "result.json", 17 * 2**20)  # sparse: no disk used
+    with pytest.raises(ValueError, match="result.json is 17,825,792 bytes, more than the "
+                                         "16,777,216 a file of its kind"):
+        rundir.read_json(run_dir / "result.json")
+
+
 class Payload:
     """Unpickled, it creates `marker`: what a hostile file in someone else's results root does."""
 

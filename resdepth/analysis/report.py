@@ -9,7 +9,7 @@ import re
 from pathlib import Path
 
 from . import plots
-from ..rundir import atomic_write_text, read_json
+from ..rundir import atomic_write_text, read_json, read_text
 from .paper import PAPER_PARAMS, PAPER_TEST_CELL, PAPER_TEST_ERROR, REFERENCE_KIND
 from .runs import (Group, Run, block_kinds, by_dataset, excluded_runs, group_runs, kind_label,
                    load_runs, missing_responses, paper_protocol, paper_reference, status_note,
@@ -293,12 +293,12 @@ def sweep_commands(root: Path) -> list[str]:
     """Every sweep command run into ROOT, first use first (sweeps.jsonl); else sweep_command()'s."""
     commands = []
     try:
-        for line in (Path(root) / "sweeps.jsonl").read_text().splitlines():
+        for line in read_text(Path(root) / "sweeps.jsonl").splitlines():
             try:
                 commands.append(json.loads(line)["command"])
             except (ValueError, KeyError, TypeError):  # a line torn by a crash: the others count
                 continue
-    except OSError:
+    except (OSError, ValueError):  # missing, or not a regular file within its size limit
         pass
     return list(dict.fromkeys(commands)) or [sweep_command(root)]
 
@@ -313,10 +313,9 @@ def sweep_command(root: Path) -> str:
     try:
         import yaml
 
-        with open(root / "multirun.yaml") as f:
-            task = yaml.safe_load(f)["hydra"]["overrides"]["task"]
+        task = yaml.safe_load(read_text(root / "multirun.yaml"))["hydra"]["overrides"]["task"]
         return " ".join(["resdepth sweep", *task]).strip()
-    except (OSError, ValueError, KeyError, TypeError, ImportError):
+    except Exception:  # missing, damaged (a YAMLError is no ValueError) or not Hydra's
         return "unknown"
 
 
