@@ -1,6 +1,20 @@
-"""`python -m resdepth ...`: the `resdepth` command."""
+"""`python -m resdepth ...` and the `resdepth` command: `--version` answers at once (nothing heavy
+is imported for it); everything else goes to the CLI."""
 
-from .cli import main
+import sys
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] in (["--version"], ["-V"]):  # the CLI's imports (Hydra, the schema) bring in torch
+        from . import __version__
+
+        print(f"resdepth {__version__}")
+        return
+    from .cli import main as cli
+
+    cli(argv)
+
 
 if __name__ == "__main__":  # not when a worker process re-imports the main module (spawn)
     main()

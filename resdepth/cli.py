@@ -16,13 +16,20 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from . import config as _config  # registers the schema and the run-name resolver
-from .models import check_depth
 from .rundir import before_writing, remove_made
 
 # Each command imports what it runs only when it runs: `resdepth --help` and `--version` must not
 # wait for Lightning, matplotlib or the data code.
 
 USAGE = "\n".join([
+    "usage: resdepth COMMAND [ARGS ...]",
+    "",
+    "resdepth reproduces the central experiment of the ResNet paper (He et al., 2016): plain and "
+    "residual",
+    "nets of depth 20-110 on CIFAR-10, trained with the paper's protocol, ending in its Figure 6 "
+    "and Table 6.",
+    "",
+    "commands:",
     "  resdepth train [KEY=VALUE ...]      one run (Hydra overrides; --cfg job prints the composed "
     "config)",
     "  resdepth sweep [KEY=VALUE ...]      the depth x block (x seed) grid as a Hydra multirun; "
@@ -384,6 +391,8 @@ def _bench_options(args, cuda: bool) -> tuple[list[int], list[str], list[str], l
         _config.choice(option, value, tuple(enum.__members__))
     loggers = tuple(sorted(p.stem for p in (_config.CONF_DIR / "logger").glob("*.yaml")))
     _config.choice("--logger", args.logger, loggers)
+    from .models import check_depth
+
     depths = _int_list("--depths", args.depths, "depths 6n+2 (20,56,110)")
     for d in depths:
         check_depth(d)

@@ -21,6 +21,12 @@ def test_version_comes_from_the_package_metadata():
     for args in (["--version"], ["-V"]):
         proc = run_cli(*args)
         assert proc.returncode == 0 and proc.stdout == "resdepth 0.1.0\n", proc.stderr
+    # the `resdepth` command answers --version without importing torch (seconds on a CPU)
+    probe = subprocess.run([sys.executable, "-c", "import sys; from resdepth.__main__ import main; "
+                            "main(['--version']); print(sorted({'torch', 'hydra'} & "
+                            "{m.split('.')[0] for m in sys.modules}))"],
+                           cwd=REPO, capture_output=True, text=True)
+    assert probe.stdout == "resdepth 0.1.0\n[]\n", probe.stderr
 
 
 def test_python_dash_m_resdepth_is_the_command(tmp_path):
@@ -28,6 +34,9 @@ def test_python_dash_m_resdepth_is_the_command(tmp_path):
                           capture_output=True, text=True)
     assert (proc.returncode == 0 and "resdepth train" in proc.stdout
             and "resdepth completion bash" in proc.stdout)
+    # a usage line, then one sentence on what resdepth is
+    assert proc.stdout.startswith("usage: resdepth COMMAND [ARGS ...]\n\nresdepth reproduces the "
+                                  "central experiment of the ResNet paper")
 
 
 def _wheel(tmp_path: Path) -> Path:

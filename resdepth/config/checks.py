@@ -7,14 +7,14 @@ from dataclasses import fields, is_dataclass
 from pathlib import Path
 from typing import get_type_hints
 
-from ..models import check_bn_batch, check_depth
 from .identity import warms_up
 from .schema import AUTO_BOOL, Config, choice
 
 
 def validate(cfg: dict) -> None:
     """A one-line ValueError for what Hydra's schema cannot check: ranges, choices, the depth."""
-    from ..data import check_kind  # data loads Lightning: only when a config is checked
+    from ..data import check_kind  # data loads Lightning, models torch: only when a config is
+    from ..models import check_bn_batch, check_depth  # checked (`resdepth --version` needs neither)
 
     _check_keys(cfg, Config)
     _check_paths(cfg)
