@@ -121,7 +121,8 @@ def test_bench_rejects_bad_options(tmp_path, monkeypatch, capsys, option, value,
 def test_bench_cli_exits_2_on_a_bad_option(tmp_path):
     proc = run_cli("bench", "--precision", "fp8", "--out", str(tmp_path / "b.json"))
     assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
-        "resdepth: error: --precision='fp8' is not one of auto, 32-true, 32, bf16-mixed, 16-mixed"]
+        "resdepth: error: --precision='fp8' is not one of auto, 32-true, 32, bf16-mixed, bf16, "
+        "16-mixed, 16"]
     assert not (tmp_path / "b.json").exists()
 
 

@@ -94,7 +94,7 @@ def test_a_key_given_twice_is_named_and_the_last_value_is_used():
     ("optim.warmup=maybe", "optim.warmup='maybe' is not one of auto, true, false"),
     ("trainer.max_steps=0", "trainer.max_steps=0 must be a positive integer"),
     ("trainer.precision=fp8",
-     "Invalid value 'fp8', expected one of [auto, 32-true, 32, bf16-mixed, 16-mixed]"),
+     "Invalid value 'fp8', expected one of [auto, 32-true, 32, bf16-mixed, bf16, 16-mixed, 16]"),
     ("trainer.cuda_graph=maybe", "trainer.cuda_graph='maybe' is not one of auto, true, false"),
     pytest.param("trainer.cuda_graph=true",
                  "trainer.cuda_graph=true cannot be used: no CUDA GPU is used",

@@ -86,7 +86,7 @@ def test_warmup_settings_of_a_net_that_does_not_warm_up_cannot_rename_it():
     ("trainer.compile_mode=fast",
      "Invalid value 'fast', expected one of [default, reduce-overhead"),
     ("trainer.precision=64",
-     "Invalid value '64', expected one of [auto, 32-true, 32, bf16-mixed, 16-mixed]"),
+     "Invalid value '64', expected one of [auto, 32-true, 32, bf16-mixed, bf16, 16-mixed, 16]"),
     ("trainer.cuda_graph=maybe", "trainer.cuda_graph='maybe' is not one of auto, true, false"),
     ("optim.warmup=sometimes", "optim.warmup='sometimes' is not one of auto, true, false"),
 ])
@@ -100,8 +100,19 @@ def test_typed_choices_accept_what_the_shell_types():
     cfg = compose(["trainer.precision=32", "trainer.cuda_graph=false", "optim.warmup=true",
                    "trainer.accelerator=cpu"])
     assert (cfg["trainer"]["precision"], cfg["trainer"]["cuda_graph"],
-            cfg["optim"]["warmup"]) == ("32", "False", "True")
+            cfg["optim"]["warmup"]) == ("32-true", "False", "True")
     config.validate(cfg)
+
+
+@pytest.mark.parametrize("spellings", [("32-true", "32", "'32'"), ("bf16-mixed", "bf16"),
+                                       ("16-mixed", "16", "'16'")])
+def test_every_spelling_lightning_accepts_is_one_precision_one_run(spellings):
+    """Lightning's spellings of a precision: the config holds the canonical one, so the run is
+    recorded, hashed and named as if it had been typed."""
+    canonical = spellings[0]
+    cfgs = [compose([f"trainer.precision={s}"]) for s in spellings]
+    assert {c["trainer"]["precision"] for c in cfgs} == {canonical}
+    assert len({c["run_dir"] for c in cfgs}) == 1
 
 
 def test_a_config_recorded_before_later_settings_loads_at_their_legacy_values():

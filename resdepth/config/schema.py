@@ -31,10 +31,13 @@ class Shortcut(str, Enum):
     B = "B"
 
 
-# Enum's functional form allows names like "32-true"; OmegaConf matches a value by name (an int such
-# as precision 32 by value), so Hydra itself rejects anything else with the allowed list.
-Precision = Enum("Precision", [("auto", "auto"), ("32-true", "32-true"), ("32", 32),
-                               ("bf16-mixed", "bf16-mixed"), ("16-mixed", "16-mixed")])
+# Enum's functional form allows names like "32-true"; OmegaConf matches a string by name and an int
+# (precision 32 on the shell) by value, so Hydra itself rejects anything else with the allowed list.
+# Lightning's other spellings of the same precisions are aliases (same value): a config holds the
+# canonical member, so `trainer.precision=bf16` is recorded, hashed and named as bf16-mixed.
+Precision = Enum("Precision", [("auto", "auto"), ("32-true", 32), ("32", 32),
+                               ("bf16-mixed", "bf16-mixed"), ("bf16", "bf16-mixed"),
+                               ("16-mixed", 16), ("16", 16)])
 Accelerator = Enum("Accelerator", [(name, name) for name in ("auto", "cpu", "gpu", "cuda")])
 CompileMode = Enum("CompileMode", [(name, name) for name in
                                    ("default", "reduce-overhead", "max-autotune",
