@@ -460,6 +460,7 @@ def _main(argv: list[str]) -> None:
     if cmd not in COMMANDS:
         _fail(f"unknown command {cmd!r}; commands: {', '.join(COMMANDS)} (resdepth --help)")
     if cmd in ("train", "sweep"):
+        rest = _config.expand_paths(rest)
         _check_overrides(cmd, rest)
     if cmd == "train":
         _hydra(rest)

@@ -348,3 +348,30 @@ def test_sweep_plans_and_launches_a_users_preset_from_config_dir(tmp_path, my_co
     assert [(r["config"]["model"]["block"], r["status"], r["steps"]) for r in results] == [
         ("plain", "done", 4), ("residual", "done", 4)]
     assert all(r["config"]["experiment_name"] == "mine" for r in results)
+
+
+def test_a_path_with_a_tilde_or_home_works_as_on_the_shell_and_a_preset_one_is_refused(tmp_path):
+    home, work = tmp_path / "home", tmp_path / "work"
+    home.mkdir(), work.mkdir()
+    env = {"HOME": str(home)}
+    # as bash passes them: `data.root=~/datasets` is not expanded in an argument; a quoted $HOME
+    proc = run_cli("train", "experiment=smoke", "data.root=~/datasets", "data.path=~/images",
+                   "data.cache_dir=$HOME/cache", "--cfg", "job", cwd=work, env=env)
+    assert proc.returncode == 0, proc.stderr
+    for key, value in (("root", "datasets"), ("path", "images"), ("cache_dir", "cache")):
+        assert f"  {key}: {home / value}\n" in proc.stdout
+    proc = run_cli("train", "experiment=smoke", "model.depth=8", "trainer.max_steps=2",
+                   "trainer.eval_every=1", "results_root=~/my runs", cwd=work, env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert [p.name for p in (home / "my runs" / "synthetic").iterdir()] == ["residual-8"]
+    assert not (work / "~").exists() and sorted(p.name for p in work.iterdir()) == []
+    # where no shell expands it (a preset, a quoted value): refused, saying what works
+    (tmp_path / "conf" / "experiment").mkdir(parents=True)
+    (tmp_path / "conf" / "experiment" / "mine.yaml").write_text(
+        "# @package _global_\nresults_root: ~/runs\n")
+    proc = run_cli("train", "--config-dir", str(tmp_path / "conf"), "experiment=mine", cwd=work,
+                   env=env)
+    assert proc.returncode == 2 and proc.stderr.strip() == (
+        "resdepth: error: results_root='~/runs': ~ and $VARIABLES are expanded on the shell "
+        "(results_root=~/runs works there), not in a preset or a quoted value; write the full path")
+    assert not (work / "~").exists()

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import os
+import re
 from dataclasses import fields, is_dataclass
 from pathlib import Path
 from typing import get_type_hints
@@ -57,8 +59,34 @@ def _check_keys(node: dict, schema: type, prefix: str = "") -> None:
             _check_keys(value, known[key], f"{dotted}.")
 
 
+PATH_KEYS = ("results_root", "run_dir", "data.root", "data.path", "data.cache_dir")
+_ENV_VAR = re.compile(r"\$([A-Za-z_][A-Za-z0-9_]*)")  # $HOME, not Hydra's ${...} interpolation
+_HYDRA_SAFE = re.compile(r"[\w/.:+@%=-]*")  # characters Hydra's grammar reads unquoted
+
+
+def expand_paths(overrides: list[str]) -> list[str]:
+    """The shell's words with `~` and `$VAR` expanded in the values of PATH_KEYS, as a shell does
+    in an assignment: bash leaves `data.root=~/datasets` alone in an argument, Hydra's grammar
+    cannot read an unquoted `~`, and a quoted `$HOME` would name a folder called `$HOME`."""
+    out = []
+    for o in overrides:
+        key, eq, value = o.partition("=")
+        if eq and key.lstrip("+") in PATH_KEYS and (value.startswith("~") or "$" in value):
+            value = _ENV_VAR.sub(lambda m: os.environ.get(m[1], m[0]), os.path.expanduser(value))
+            if not _HYDRA_SAFE.fullmatch(value) and "${" not in value:
+                value = "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+        out.append(key + eq + value)
+    return out
+
+
 def _check_paths(cfg: dict) -> None:
     """ValueError unless results_root is a folder and data.name one folder name under it."""
+    for key in ("results_root", "run_dir"):  # data paths expand ~ where they are read
+        value = str(cfg[key])
+        if value.startswith("~") or _ENV_VAR.search(value):
+            raise ValueError(f"{key}={value!r}: ~ and $VARIABLES are expanded on the shell "
+                             f"({key}=~/runs works there), not in a preset or a quoted value; "
+                             f"write the full path")
     if not str(cfg["results_root"]).strip():
         raise ValueError("results_root='' is empty: "
                          "name the folder that holds the results (default: runs)")
