@@ -1,5 +1,5 @@
-"""`python -m resdepth ...` and the `resdepth` command: `--version` answers at once (nothing heavy
-is imported for it); everything else goes to the CLI."""
+"""`python -m resdepth ...` and the `resdepth` command: `--version` and the completion's queries
+answer at once (nothing heavy is imported for them); everything else goes to the CLI."""
 
 import sys
 
@@ -10,6 +10,11 @@ def main(argv: list[str] | None = None) -> None:
         from . import __version__
 
         print(f"resdepth {__version__}")
+        return
+    if argv[:2] == ["completion", "query"]:  # at every TAB: from a cached table, without torch
+        from .completion import query
+
+        query(argv[2:])
         return
     from .cli import main as cli
 

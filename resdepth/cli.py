@@ -464,6 +464,10 @@ def _main(argv: list[str]) -> None:
         _check_overrides(cmd, rest)
     if cmd == "train":
         _hydra(rest)
+    elif cmd == "completion" and rest[:1] == ["query"]:
+        from .completion import query
+
+        query(rest[1:])
     elif cmd == "completion":
         print(completion_script(rest))
     else:

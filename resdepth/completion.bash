@@ -1,6 +1,7 @@
 # bash completion for resdepth: eval "$(resdepth completion bash)", e.g. in ~/.bashrc.
-# Completes the commands, and for train and sweep every key, group and preset, as Hydra's own completion
-# composes them (`resdepth train -sc query=bash`), with any --config-dir on the line.
+# Completes the commands, and for train and sweep every key, the allowed values of each choice and
+# every group's presets, with those of any --config-dir on the line (`resdepth completion query`,
+# answered from a cached table).
 _resdepth_complete() {
     local line=${COMP_LINE:0:COMP_POINT}
     local cur=${line##*[[:space:]]}
@@ -26,11 +27,7 @@ _resdepth_complete() {
                 dirs+=(--config-dir "${words[i + 1]}")
             fi
         done
-        # Hydra reads the line without its program name and command
-        choices=$(COMP_LINE="resdepth ${words[*]:2} $cur" "${words[0]}" train "${dirs[@]}" -sc query=bash 2> /dev/null)
-        if [[ ${words[1]} == sweep ]]; then
-            choices+=" --plan --config-dir"
-        fi
+        choices=$("${words[0]}" completion query "${words[1]}" "${dirs[@]}" -- "$cur" 2> /dev/null)
     elif [[ ${words[1]} == completion ]]; then
         choices="bash"
         compopt +o nospace 2> /dev/null

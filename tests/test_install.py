@@ -112,15 +112,30 @@ def test_bash_completion_is_valid_and_completes_commands_keys_and_presets(tmp_pa
         f"{exe} train experiment=smo": "smoke",  # = breaks words: readline replaces what follows it
         f"{exe} sweep --config-dir {tmp_path / 'mine'} experiment=mi": "mine",
         f"{exe} sweep --pl": "--plan",
+        f"{exe} train model.block=": "plain residual",  # the allowed values, not Block.residual
+        f"{exe} train model.shortcut=": "A B",
+        f"{exe} sweep trainer.cuda_graph=": "auto true false",
+        f"{exe} train trainer.compile=": "true false",
+        f"{exe} sweep data=": "cifar10 cifar100 cifar10_jpeg fashion_mnist image_folder synthetic",
+        f"{exe} sweep data=_": "",  # never a private group file (_common.yaml)
+        f"{exe} sweep hydra/launcher=": "basic parallel slurm",
     }
     query = "\n".join(f'q "{line}"' for line in lines)
+    env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache")}
     proc = subprocess.run(["bash", "-c",
                            f'source {script}\nq() {{ COMP_LINE=$1; COMP_POINT=${{#1}}; '
                            f'COMPREPLY=(); _resdepth_complete; echo "${{COMPREPLY[*]}}"; }}\n'
                            f'{query}'],
-                          capture_output=True, text=True, timeout=300)
+                          capture_output=True, text=True, timeout=600, env=env)
     assert proc.returncode == 0, proc.stderr
     assert dict(zip(lines, proc.stdout.splitlines())) == lines
+    # once the table is cached, a TAB imports neither torch nor Hydra (it answers at once)
+    probe = subprocess.run([sys.executable, "-c", "import sys; from resdepth.__main__ import main; "
+                            "main(['completion', 'query', 'train', '--', 'model.bl']); "
+                            "print(sorted({'torch', 'hydra'} & "
+                            "{m.split('.')[0] for m in sys.modules}))"],
+                           cwd=tmp_path, capture_output=True, text=True, env=env)
+    assert probe.stdout == "model.block=\n[]\n", probe.stderr
 
 
 def test_relative_data_paths_come_from_the_cwd_then_from_the_clone(tmp_path, monkeypatch):

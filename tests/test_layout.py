@@ -19,8 +19,9 @@ MAY_IMPORT = {
     "analysis": {"data", "config"},
     "sweep": {"data", "config", "training", "analysis"},
     "bench": {"data", "config", "training", "analysis", "sweep"},
-    "cli": {"data", "config", "training", "analysis", "sweep", "bench"},
-    "__main__": {"cli"},
+    "completion": {"config"},
+    "cli": {"data", "config", "training", "analysis", "sweep", "bench", "completion"},
+    "__main__": {"cli", "completion"},
     "": {"training"},  # `from resdepth import load_run`
 }
 
