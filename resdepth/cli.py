@@ -39,6 +39,8 @@ USAGE = "\n".join([
     "  resdepth results [ROOT]             rebuild the results table from ROOT's result.json files",
     "  resdepth plot [ROOT]                Figure 6, Figure 7, depth vs error, Table 6 and "
     "report.md into ROOT/figures",
+    "  resdepth log [ROOT] logger=NAME     send the records of ROOT's runs to a logger (csv, "
+    "tensorboard, wandb), once",
     "  resdepth bench [OPTIONS]            speed of the training path against a minimal loop and "
     "the usual pipeline",
     '  resdepth completion bash            a bash completion script: eval "$(resdepth completion '
@@ -76,7 +78,7 @@ SWEEP_USAGE = "\n".join([
     "Every key: `resdepth train --help`; one run's composed config: `resdepth train KEY=VALUE ... "
     "--cfg job`.",
 ])
-COMMANDS = ("train", "sweep", "results", "plot", "bench", "completion")
+COMMANDS = ("train", "sweep", "results", "plot", "log", "bench", "completion")
 _BEFORE: dict[str, dict] = {}  # run_dir -> what was there before this command (before_writing)
 CONFIG_DIR_FLAGS = ("--config-dir", "-cd")
 HYDRA_VALUE_FLAGS = ("--cfg", "-c", "--package", "-p", "--config-name", "-cn", "--config-path",
@@ -316,6 +318,57 @@ def plot_cli(argv: list[str]) -> int:
     return 0
 
 
+LOG_USAGE = ("usage: resdepth log [ROOT] logger=NAME [logger.KEY=VALUE ...]: the records of the "
+             "runs under ROOT (default: runs) to a logger (csv, tensorboard, wandb), each once, "
+             "as a resumed run sends them")
+
+
+def log_cli(argv: list[str]) -> int:
+    """`resdepth log [ROOT] logger=NAME`: 0 when every run's records were sent (or held already);
+    2 for bad arguments or no runs, 1 when a run could not be sent."""
+    from .analysis.runs import find_results, no_runs
+    from .rundir import RunBusy
+    from .training.loggers import send_records
+
+    if {"-h", "--help"} & set(argv):
+        print(LOG_USAGE)
+        return 0
+    roots = [a for a in argv if "=" not in a]
+    overrides = [a for a in argv if "=" in a]
+    wrong = [o for o in overrides if o.partition("=")[0].lstrip("+") != "logger"
+             and not o.lstrip("+").startswith("logger.")]
+    if len(roots) > 1 or wrong or not any(o.startswith("logger=") for o in overrides):
+        print(f"resdepth: error: {' '.join(wrong or roots[1:]) or 'no logger='}: {LOG_USAGE}",
+              file=sys.stderr)
+        return 2
+    root = Path(roots[0] if roots else "runs")
+    try:
+        logger = _config.compose(overrides)[0]["logger"]
+    except (HydraException, OmegaConfBaseException) as e:
+        print(f"resdepth: error: {_config.one_line_error(e)}", file=sys.stderr)
+        return 2
+    why = no_runs(root) or (None if logger else "logger=none sends nothing: name a logger "
+                                                 "(csv, tensorboard, wandb)")
+    if why:
+        print(f"resdepth: error: {why}", file=sys.stderr)
+        return 2
+    failed = 0
+    for run_dir, _ in find_results(root):
+        try:
+            name, sent, rows = send_records(run_dir, logger)
+        except ValueError as e:  # the logger's package or arguments: the same for every run
+            print(f"resdepth: error: {e}", file=sys.stderr)
+            return 2 if not failed else 1
+        except (RunBusy, OSError, KeyError) as e:
+            failed += 1
+            print(f"resdepth: warning: {run_dir} not sent: {e}", file=sys.stderr, flush=True)
+            continue
+        held = f"{rows - sent} held already" if rows - sent else "none held before"
+        print(f"[{name}] sent {sent} of {rows} records to logger={overrides[0].split('=')[1]} "
+              f"({held}) -> {run_dir / 'logs'}", flush=True)
+    return 1 if failed else 0
+
+
 def _bench_parser(cuda: bool) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="resdepth bench", description=(
         "`resdepth bench`: how fast the training path is, measured three ways on the current "
@@ -444,7 +497,8 @@ def _check_overrides(cmd: str, overrides: list[str]) -> None:
               "results)")
 
 
-RUNS = {"sweep": sweep_cli, "results": results_cli, "plot": plot_cli, "bench": bench_cli}
+RUNS = {"sweep": sweep_cli, "results": results_cli, "plot": plot_cli, "log": log_cli,
+        "bench": bench_cli}
 
 
 def _main(argv: list[str]) -> None:

@@ -107,7 +107,7 @@ def test_bash_completion_is_valid_and_completes_commands_keys_and_presets(tmp_pa
     (tmp_path / "mine" / "experiment" / "mine.yaml").write_text("# @package _global_\nseed: 1\n")
     lines = {  # the line typed so far -> what replaces the word under the cursor
         f"{exe} tr": "train",
-        f"{exe} ": "train sweep results plot bench completion",
+        f"{exe} ": "train sweep results plot log bench completion",
         f"{exe} train model.dep": "model.depth=",
         f"{exe} train experiment=smo": "smoke",  # = breaks words: readline replaces what follows it
         f"{exe} sweep --config-dir {tmp_path / 'mine'} experiment=mi": "mine",

@@ -195,3 +195,48 @@ def test_a_logger_that_cannot_be_made_is_refused_before_anything_is_written(tmp_
                        match="logger=csv: TypeError: .*unexpected keyword argument 'bogus'"):
         train(cfg)
     assert not list(tmp_path.rglob("config.json")) and not list(tmp_path.rglob("result.json"))
+
+
+@pytest.mark.parametrize("kind", ["csv", "tensorboard"])
+def test_resdepth_log_sends_the_records_of_finished_runs_once(tmp_path, monkeypatch, kind):
+    """A finished run trained without a logger: `resdepth log ROOT logger=...` sends its records
+    as a resumed run would, and a second call sends nothing again."""
+    from resdepth.cli import log_cli
+    from resdepth.rundir import write_json
+
+    _needs(kind, monkeypatch)
+    cfg = _tiny(tmp_path, "trainer.max_steps=40")
+    train(cfg)
+    run_dir = Path(cfg["run_dir"])
+    assert not (run_dir / "logs").exists()
+    # a results root is data: a logger named in the run's own config.json is never made
+    config = json.loads((run_dir / "config.json").read_text())
+    config["config"]["logger"] = {"_target_": "os.system", "command": f"touch {tmp_path}/ran"}
+    write_json(run_dir / "config.json", config)
+    assert log_cli([str(tmp_path), f"logger={kind}"]) == 0
+    _every_record_once(run_dir, kind)
+    assert log_cli([str(tmp_path), f"logger={kind}"]) == 0  # held already: nothing again
+    _every_record_once(run_dir, kind)
+    assert not (tmp_path / "ran").exists()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["logger=csv", "model.depth=8"], "model.depth=8: usage: resdepth log [ROOT] logger=NAME"),
+    (["ROOT"], "no logger=: usage: resdepth log"),
+    (["ROOT", "other", "logger=csv"], "other: usage: resdepth log"),
+    (["ROOT", "logger=mlflow"], "Could not find 'logger/mlflow'"),
+    (["ROOT", "logger=none"], "logger=none sends nothing: name a logger"),
+    (["nowhere", "logger=csv"], "no runs found under nowhere"),
+])
+def test_resdepth_log_refuses_bad_arguments_in_one_line(tmp_path, monkeypatch, capsys, args,
+                                                       message):
+    from resdepth.cli import log_cli
+
+    cfg = _tiny(tmp_path / "ROOT", "trainer.max_steps=10", "trainer.eval_every=5")
+    train(cfg)
+    capsys.readouterr()
+    monkeypatch.chdir(tmp_path)
+    assert log_cli(args) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1, err
+    assert not (Path(cfg["run_dir"]) / "logs").exists()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import math
 import warnings
@@ -9,7 +10,7 @@ from pathlib import Path
 
 from hydra.utils import instantiate
 
-from ..rundir import read_json, read_metrics, write_json
+from ..rundir import lock_run, read_json, read_metrics, write_json
 from .records import label
 
 LOGGED = ("lr", "train_loss", "train_error", "val_error", "test_error")  # metrics.csv's, sent
@@ -49,7 +50,7 @@ class RunLogger:
             with warnings.catch_warnings():
                 warnings.filterwarnings("ignore", message=".*exists and is not empty.*")
                 self.logger.experiment  # noqa: B018 (the writer that clears the old file)
-        self.held = keeps(sent, resume_step)
+        self.held, self.sent = keeps(sent, resume_step), 0
         for row in read_metrics(run_dir / "metrics.csv"):
             if self.held < row["iteration"] <= resume_step:
                 self.send(row)
@@ -74,6 +75,7 @@ class RunLogger:
         self.logger.log_metrics(values, step=row["iteration"])
         self.logger.save()
         self.held = self.logged[self.name] = row["iteration"]
+        self.sent += 1
         self.record.parent.mkdir(parents=True, exist_ok=True)
         write_json(self.record, self.logged)
 
@@ -84,6 +86,22 @@ class RunLogger:
             import wandb
 
             wandb.finish()
+
+
+def send_records(run_dir: Path, logger: dict) -> tuple[str, int, int]:
+    """A trained run's records (metrics.csv) to `logger` (a composed logger config), each once, as
+    the run itself sends them when it resumes: (label, records sent now, records in all).
+
+    The logger comes from the command line, never from the run's own config.json (a results root
+    from elsewhere is data: its `_target_` is not instantiated). RunBusy while it trains.
+    """
+    with contextlib.closing(lock_run(run_dir)):
+        cfg = {**read_json(run_dir / "config.json")["config"], "logger": logger}
+        rows = read_metrics(run_dir / "metrics.csv")
+        last = max((r["iteration"] for r in rows), default=0)
+        run_logger = RunLogger(cfg, run_dir, last)
+        run_logger.close()
+        return label(cfg), run_logger.sent, len(rows)
 
 
 def _tensorboard_purge(cfg: dict, run_dir: Path, resume_step: int) -> dict:
