@@ -94,7 +94,7 @@ def test_fig6_panels_styles_legend_and_mean_curve(sweep):
     fig = plots.curves_figure(figures(sweep))
     plain, residual = fig.axes
     assert [plain.get_title(), residual.get_title()] == ["plain nets", "residual nets (ResNet)"]
-    assert plain.get_xlabel() == residual.get_xlabel() == "iter. (1e4)"
+    assert plain.get_xlabel() == residual.get_xlabel() == "iterations"  # 40 of them
     assert plain.get_ylabel() == "error (%)"
     for ax in (plain, residual):
         assert len(ax.lines) == 4  # two nets, a dashed training and a bold solid test line each
@@ -352,3 +352,84 @@ def test_degradation_sentence_says_which_comparisons_held():
     assert (no.startswith("Degradation not reproduced")
             and "plain-56 1.00% > plain-20 3.00%: no" in no)
     assert degradation_sentence([_row(20, 1.0, 0.5)]).startswith("Degradation not judged")
+
+
+# ----------------------------------------------- Figure 6 and 7 axes at any budget, no training
+
+
+def budget_runs(root: Path, overrides: list[str], iterations: list[int], first: float = 0.9,
+                depth: int = 8):
+    """plain and ResNet directories of DEPTH as training leaves them (result.json, metrics.csv,
+    responses.json), recorded at ITERATIONS: error FIRST at the first record, falling to 10%."""
+    cfg = compose(overrides)
+    errors = np.linspace(first, 0.1, len(iterations))
+    rows = "".join(f"{i},0.1,1.0,{e},nan,{e},1\n" for i, e in zip(iterations, errors))
+    for block in ("plain", "residual"):
+        d = root / cfg["data"]["name"] / f"{block}-{depth}" / "seed0-x"
+        d.mkdir(parents=True)
+        write_json(d / "result.json", {
+            "config": {**cfg, "model": {**cfg["model"], "block": block, "depth": depth}},
+            "dataset": cfg["data"]["name"], "block": block, "depth": depth, "shortcut": "A",
+            "seed": 0, "status": "done", "max_steps": iterations[-1], "steps": iterations[-1],
+            "final_train_error": errors[-1], "final_test_error": errors[-1]})
+        (d / "metrics.csv").write_text(
+            "iteration,lr,train_loss,train_error,val_error,test_error,elapsed_s\n" + rows)
+        write_json(d / "responses.json", {"layer_std": [1.0 + i / 10 for i in range(depth - 1)]})
+    assert cfg["trainer"]["max_steps"] == iterations[-1]
+    return group_runs(load_runs(root))
+
+
+def tick_labels(axis) -> list[str]:
+    """The labels of the major ticks inside the axis' limits, as drawn."""
+    lo, hi = sorted(axis.get_view_interval())
+    eps = 1e-9 * (hi - lo)
+    ticks = [t for t in axis.get_majorticklocs() if lo - eps <= t <= hi + eps]
+    return axis.get_major_formatter().format_ticks(ticks)
+
+
+@pytest.mark.parametrize("overrides,iterations,xlabel,ticks", [
+    (["experiment=smoke"], list(range(10, 41, 10)), "iterations", ["0", "10", "20", "30", "40"]),
+    (["experiment=paper"], list(range(1000, 64001, 1000)), "iter. (1e4)",
+     ["0", "1", "2", "3", "4", "5", "6"]),
+])
+def test_fig6_counts_iterations_plainly_below_10k_and_in_1e4_from_there(tmp_path, overrides,
+                                                                       iterations, xlabel, ticks):
+    for ax in plots.curves_figure(budget_runs(tmp_path, overrides, iterations)).axes:
+        assert ax.get_xlabel() == xlabel
+        assert tick_labels(ax.xaxis) == ticks
+        assert ax.get_xlim() == pytest.approx((0, iterations[-1] / 1e4))
+
+
+@pytest.mark.parametrize("first,top", [(0.9, 95), (0.15, 20)])
+def test_fig6_y_limits_hold_every_recorded_point(tmp_path, first, top):
+    """The usual top is 1.5 x the final 10% + 5, to a multiple of 5: 20%. An early point at 90%
+    raises it (to 95%, a margin above); with every point under it (the first at 15%), it stays."""
+    groups = budget_runs(tmp_path, ["experiment=smoke"], list(range(10, 41, 10)), first=first)
+    for ax in plots.curves_figure(groups).axes:
+        bottom, upper = ax.get_ylim()
+        assert (bottom, upper) == (0, top)
+        ys = np.concatenate([line.get_ydata() for line in ax.lines if len(line.get_ydata())])
+        assert ys.max() == pytest.approx(100 * first) and bottom <= ys.min() and ys.max() < upper
+
+
+def test_fig6_y_limits_hold_every_seed_of_a_band_and_stop_at_100(tmp_path):
+    """The top is set by the highest seed of a mean, not by the mean; never above 100%."""
+    budget_runs(tmp_path, ["experiment=smoke"], list(range(10, 41, 10)), first=0.5)
+    seed0 = next((tmp_path / "synthetic" / "plain-8").glob("seed0-*"))
+    other = copy_of(seed0, seed0.with_name("seed1-x"))
+    write_json(other / "result.json", {**read_json(seed0 / "result.json"), "seed": 1})
+    (other / "metrics.csv").write_text(
+        "iteration,lr,train_loss,train_error,val_error,test_error,elapsed_s\n"
+        "10,0.1,1,1.0,nan,0.99,1\n20,0.1,1,0.5,nan,0.5,1\n30,0.1,1,0.3,nan,0.3,1\n"
+        "40,0.1,1,0.1,nan,0.1,1\n")
+    plain = plots.curves_figure(figures(tmp_path)).axes[0]
+    assert legend_texts(plain) == ["plain-8 (mean of 2 seeds)"]
+    assert plain.get_ylim() == (0, 100)
+
+
+def test_fig7_layer_ticks_are_whole_numbers(tmp_path):
+    """19 layers (depth 20): matplotlib's default ticks would be 2.5, 5, 7.5, ..."""
+    groups = budget_runs(tmp_path, ["experiment=smoke"], list(range(10, 41, 10)), depth=20)
+    for ax in plots.responses_figure(groups).axes:
+        labels = tick_labels(ax.xaxis)
+        assert labels and all(t.lstrip("−-").isdigit() for t in labels), labels

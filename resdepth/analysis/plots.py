@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 from matplotlib import colormaps
 from matplotlib.figure import Figure
-from matplotlib.ticker import FormatStrFormatter, MaxNLocator
+from matplotlib.ticker import FormatStrFormatter, FuncFormatter, MaxNLocator
 
 from ..rundir import atomic_write_bytes
 from .paper import PAPER_TEST_ERROR, PAPER_TEST_STD, REFERENCE_KIND
@@ -18,6 +18,7 @@ from .runs import (Group, Run, WarmupMarker, block_kinds, excluded_runs, kind_la
                    paper_reference, status_note, warmup_marker)
 
 OFF_SCALE = 85.0  # %: nets near chance (like the paper's plain-110) do not set the y-limit
+PAPER_SCALE = 10_000  # Figure 6 counts iterations in 1e4 (the paper's scale) from this many on
 # Colour and line style of a block kind (depth figure, Figure 7); kinds without their own take the
 # next of EXTRA_STYLES in registration order.
 KIND_STYLES = {"plain": ("tab:red", "--"), "residual": ("tab:blue", "-")}
@@ -104,22 +105,28 @@ def curve_panels(groups: list[Group]) -> list[tuple[str, list[Group]]]:
                       [g for g in groups if g.block == k and g.depth in (110, 1202)]) for k in big]
 
 
-def _draw_curves(ax, panel: list[tuple[Group, dict]], colors: dict, top: float) -> None:
+def curves_top(entries: list[dict]) -> float:
+    """Top of Figure 6's error axis (%): error_top of the final errors (of the done runs if any),
+    raised where needed to show every recorded point with a margin, to a multiple of 5."""
+    done = [e["final"] for e in entries if e["done"] and e["final"] < OFF_SCALE]
+    top = error_top(done or [e["final"] for e in entries])  # unfinished ones count if none finished
+    points = [e[k] for e in entries for k in ("train_error_hi", "test_error_hi") if e[k].size]
+    peak = max((np.nanmax(v) for v in points if np.isfinite(v).any()), default=0.0)
+    return max(top, min(100.0, 5 * math.ceil((peak + 2) / 5)))
+
+
+def _draw_curves(ax, panel: list[tuple[Group, dict]], colors: dict) -> None:
     for g, e in panel:
         color, alpha = colors[(g.depth, g.variant)], 1.0 if e["done"] else 0.6
-        label = e["label"]
-        if e["final"] > top:
-            note = f"off scale: ends at {e['final']:.0f}%"
-            label = label[:-1] + f"; {note})" if label.endswith(")") else f"{label} ({note})"
         ax.plot(e["x"], e["train_error"], "--", color=color, lw=1.0, alpha=alpha)
-        ax.plot(e["x"], e["test_error"], "-", color=color, lw=2.0, alpha=alpha, label=label)
+        ax.plot(e["x"], e["test_error"], "-", color=color, lw=2.0, alpha=alpha, label=e["label"])
         if e["band"]:
             for key in ("train_error", "test_error"):
                 ax.fill_between(e["x"], e[key + "_lo"], e[key + "_hi"], color=color, alpha=0.2,
                                 lw=0)
-        for end in e["warmups"] if e["x"].size else []:  # on the training error, or the top edge
+        for end in e["warmups"] if e["x"].size else []:  # on the training error
             x = end.iteration / 1e4
-            y = min(top, np.interp(x, e["x"], e["train_error"]))
+            y = np.interp(x, e["x"], e["train_error"])
             ax.plot([x], [y], WARMUP_MARKER, color=color, mec="black", mew=0.8, ms=7, alpha=alpha,
                     zorder=3, clip_on=False)
     ends = [end for _, e in panel for end in e["warmups"]]
@@ -130,33 +137,37 @@ def _draw_curves(ax, panel: list[tuple[Group, dict]], colors: dict, top: float) 
 
 
 def _finish_panel(ax, title: str, right: float | None, top: float, empty: bool) -> None:
-    ax.set(title=title, xlabel="iter. (1e4)", xlim=(0, right), ylim=(0, top))
+    """x in units of 1e4 iterations; labelled in iterations below PAPER_SCALE, else in 1e4."""
+    paper = right is not None and right * 1e4 >= PAPER_SCALE
+    ax.set(title=title, xlabel="iter. (1e4)" if paper else "iterations", xlim=(0, right),
+           ylim=(0, top))
     ax.xaxis.set_major_locator(MaxNLocator(7, steps=[1, 2, 5, 10]))
-    ax.xaxis.set_major_formatter(FormatStrFormatter("%g"))
+    ax.xaxis.set_major_formatter(FormatStrFormatter("%g") if paper else
+                                 FuncFormatter(lambda x, _: f"{x * 1e4:g}"))
     ax.grid(alpha=0.3)
     if empty:
         ax.text(0.5, 0.5, "no runs", transform=ax.transAxes, ha="center", va="center", color="gray")
         return
     labels = ax.get_legend_handles_labels()[1]
-    ncols = 2 if max(map(len, labels)) <= 24 else 1  # long notes (running, off scale) would overlap
+    ncols = 2 if max(map(len, labels)) <= 24 else 1  # long notes (running, diverged) would overlap
     ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.16), ncols=ncols, fontsize="small",
               frameon=False)
 
 
 def curves_figure(groups: list[Group]) -> Figure:
-    """Figure 6 of one dataset: training (dashed) and test (bold) error (%) vs iterations (1e4)."""
+    """Figure 6 of one dataset: training (dashed) and test (bold) error (%) vs iterations (in 1e4
+    from PAPER_SCALE on)."""
     colors = _colors(groups)
     panels = curve_panels(groups)
     drawn = [[(g, e) for g in gs for e in curve_entries(g)] for _, gs in panels]
     entries = [e for panel in drawn for _, e in panel if not math.isnan(e["final"])]
-    done = [e["final"] for e in entries if e["done"] and e["final"] < OFF_SCALE]
-    top = error_top(done or [e["final"] for e in entries])  # unfinished ones count if none finished
+    top = curves_top(entries)
     right = max(g.max_steps for g in groups) / 1e4 or None
 
     fig = Figure(figsize=(5.2 * len(panels), 4.4), layout="constrained")
     axes = fig.subplots(1, len(panels), sharey=True, squeeze=False)[0]
     for ax, (title, _), panel in zip(axes, panels, drawn):
-        _draw_curves(ax, panel, colors, top)
+        _draw_curves(ax, panel, colors)
         _finish_panel(ax, title, right, top, empty=not panel)
     axes[0].set_ylabel("error (%)")
     warm = any(e["warmups"] for panel in drawn for _, e in panel)
@@ -267,6 +278,7 @@ def responses_figure(groups: list[Group]) -> Figure:
     bottom.set(xlabel="layer index (sorted by magnitude)", ylabel="std")
     for ax in (top, bottom):
         ax.grid(alpha=0.3)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True, steps=[1, 2, 5, 10]))  # layer numbers
     if top.lines:
         fig.legend(*top.get_legend_handles_labels(), loc="outside right upper", fontsize="small")
     else:

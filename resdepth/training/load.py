@@ -2,27 +2,36 @@
 
     from resdepth import load_run
     run = load_run("runs/cifar10/residual-56/seed0-1f3a9c2e")
+    run                               # TrainedRun(ResNet-56 seed 0, cifar10, done, ...)
     logits = run.net(images)          # uint8 images (0-255) or floats in [0, 1], N x C x H x W
     run.config, run.metrics, run.result
+
+A worked example, run by tests/test_load.py: docs/notebook.md.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from ..data import DataModule, DatasetError
-from ..models import cifar_resnet
+from ..models import cifar_resnet, net_name
 from ..rundir import load_tensors, read_json, read_metrics
+
+EXPECTS = ("run.net expects uint8 images (0-255) or floats in [0, 1], N x C x H x W "
+           "(it subtracts the training mean itself)")
 
 
 class Classifier(nn.Module):
     """A trained net for raw images: uint8 (0-255) or float in [0, 1], N x C x H x W -> logits.
 
-    The per-pixel training mean (in [0, 1], C x H x W) travels with the weights as a buffer.
+    The per-pixel training mean (in [0, 1], C x H x W) travels with the weights as a buffer and is
+    subtracted here, so images after torchvision's Normalize (or floats in 0-255, or other integer
+    types) are refused with a ValueError rather than classified wrongly.
     """
 
     def __init__(self, net: nn.Module, mean: torch.Tensor, classes: list[str]) -> None:
@@ -31,19 +40,50 @@ class Classifier(nn.Module):
         self.register_buffer("mean", mean.float())
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        x = images.float() / 255 if images.dtype == torch.uint8 else images.float()
+        if images.dtype == torch.uint8:
+            x = images.float() / 255
+        elif images.is_floating_point():
+            x = images.float()
+            lo, hi = (t.item() for t in x.aminmax()) if x.numel() else (0.0, 0.0)
+            if lo < 0 or hi > 1:
+                raise ValueError(f"{EXPECTS}; got floats from {lo:.3g} to {hi:.3g}: pass the "
+                                 f"images before Normalize (uint8, or floats / 255)")
+        else:
+            raise ValueError(f"{EXPECTS}; got {images.dtype}: convert to uint8 or divide by 255")
         return self.net(x - self.mean)
 
 
-@dataclass
+@dataclass(repr=False)
 class TrainedRun:
-    """A run directory read back; `metrics` holds metrics.csv's rows (errors are fractions)."""
+    """A run directory read back. `rows`: metrics.csv's rows, a list of dicts (errors are
+    fractions); `metrics`: the same as a table, a pandas DataFrame when pandas is installed, else
+    `rows` itself. Its repr is one line: net, seed, dataset, status, test error, iterations, path.
+    """
 
     path: Path
     net: Classifier  # in eval mode, on the CPU
     config: dict  # the resolved config
-    metrics: list[dict]
-    result: dict  # result.json
+    rows: list[dict]  # metrics.csv's rows
+    result: dict  # result.json ({} when there is none)
+
+    @cached_property
+    def metrics(self):
+        """metrics.csv as a table: a pandas DataFrame with pandas installed, else `rows`."""
+        try:
+            import pandas
+        except ImportError:  # pandas is not a dependency
+            return self.rows
+        return pandas.DataFrame(self.rows)
+
+    def __repr__(self) -> str:
+        m, r = self.config["model"], self.result
+        name = net_name(m["block"], m["depth"]) + ("-B" if m.get("shortcut") == "B" else "")
+        parts = [f"{name} seed {self.config['seed']}", self.config["data"]["name"],
+                 r.get("status", "no result.json")]
+        if isinstance(r.get("final_test_error"), (int, float)):
+            parts.append(f"test error {100 * r['final_test_error']:.2f}%")
+        steps = r.get("steps") or (self.rows[-1]["iteration"] if self.rows else 0)
+        return f"TrainedRun({', '.join(parts)}, {steps} iterations, {self.path})"
 
 
 def model_file(net: nn.Module, mean: torch.Tensor, cfg: dict, classes: list[str]) -> dict:
