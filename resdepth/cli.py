@@ -68,8 +68,8 @@ SWEEP_USAGE = "\n".join([
     "std in the table)",
     "  resdepth sweep hydra/launcher=parallel hydra.launcher.n_jobs=4      4 runs at once on this "
     "machine",
-    "  resdepth sweep experiment=smoke                        a 2 x 2 grid on synthetic data, in "
-    "seconds",
+    "  resdepth sweep experiment=smoke                        a 2 x 2 grid on synthetic data, "
+    "40 s on 2 cores",
     "  resdepth sweep --plan model.depth=20,56                check every config and print the "
     "plan; train nothing",
     "  resdepth sweep --config-dir my_conf experiment=mine    your own preset, "

