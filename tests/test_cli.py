@@ -2,6 +2,7 @@
 message."""
 
 import csv
+import os
 import re
 import time
 from pathlib import Path
@@ -375,3 +376,17 @@ def test_a_path_with_a_tilde_or_home_works_as_on_the_shell_and_a_preset_one_is_r
         "resdepth: error: results_root='~/runs': ~ and $VARIABLES are expanded on the shell "
         "(results_root=~/runs works there), not in a preset or a quoted value; write the full path")
     assert not (work / "~").exists()
+
+
+def test_a_machine_with_srun_trains_without_lightnings_srun_hint(tmp_path):
+    """On a SLURM login or compute node `srun` exists: Lightning's hint to prepend it is wrong for
+    resdepth (one run, one device, one process) and is not printed."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "srun").write_text("#!/bin/sh\nexit 1\n")
+    (bin_dir / "srun").chmod(0o755)
+    proc = run_cli("train", "experiment=smoke", "model.depth=8", "trainer.max_steps=2",
+                   "trainer.eval_every=1", f"results_root={tmp_path}",
+                   env={"PATH": f"{bin_dir}:{os.environ['PATH']}"})
+    assert proc.returncode == 0, proc.stderr
+    assert "`srun` command" not in proc.stderr and "HINT" not in proc.stderr, proc.stderr

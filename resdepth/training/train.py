@@ -114,6 +114,9 @@ def quiet_lightning() -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", message=".*LeafSpec.*")
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+    # Wherever SLURM's srun exists: resdepth trains one run on one device per process (a SLURM
+    # sweep is a job array), so Lightning's hint to prepend srun would only mislead.
+    warnings.filterwarnings("ignore", message="The `srun` command is available")
 
 
 def build(cfg: dict, gpu: int | None = None) -> tuple[DataModule, System, dict]:
