@@ -181,13 +181,19 @@ def plan_notes(jobs: list[dict], overrides: list[str], devices: list[str], gpus:
     long = [d for j, d in zip(jobs, devices) if j["trainer"]["max_steps"] >= CPU_NOTE_STEPS]
     runs = len({j.get("run_dir", i) for i, j in enumerate(jobs)})  # a repeated run counts once
     notes = []
-    if "cpu" in long:
-        notes.append(f"no CUDA GPU is used, so these runs train on the CPU ({os.cpu_count()} "
-                     f"cores). The paper's whole sweep takes about 70 h on 2 cores that compute "
-                     f"bf16 natively (100 h in fp32); `resdepth bench` projects it for this "
-                     f"machine, and `make demo` shows the degradation in about 23 min on 2 cores.")
     launcher_keys = ("hydra/launcher", "hydra.launcher.n_jobs")
     one_at_a_time = not any(o.split("=")[0].lstrip("+~") in launcher_keys for o in overrides)
+    if "cpu" in long:
+        k = min(os.cpu_count() or 1, runs, 4)
+        faster = (f" One CPU thread per run is the default (trainer.threads): `resdepth sweep "
+                  f"{' '.join(overrides)} hydra/launcher=parallel hydra.launcher.n_jobs={k}` "
+                  f"trains {k} at once (on 2 cores, 2 at once gave 1.86x the images/s of one; "
+                  f"docs/sweeps.md)." if one_at_a_time and k > 1 else "")
+        notes.append(f"no CUDA GPU is used, so these runs train on the CPU ({os.cpu_count()} "
+                     f"cores). The paper's whole sweep takes about 72 h on 2 cores that compute "
+                     f"bf16 natively, 2 runs at once (133 h one at a time); `resdepth bench` "
+                     f"projects it for this machine, and `make demo` shows the degradation in "
+                     f"about 23 min on 2 cores." + faster)
     if "gpu" in long and runs > 1 and one_at_a_time:
         notes.append(_parallel_note(runs, gpus, overrides))
     return notes

@@ -3,6 +3,7 @@ resume after SIGKILL, divergence and failure isolation, the results table, and t
 submitit_local launchers."""
 
 import json
+import os
 import re
 import shutil
 import signal
@@ -358,7 +359,13 @@ def test_a_long_sweep_on_the_cpu_says_what_to_expect(tmp_path, monkeypatch, caps
     assert "note: no CUDA GPU" not in capsys.readouterr().out  # 40 iterations: no note
     monkeypatch.setattr(sw, "CPU_NOTE_STEPS", 40)
     sw.sweep(args, launch=lambda argv: None)
-    assert "note: no CUDA GPU is used, so these runs train on the CPU" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "note: no CUDA GPU is used, so these runs train on the CPU" in out
+    k = min(os.cpu_count(), 4)  # the smoke grid has 4 runs
+    assert (f"hydra/launcher=parallel hydra.launcher.n_jobs={k}` trains {k} at once" in out) == (
+        k > 1)
+    sw.sweep([*args, "hydra/launcher=parallel"], launch=lambda argv: None)  # already parallel
+    assert "hydra.launcher.n_jobs=" not in capsys.readouterr().out
 
 
 def test_a_long_sweep_on_one_gpu_names_the_faster_way():
