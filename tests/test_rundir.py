@@ -20,6 +20,20 @@ def _smoke(tmp_path, *extra):
                     "trainer.progress=false", *extra])
 
 
+def _as_if_killed(run_dir: Path) -> None:
+    """A finished run's result.json marked running again: as if killed before its end."""
+    result = json.loads((run_dir / "result.json").read_text())
+    rundir.write_json(run_dir / "result.json", {**result, "status": "running"})
+
+
+def _trained_then_killed(root: Path) -> tuple[dict, Path]:
+    """(config, run directory) of a 20-iteration smoke run trained, then marked running."""
+    cfg = _smoke(root, "trainer.max_steps=20", "trainer.eval_every=10")
+    train(cfg)
+    _as_if_killed(Path(cfg["run_dir"]))
+    return cfg, Path(cfg["run_dir"])
+
+
 def test_atomic_write_leaves_no_temp_file_when_writing_fails(tmp_path):
     target = tmp_path / "result.json"
     target.write_text("the old one")
@@ -69,12 +83,7 @@ def test_a_damaged_metrics_row_is_named_and_a_torn_last_line_is_not(tmp_path, ca
 
 
 def test_a_damaged_checkpoint_is_named_recorded_and_kept(tmp_path):
-    cfg = _smoke(tmp_path, "trainer.max_steps=20", "trainer.eval_every=10")
-    run_dir = Path(cfg["run_dir"])
-    train(cfg)
-    result = json.loads((run_dir / "result.json").read_text())
-    # as if killed before its end
-    rundir.write_json(run_dir / "result.json", {**result, "status": "running"})
+    cfg, run_dir = _trained_then_killed(tmp_path)
     ckpt = run_dir / "last.ckpt"
     ckpt.write_bytes(ckpt.read_bytes()[:1000])  # truncated by a full disk
     with pytest.raises(RunFailed, match="last.ckpt is damaged .* mv "):
@@ -102,11 +111,7 @@ def test_a_damaged_checkpoint_is_named_recorded_and_kept(tmp_path):
 
 
 def test_a_checkpoint_or_model_that_is_no_regular_file_is_one_line_and_never_hangs(tmp_path):
-    cfg = _smoke(tmp_path, "trainer.max_steps=20", "trainer.eval_every=10")
-    run_dir = Path(cfg["run_dir"])
-    train(cfg)
-    result = json.loads((run_dir / "result.json").read_text())
-    rundir.write_json(run_dir / "result.json", {**result, "status": "running"})
+    cfg, run_dir = _trained_then_killed(tmp_path)
     (run_dir / "last.ckpt").unlink()
     os.mkfifo(run_dir / "last.ckpt")  # opening it would wait for a writer forever
     (run_dir / "model.pt").unlink()
@@ -150,11 +155,8 @@ def plant(path: Path, marker: Path, **values) -> None:
 
 def test_a_pickle_payload_in_a_run_directory_is_refused_and_never_runs(tmp_path):
     root = tmp_path / "given"
-    cfg = _smoke(root, "trainer.max_steps=20", "trainer.eval_every=10")
-    run_dir, marker = Path(cfg["run_dir"]), tmp_path / "ran"
-    train(cfg)
-    result = json.loads((run_dir / "result.json").read_text())
-    rundir.write_json(run_dir / "result.json", {**result, "status": "running"})  # resumable
+    _, run_dir = _trained_then_killed(root)  # resumable
+    marker = tmp_path / "ran"
     plant(run_dir / "last.ckpt", marker, global_step=10)
     plant(run_dir / "model.pt", marker)
     args = ("experiment=smoke", "model.depth=8", f"results_root={root}", "trainer.max_steps=20",
@@ -288,9 +290,7 @@ def test_the_sweep_summary_names_a_failed_run_and_what_to_do(tmp_path):
                  "trainer.max_steps=10", "trainer.eval_every=5"]
     assert run_cli("sweep", *overrides).returncode == 0
     run_dir = Path(compose([*overrides, "model.block=plain"])["run_dir"])
-    result = json.loads((run_dir / "result.json").read_text())
-    # as if killed before its end
-    rundir.write_json(run_dir / "result.json", {**result, "status": "running"})
+    _as_if_killed(run_dir)
     (run_dir / "last.ckpt").write_bytes(b"not a checkpoint")
     proc = run_cli("sweep", *overrides)
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
@@ -335,9 +335,7 @@ def test_a_run_killed_after_its_last_checkpoint_keeps_its_wall_time(tmp_path):
     cfg = _smoke(tmp_path, "trainer.max_steps=20", "trainer.eval_every=10")
     run_dir = Path(cfg["run_dir"])
     wall = train(cfg)["wall_time_s"]
-    result = json.loads((run_dir / "result.json").read_text())
-    # killed after the last checkpoint, before model.pt: nothing is left to train
-    rundir.write_json(run_dir / "result.json", {**result, "status": "running"})
+    _as_if_killed(run_dir)  # after the last checkpoint, before model.pt: nothing left to train
     (run_dir / "model.pt").unlink()
     again = train(cfg)
     assert again["status"] == "done" and again["wall_time_s"] == wall > 0
@@ -350,8 +348,7 @@ def test_a_checkpoint_of_another_net_is_one_line_with_what_to_do(tmp_path):
     for cfg in runs.values():
         train(cfg)
     run_dir = Path(runs[14]["run_dir"])
-    result = json.loads((run_dir / "result.json").read_text())
-    rundir.write_json(run_dir / "result.json", {**result, "status": "running"})
+    _as_if_killed(run_dir)
     (run_dir / "last.ckpt").write_bytes((Path(runs[8]["run_dir"]) / "last.ckpt").read_bytes())
     proc = run_cli("train", "experiment=smoke", "model.depth=14", f"results_root={tmp_path}",
                    "trainer.progress=false", "trainer.max_steps=10", "trainer.eval_every=10")
