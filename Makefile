@@ -22,7 +22,8 @@ help:  ## list the targets
 $(VENV)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[dev]'
+	# compat: Hydra finds resdepth's SLURM launcher in hydra_plugins/ only on a plain path entry
+	$(BIN)/python -m pip install -q -e '.[dev]' --config-settings editable_mode=compat
 	touch $@
 
 test: $(VENV)/.installed  ## run the test suite (about 24 minutes on 2 CPU cores)

@@ -221,9 +221,15 @@ def lock_run(run_dir: Path):
     f = open(run_dir / ".lock", "w")
     try:
         fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
+    except BlockingIOError:
         f.close()
         raise RunBusy(f"{run_dir} is being trained by another process right now") from None
+    except OSError as e:  # e.g. Lustre mounted without -o flock, NFS without its lock service
+        f.close()
+        raise RunBusy(f"{run_dir} cannot be locked ({e.strerror}): its file system does not "
+                      f"support flock, so two jobs could train this run at once; put "
+                      f"results_root on one that does (docs/sweeps.md#shared-file-systems)"
+                      ) from None
     return f
 
 

@@ -30,6 +30,7 @@ from .data import DataModule, DatasetError
 from .rundir import COMPLETE, append_jsonl, before_writing, read_json, read_text, write_json
 from .tables import fmt_time
 from .training.device import check, resolve_device
+from .training.train import CorruptCheckpoint, checkpoint_step
 
 CPU_NOTE_STEPS = 10_000  # a sweep with runs this long on a CPU gets a note on what to expect
 SWEEP_PLAN_ENV = "RESDEPTH_SWEEP_PLAN"  # the sweep.json whose "plan" each job reads for its header
@@ -221,11 +222,12 @@ def sweep(overrides: list[str], launch: Callable[[list[str]], None], *, plan: bo
     except SystemExit as e:  # Hydra exits on its own errors (already printed)
         if e.code:
             return int(e.code) if isinstance(e.code, int) else 1
-    except KeyboardInterrupt:
-        print(f"sweep interrupted; finished runs are kept and the others resume from their "
-              f"checkpoints with: {command_line}", file=sys.stderr, flush=True)
+    except KeyboardInterrupt as e:
+        if not getattr(e, "said", False):  # a cluster's driver says what its jobs do
+            print(f"sweep interrupted; finished runs are kept and the others resume from their "
+                  f"checkpoints with: {command_line}", file=sys.stderr, flush=True)
         raise
-    return print_summary(jobs, same_as, started)
+    return print_summary(jobs, same_as, started, command_line)
 
 
 def plan_sweep(overrides: list[str]) -> tuple[list[str], list[dict], list[str]]:
@@ -239,9 +241,59 @@ def plan_sweep(overrides: list[str]) -> tuple[list[str], list[dict], list[str]]:
                             read=lambda c: OmegaConf.to_container(c.hydra, resolve=False))
     except Exception as e:  # Hydra's own messages for bad keys, types and values
         raise ValueError(one_line_error(e)) from None
-    for hydra in settings:
+    for hydra, job in zip(settings, jobs):
         check_hydra(hydra)
+        check_time_limit(hydra["launcher"], job)
     return overrides, jobs, check_jobs(jobs)
+
+
+SIGNAL_EARLY_S = 60  # SLURM sends a job's --signal up to a minute before the time asked (sbatch)
+JOB_START_S = 30  # from a job's start to its run's first iteration: imports, dataset, first step
+STOP_S = 10  # after the signal: the iteration in progress, a checkpoint, submitit's requeue
+
+
+def check_time_limit(launcher: dict, job: dict) -> None:
+    """For a SLURM job: ValueError (one line) when SLURM could send the signal that precedes its
+    time limit before its run has trained, or too late to write a checkpoint. Every requeue would
+    then start from the same checkpoint, with nothing trained: a loop, max_num_timeout times."""
+    if not str(launcher.get("_target_", "")).endswith("SlurmLauncher"):
+        return
+    limit, delay = 60 * int(launcher["timeout_min"]), int(launcher["signal_delay_s"])
+    first = limit - delay - SIGNAL_EARLY_S  # the earliest the signal may come
+    if delay < STOP_S:
+        raise ValueError(f"hydra.launcher.signal_delay_s={delay}: after SLURM's signal a job "
+                         f"needs about {STOP_S} s to finish its iteration and write its "
+                         f"checkpoint before the time limit; use {STOP_S} or more")
+    if first < JOB_START_S:
+        fits = limit - SIGNAL_EARLY_S - JOB_START_S
+        other = f", or signal_delay_s={fits} or less" if fits >= STOP_S else ""
+        raise ValueError(
+            f"hydra.launcher.timeout_min={limit // 60} with signal_delay_s={delay}: SLURM may "
+            f"signal a job {max(first, 0)} s after it starts (signal_delay_s before the limit, "
+            f"and up to {SIGNAL_EARLY_S} s earlier still), before its run has trained (a job "
+            f"takes about {JOB_START_S} s to start); each requeue would start over with nothing "
+            f"trained. Use timeout_min={-(-(delay + SIGNAL_EARLY_S + JOB_START_S) // 60)} or "
+            f"more{other}")
+    record = _record(Path(job["run_dir"]))  # a run that trained before: its pace is known
+    steps, seconds = int(record.get("steps") or 0), float(record.get("wall_time_s") or 0)
+    if steps and seconds and record.get("status") not in COMPLETE:
+        per_job = max(int((limit - delay - JOB_START_S) * steps / seconds), 1)
+        jobs = -(-(job["trainer"]["max_steps"] - steps) // per_job)
+        if jobs - 1 > int(launcher["max_num_timeout"]):
+            raise ValueError(
+                f"{job['run_dir']}: at its pace so far ({steps / seconds:.3g} it/s) a job of "
+                f"timeout_min={limit // 60} trains about {per_job} iterations, so the "
+                f"{job['trainer']['max_steps'] - steps} left need {jobs} jobs, more than "
+                f"hydra.launcher.max_num_timeout={launcher['max_num_timeout']} requeues allow; "
+                f"raise timeout_min or max_num_timeout")
+
+
+def _record(run_dir: Path) -> dict:
+    try:
+        record = read_json(run_dir / "result.json")
+    except (OSError, ValueError):
+        return {}
+    return record if isinstance(record, dict) else {}
 
 
 def check_jobs(jobs: list[dict]) -> list[str]:
@@ -362,18 +414,21 @@ def watch_sweep(poll_s: float = 1.0) -> None:
 REFUSED = "sweep-refused.jsonl"  # beside sweep.json: each job refused, with its sweep's start
 
 
-def record_refusal(run_dir: str, error: str) -> None:
-    """Note a refused job beside its sweep's plan, so the summary names it and the sweep fails."""
+def record_refusal(run_dir: str, error: str, state: str = "refused") -> None:
+    """Note a job refused (or, on a cluster, ended without finishing its run: `state` says how)
+    beside its sweep's plan, so the summary names it and the sweep fails."""
     plan = Path(os.environ.get(SWEEP_PLAN_ENV, ""))
     try:
         started = read_json(plan)["started"]
     except (OSError, ValueError, KeyError, TypeError):
         return  # not a sweep of ours: the job's own line on stderr is all there is
-    append_jsonl(plan.with_name(REFUSED), {"started": started, "run_dir": run_dir, "error": error})
+    append_jsonl(plan.with_name(REFUSED), {"started": started, "run_dir": run_dir, "error": error,
+                                           "state": state})
 
 
-def _refusals(started: str) -> dict[str, str]:
-    """run_dir -> error of the jobs of the sweep started at `started` that were refused."""
+def _refusals(started: str) -> dict[str, tuple[str, str]]:
+    """run_dir -> (state, error) of the jobs of the sweep started at `started` that were refused
+    or ended without finishing their run."""
     path = Path(os.environ.get(SWEEP_PLAN_ENV, "")).with_name(REFUSED)
     try:
         lines = read_text(path).splitlines()
@@ -384,19 +439,21 @@ def _refusals(started: str) -> dict[str, str]:
         try:
             entry = json.loads(line)
             if entry["started"] == started:
-                found[entry["run_dir"]] = entry["error"]
+                found[entry["run_dir"]] = (str(entry.get("state", "refused")), entry["error"])
         except (ValueError, KeyError, TypeError):
             continue  # a torn or foreign line
     return found
 
 
-def print_summary(jobs: list[dict], same_as: list[int], started: str) -> int:
+def print_summary(jobs: list[dict], same_as: list[int], started: str, command: str) -> int:
     """After the launcher: print each root's results table and the sweep's statuses; return 1 (the
     unfinished runs named, with how to resume them) if a run did not finish, else 0."""
     roots = sorted({job["results_root"] for job in jobs})
     run_dirs = [job["run_dir"] for i, job in enumerate(jobs) if same_as[i] == i]
     refused = _refusals(started)
-    final = ["refused" if d in refused else run_state(Path(d)) for d in run_dirs]
+    final = [run_state(Path(d)) for d in run_dirs]  # a run that finished is done, whatever its job
+    final = [refused[d][0] if d in refused and s not in COMPLETE else s
+             for d, s in zip(run_dirs, final)]
     for root in roots:
         rows = write_tables(Path(root))
         print(f"\nresults under {root} (results.csv, results.md):\n{format_table(rows)}",
@@ -407,16 +464,28 @@ def print_summary(jobs: list[dict], same_as: list[int], started: str) -> int:
     print("sweep finished: " + ", ".join(f"{n} {s}" for s, n in summary.items())
           + f" in {took}; figures and Table 6: {plots}", flush=True)
     failed = [d for d, s in zip(run_dirs, final) if s not in COMPLETE]
+    steps = {job["run_dir"]: job["trainer"]["max_steps"] for job in jobs}
     if not failed:
         return 0
     print(f"resdepth: {len(failed)} run(s) did not finish (failed, interrupted or not run); once "
-          f"what an error names is fixed, the same command retries them and resumes the "
-          f"interrupted ones:", file=sys.stderr)
-    for d in failed:
-        error = f": {refused[d]}" if d in refused else _error(Path(d))
-        state = "refused" if d in refused else "failed" if error else run_state(Path(d))
-        print(f"  {d}: {state + error if error else state}", file=sys.stderr)
+          f"what an error names is fixed, `{command}` retries them and resumes each from its "
+          f"checkpoint:", file=sys.stderr)
+    for d, state in zip(run_dirs, final):
+        if state in COMPLETE:
+            continue
+        error = f": {refused[d][1]}" if d in refused else _error(Path(d))
+        state = "failed" if error and d not in refused else state
+        print(f"  {d}: {state + error}{_at(Path(d), steps[d])}", file=sys.stderr)
     return 1
+
+
+def _at(run_dir: Path, max_steps: int) -> str:
+    """'; checkpoint at iteration 220 of 3000' for a run with a checkpoint, else ''."""
+    try:
+        step = checkpoint_step(run_dir / "last.ckpt")
+    except CorruptCheckpoint:
+        return ""
+    return f"; checkpoint at iteration {step} of {max_steps}" if step else ""
 
 
 def _error(run_dir: Path) -> str:

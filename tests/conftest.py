@@ -1,6 +1,7 @@
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -21,6 +22,17 @@ def run_cli(*args, cwd=None, timeout=600, env=None):
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
     return subprocess.run([sys.executable, "-m", "resdepth.cli", *args], cwd=cwd or REPO,
                           capture_output=True, text=True, timeout=timeout, env=full_env)
+
+
+def wait_for(predicate, timeout=600):
+    """Polls until `predicate()` holds: wait for the very state a test then asserts on, never for
+    one that usually comes just before it (a record is appended before its checkpoint is saved)."""
+    t = time.time()
+    while time.time() - t < timeout:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return False
 
 
 @pytest.fixture

@@ -219,6 +219,21 @@ def test_a_run_being_trained_elsewhere_is_left_alone(tmp_path):
     assert not Path(f"{run_dir}/result.json").exists()
 
 
+def test_a_file_system_without_locks_is_named_not_taken_for_a_busy_run(tmp_path, monkeypatch):
+    import errno
+    import fcntl
+
+    from resdepth.rundir import RunBusy, lock_run
+
+    def no_locks(f, how):  # Lustre without -o flock answers so
+        raise OSError(errno.ENOSYS, "Function not implemented")
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    with pytest.raises(RunBusy, match=r"cannot be locked \(Function not implemented\): its file "
+                                      r"system does not support flock.*results_root on one"):
+        lock_run(tmp_path)
+
+
 def test_a_slow_run_says_its_pace_before_its_first_record(tmp_path, capsys):
     from types import SimpleNamespace
 

@@ -45,7 +45,7 @@ def _wheel(tmp_path: Path) -> Path:
     tmp_path/site."""
     src = tmp_path / "src"
     ignore = shutil.ignore_patterns("__pycache__", "*.egg-info")
-    for name in ("resdepth", "conf"):
+    for name in ("resdepth", "conf", "hydra_plugins"):
         shutil.copytree(REPO / name, src / name, ignore=ignore)
     for name in ("pyproject.toml", "README.md"):
         shutil.copy(REPO / name, src / name)
@@ -72,14 +72,20 @@ def test_the_installed_wheel_trains_sweeps_and_plots_from_any_folder(tmp_path):
 
     probe = subprocess.run([sys.executable, "-c",
                             "import resdepth, resdepth.config as c, resdepth.data as d; "
+                            "from hydra.core.plugins import Plugins; "
+                            "from hydra.plugins.launcher import Launcher; "
+                            "import hydra_plugins.resdepth_slurm as slurm; "
                             "print(resdepth.__file__, c.CONF_DIR, d.resolve_path('data'), "
                             "d.resolve_path(c.compose([])[0]['data']['root']), "
-                            "resdepth.__version__, sep='\\n')"],
+                            "resdepth.__version__, slurm.__file__, slurm.SlurmLauncher in "
+                            "Plugins.instance().discover(Launcher), sep='\\n')"],
                            cwd=work, env=env, capture_output=True, text=True, timeout=300)
     assert probe.returncode == 0, probe.stderr
-    package, conf, data, default_data, version = probe.stdout.splitlines()
+    package, conf, data, default_data, version, slurm, found = probe.stdout.splitlines()
     assert (Path(package).is_relative_to(site)
             and Path(conf) == site / "resdepth" / "conf"), probe.stdout
+    # hydra/launcher=slurm: Hydra finds resdepth's launcher in the wheel's hydra_plugins
+    assert Path(slurm).is_relative_to(site) and found == "True", probe.stdout
     # datasets go to the cwd's data/, not the install
     assert data == default_data == "data" and version == "0.1.0"
     for args in (["train", *SMOKE, "model.depth=8", f"results_root={root}"],

@@ -18,6 +18,7 @@ MAY_IMPORT = {
     "training": {"data", "config"},
     "analysis": {"data", "config"},
     "sweep": {"data", "config", "training", "analysis"},
+    "slurm": {"sweep"},
     "bench": {"data", "config", "training", "analysis", "sweep"},
     "completion": {"config"},
     "cli": {"data", "config", "training", "analysis", "sweep", "bench", "completion"},

@@ -22,7 +22,7 @@ from resdepth.rundir import read_metrics, write_json
 from resdepth.training.train import checkpoint_step
 from resdepth.cli import results_cli
 
-from .conftest import REPO, compose, run_cli
+from .conftest import REPO, compose, run_cli, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -150,17 +150,6 @@ def test_grids_start_with_the_deepest_nets():
     assert longest_first(kept) == kept  # only a list of depths is reordered
 
 
-def _wait_for(predicate, timeout=600):
-    """Polls until `predicate()` holds: wait for the very state a test then asserts on, never for
-    one that usually comes just before it (a record is appended before its checkpoint is saved)."""
-    t = time.time()
-    while time.time() - t < timeout:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return False
-
-
 def test_sigkill_mid_training_resumes_exactly(tmp_path):
     args = ["experiment=smoke", "model.depth=8", "trainer.max_steps=120", "trainer.eval_every=10",
             "optim.milestones=[60,90]", "trainer.progress=false"]
@@ -170,7 +159,7 @@ def test_sigkill_mid_training_resumes_exactly(tmp_path):
                              f"results_root={killed_root}"],
                             cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     metrics = run_dir / "metrics.csv"
-    assert _wait_for(lambda: checkpoint_step(run_dir / "last.ckpt") >= 40)
+    assert wait_for(lambda: checkpoint_step(run_dir / "last.ckpt") >= 40)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     killed_at = len(read_metrics(metrics))
@@ -219,7 +208,7 @@ def test_ctrl_c_says_where_each_run_stopped_and_how_to_resume(tmp_path, sig, cod
                             text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             # as in a terminal
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-    assert _wait_for(lambda: checkpoint_step(run_dir / "last.ckpt") >= 20)
+    assert wait_for(lambda: checkpoint_step(run_dir / "last.ckpt") >= 20)
     proc.send_signal(sig)
     _, err = proc.communicate(timeout=600)
     assert proc.returncode == code, err
@@ -389,6 +378,37 @@ def test_a_long_sweep_on_one_gpu_names_the_faster_way():
     assert note.startswith("no CUDA GPU is used")
 
 
+def test_a_slurm_time_limit_that_would_requeue_jobs_without_progress_is_refused(tmp_path):
+    plan = ["sweep", "--plan", "experiment=smoke", f"results_root={tmp_path}",
+            "hydra/launcher=slurm"]
+    proc = run_cli(*plan, "hydra.launcher.timeout_min=1")  # signal_delay_s: 120 by default
+    assert proc.returncode == 2 and len(proc.stderr.splitlines()) == 1
+    assert ("hydra.launcher.timeout_min=1 with signal_delay_s=120: SLURM may signal a job 0 s "
+            "after it starts") in proc.stderr and "Use timeout_min=4 or more" in proc.stderr
+    proc = run_cli(*plan, "hydra.launcher.timeout_min=2")
+    assert proc.returncode == 2 and "or signal_delay_s=30 or less" in proc.stderr
+    proc = run_cli(*plan, "hydra.launcher.timeout_min=2", "hydra.launcher.signal_delay_s=5")
+    assert proc.returncode == 2 and "signal_delay_s=5: after SLURM's signal" in proc.stderr
+    assert run_cli(*plan, "hydra.launcher.timeout_min=2",
+                   "hydra.launcher.signal_delay_s=30").returncode == 0
+    # a run that trained before has a pace: 10 iterations in 100 s leave 6 per 2-minute job
+    run_dir = Path(compose(["experiment=smoke", f"results_root={tmp_path}", "model.depth=8",
+                            "model.block=plain"])["run_dir"])
+    run_dir.mkdir(parents=True)
+    record = {"status": "running", "steps": 10, "wall_time_s": 100.0}
+    write_json(run_dir / "result.json", record)
+    limits = ["model.depth=8", "model.block=plain", "hydra.launcher.timeout_min=2",
+              "hydra.launcher.signal_delay_s=30"]
+    proc = run_cli(*plan, *limits, "hydra.launcher.max_num_timeout=3")
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert (f"{run_dir}: at its pace so far (0.1 it/s) a job of timeout_min=2 trains about 6 "
+            f"iterations, so the 30 left need 5 jobs, more than hydra.launcher.max_num_timeout=3 "
+            f"requeues allow") in proc.stderr
+    assert run_cli(*plan, *limits, "hydra.launcher.max_num_timeout=4").returncode == 0
+    assert json.loads((run_dir / "result.json").read_text()) == record
+    assert not (tmp_path / "sweep.json").exists()
+
+
 def test_results_of_an_empty_root_is_a_clear_error(tmp_path):
     proc = run_cli("results", str(tmp_path / "none"))
     assert proc.returncode == 2 and "no runs found under" in proc.stderr
@@ -479,11 +499,11 @@ def test_parallel_workers_stop_when_the_sweep_is_killed(tmp_path):
     run_dirs = [Path(compose([*overrides, f"model.block={b}"])["run_dir"])
                 for b in ("plain", "residual")]
     try:  # both workers are training: each holds its run's lock and has written a record
-        assert _wait_for(lambda: all((d / "metrics.csv").exists() and _locked(d) for d in run_dirs))
+        assert wait_for(lambda: all((d / "metrics.csv").exists() and _locked(d) for d in run_dirs))
     finally:
         proc.kill()  # SIGKILL: the sweep cannot tell its workers anything
         proc.wait()
-    assert _wait_for(lambda: not any(_locked(d) for d in run_dirs))
+    assert wait_for(lambda: not any(_locked(d) for d in run_dirs))
     steps = [json.loads((d / "result.json").read_text())["steps"] for d in run_dirs]
     time.sleep(3)
     # nobody trains them any more

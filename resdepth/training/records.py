@@ -51,6 +51,7 @@ class Recorder(pl.Callback):
         self.t0, self.step0 = time.perf_counter(), None
         self.checkpoint_step = None  # the iteration of last.ckpt, once this process has written one
         self.paced = False  # whether the early pace line (slow runs only) has been printed
+        self.stop = None  # set by a signal: called with the iteration, once its checkpoint is saved
 
     def on_train_start(self, trainer, pl_module) -> None:
         self.step0 = trainer.global_step
@@ -79,11 +80,18 @@ class Recorder(pl.Callback):
             if row["diverged_at"] is not None:
                 trainer.should_stop = True
                 return
-        if step % self.checkpoint_every == 0 or step >= self.max_steps:
+        # A stop that waits for this iteration's end (SIGTERM under a launcher that lets the run
+        # finish its step, a SLURM job's time-limit signal) checkpoints here, whatever the interval.
+        stopping = self.stop is not None or trainer.received_sigterm
+        if step % self.checkpoint_every == 0 or step >= self.max_steps or stopping:
             # Not ModelCheckpoint: an atomic rename beside the target, so a kill mid-write keeps
             # the last checkpoint (Lightning's save moves a $TMPDIR copy, in place across disks).
-            atomic_write(self.run_dir / "last.ckpt", trainer.save_checkpoint)
-            self.checkpoint_step = step
+            if self.checkpoint_step != step:
+                atomic_write(self.run_dir / "last.ckpt", trainer.save_checkpoint)
+                self.checkpoint_step = step
+        if self.stop is not None:
+            stop, self.stop = self.stop, None
+            stop(step)
 
     def _update_result(self, row: dict) -> None:
         r = self.result

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import signal
 import sys
 import threading
@@ -48,6 +49,22 @@ class Interrupted(KeyboardInterrupt):
 
 STOP_SIGNALS = {signal.SIGTERM: "SIGTERM", signal.SIGHUP: "SIGHUP"}
 _received: list[int] = []  # the stop signals this process got
+_requeued: list[int] = []  # the iteration this SLURM job was requeued at, once it was
+
+
+def slurm_job() -> str | None:
+    """This process's SLURM job ('12_3' for task 3 of array 12), or None outside SLURM."""
+    array, task = os.environ.get("SLURM_ARRAY_JOB_ID"), os.environ.get("SLURM_ARRAY_TASK_ID")
+    return f"{array}_{task}" if array and task else os.environ.get("SLURM_JOB_ID")
+
+
+def resume_hint() -> str:
+    """How an interrupted run resumes: in a SLURM job, what SLURM and the sweep do."""
+    job = slurm_job()
+    if job is None:
+        return "run the same command again to resume"
+    return (f"SLURM job {job}: if SLURM requeues it, it resumes from there; if it was cancelled, "
+            f"the sweep's command resumes it")
 
 
 @contextlib.contextmanager
@@ -70,8 +87,8 @@ def stop_signals(cfg: dict):
     except Interrupted as e:
         if not e.announced:
             print(f"\n[{label(cfg)}] stopped by {STOP_SIGNALS.get(e.exit_code - 128)} after "
-                  f"training, before its last files were written: run the same command again to "
-                  f"finish it", file=sys.stderr, flush=True)
+                  f"training, before its last files were written: "
+                  f"{resume_hint().replace('resume', 'finish')}", file=sys.stderr, flush=True)
         raise
     finally:
         for s, handler in previous.items():
@@ -222,7 +239,8 @@ def _run(cfg: dict, run_dir: Path, gpu: int | None) -> dict:
     trainer = pl.Trainer(**trainer_kwargs, callbacks=[recorder], default_root_dir=str(run_dir))
     t0 = time.perf_counter()
     try:
-        _fit(cfg, trainer, system, data, recorder, resume_step)
+        with requeue_after_a_checkpoint(cfg, recorder):
+            _fit(cfg, trainer, system, data, recorder, resume_step)
     finally:
         if logger:
             logger.close()
@@ -298,13 +316,64 @@ def _fit(cfg: dict, trainer: pl.Trainer, system: System, data: DataModule, recor
     try:
         trainer.fit(system, datamodule=data, ckpt_path=ckpt_path, weights_only=True)
     except (KeyboardInterrupt, SystemExit) as e:  # Lightning turns Ctrl-C into SystemExit(1)
-        if not (isinstance(e, KeyboardInterrupt) or trainer.interrupted):
-            raise
+        if _requeued or not (isinstance(e, KeyboardInterrupt) or trainer.interrupted):
+            raise  # a SLURM job requeued by submitit (it said so) exits as submitit wants
         signum = _received[-1] if _received else signal.SIGTERM if isinstance(
             e, SIGTERMException) else None
         kept = recorder.checkpoint_step if recorder.checkpoint_step is not None else resume_step
         where = f"its checkpoint is at iteration {kept}" if kept else "no checkpoint yet"
         how = f"stopped by {STOP_SIGNALS[signum]}" if signum else "interrupted"
-        print(f"\n[{label(cfg)}] {how} at iteration {trainer.global_step}; " + where
-              + ": run the same command again to resume", file=sys.stderr, flush=True)
+        print(f"\n[{label(cfg)}] {how} at iteration {trainer.global_step}; {where}: "
+              f"{resume_hint()}", file=sys.stderr, flush=True)
         raise Interrupted(128 + signum if signum else 130) from None
+
+
+def _submitit_handler(signum: int):
+    """submitit's handler of `signum` in this process (the requeue on a time limit or a
+    pre-emption), or None: resdepth runs outside submitit, or submitit uses another signal."""
+    handler = signal.getsignal(signum)
+    owner = getattr(handler, "__self__", None)
+    return handler if type(owner).__module__.startswith("submitit.") else None
+
+
+@contextlib.contextmanager
+def requeue_after_a_checkpoint(cfg: dict, recorder: Recorder):
+    """In a SLURM job under submitit: the signal that SLURM sends before the time limit (or a
+    pre-emption) writes a checkpoint at the end of the iteration it arrives in, and only then lets
+    submitit requeue the job, saying what happens next. submitit alone would requeue at once and
+    lose every iteration since the last checkpoint."""
+    handlers = {s: h for s in (signal.SIGUSR1, signal.SIGUSR2) if (h := _submitit_handler(s))}
+    if not handlers or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def deferred(signum, frame):
+        def requeue(step: int) -> None:
+            owner = handlers[signum].__self__
+            try:  # submitit's own reckoning, for the message only
+                timed_out, delayed = owner.has_timed_out(), owner._delayed
+                n = max(delayed._timeout_countdown - timed_out, 0)
+                left = (f"; {n} more time-outs allowed (hydra.launcher.max_num_timeout)"
+                        if timed_out else "")
+                short = delayed._timeout_min < 50  # submitit's rule: 80% or 10 min before it
+            except Exception:
+                timed_out, left, short = None, "", False
+            why = {True: "its time limit is near", False: "it is pre-empted"}.get(
+                timed_out, f"it got {signal.Signals(signum).name}")
+            if timed_out and short:
+                why += (" or it is pre-empted (in a job this short submitit counts either as a "
+                        "time-out)")
+            print(f"[{label(cfg)}] SLURM job {slurm_job()}: {why}; checkpoint written at "
+                  f"iteration {step}; submitit requeues the job, which resumes from there{left}",
+                  flush=True)
+            _requeued.append(step)
+            handlers[signum](signum, None)  # requeues and exits
+
+        recorder.stop = requeue
+
+    previous = {s: signal.signal(s, deferred) for s in handlers}
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
