@@ -1,4 +1,4 @@
-# resdepth: every target bootstraps the .venv it needs (python3 -m venv; pip install -e '.[dev]').
+# resdepth: every target bootstraps the .venv it needs (python3 -m venv; pip install -e '.[dev]', compat mode).
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
@@ -10,6 +10,7 @@ DEMO_ROOT ?= runs-demo
 ARGS ?=
 
 DEST ?=
+BUDGET ?= 8m
 # The dataset of reproduce, demo and gpu-check: DATA if given, else CIFAR-10 in data/, else downloaded, else the JPEG copy
 PICK_DATA = scripts/dataset.sh "$(DATA)" "$(CIFAR10_JPEG)" $(BIN)/python
 
@@ -17,7 +18,7 @@ PICK_DATA = scripts/dataset.sh "$(DATA)" "$(CIFAR10_JPEG)" $(BIN)/python
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
 	@echo "  variables: DATA (default: CIFAR-10 from data/ or downloaded, else the JPEG copy CIFAR10_JPEG=$(CIFAR10_JPEG);"
-	@echo "             or cifar10 | cifar10_jpeg | cifar100 | fashion_mnist | synthetic), ROOT=$(ROOT), DEST (gpu-check), ARGS='extra overrides'"
+	@echo "             or cifar10 | cifar10_jpeg | cifar100 | fashion_mnist | synthetic), ROOT=$(ROOT), DEST and BUDGET=$(BUDGET) (gpu-check), ARGS='extra overrides'"
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -46,9 +47,9 @@ demo: $(VENV)/.installed  ## degradation on real CIFAR-10 images on a CPU (about
 bench: $(VENV)/.installed  ## speed: our training path vs a minimal loop vs the usual DataLoader pipeline
 	$(BIN)/resdepth bench $(ARGS)
 
-gpu-check: $(VENV)/.installed  ## on a CUDA GPU: the CUDA tests, resdepth bench, the 1/16 sweep and its figures into DEST
+gpu-check: $(VENV)/.installed  ## on a CUDA GPU: CUDA tests, a short bench, BUDGET more of the paper's schedule in DEST
 	@test -n "$(DEST)" || { echo "make gpu-check DEST=folder: name the folder for its outputs"; exit 2; }
-	d=$$($(PICK_DATA)) && PY=$(BIN)/python scripts/gpu-check.sh "$(DEST)" $$d $(ARGS)
+	d=$$($(PICK_DATA)) && BUDGET=$(BUDGET) PY=$(BIN)/python scripts/gpu-check.sh "$(DEST)" $$d $(ARGS)
 
 clean:  ## remove the venv and caches (never results)
 	rm -rf $(VENV) .pytest_cache *.egg-info

@@ -17,6 +17,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from . import config as _config  # registers the schema and the run-name resolver
 from .rundir import before_writing, remove_made
+from .tables import parse_time
 
 # Each command imports what it runs only when it runs: `resdepth --help` and `--version` must not
 # wait for Lightning, matplotlib or the data code.
@@ -52,7 +53,7 @@ USAGE = "\n".join([
     "resdepth's, e.g. DIR/experiment/mine.yaml as experiment=mine.",
 ])
 SWEEP_USAGE = "\n".join([
-    "usage: resdepth sweep [--plan] [KEY=VALUE ...]   (also --config-dir DIR: presets of your own)",
+    "usage: resdepth sweep [--plan] [--time-limit 8m] [KEY=VALUE ...]   (also --config-dir DIR)",
     "",
     "The paper's grid (model.depth 110,56,44,32,20 x model.block plain,residual) as a Hydra "
     "multirun. A comma list",
@@ -72,6 +73,9 @@ SWEEP_USAGE = "\n".join([
     "40 s on 2 cores",
     "  resdepth sweep --plan model.depth=20,56                check every config and print the "
     "plan; train nothing",
+    "  resdepth sweep --time-limit 8m                         stop every run at a checkpoint after "
+    "8 minutes (exit 143);",
+    "                                                         the same command goes on from there",
     "  resdepth sweep --config-dir my_conf experiment=mine    your own preset, "
     "my_conf/experiment/mine.yaml",
     "",
@@ -156,10 +160,16 @@ def hydra_task(cfg: DictConfig):
 def _train(cfg: DictConfig, multirun: bool):
     """train(cfg); a refused or failed run is one line and exit 2 or 1 (in a sweep: a status)."""
     from .data import DatasetError
-    from .training.train import RunBusy, RunConflict, RunFailed, train
+    from .training.train import OutOfTime, RunBusy, RunConflict, RunFailed, train
 
     try:
         return train(cfg)
+    except OutOfTime as e:  # the sweep's time limit: the sweep says what is left
+        if not multirun:
+            raise
+        if e.step is None:
+            _clean_up_refused(Path(cfg.run_dir))  # Hydra made its folder; nothing was trained
+        return {"status": "not started" if e.step is None else "stopped"}
     except (ValueError, DatasetError, RunConflict, RunBusy) as e:  # nothing trained or overwritten
         _clean_up_refused(Path(cfg.run_dir))
         if multirun:
@@ -242,19 +252,39 @@ def sweep_cli(argv: list[str]) -> int:
         return 0
     given = [o for o in argv if o != "--plan"]
     try:
-        searched = with_config_dirs(given)
+        rest, limit = _time_limit(given)
+        searched = with_config_dirs(rest)
     except ValueError as e:
         print(f"resdepth: error: {e}", file=sys.stderr)
         return 2
     flags = [o for o in searched if o.startswith("-")]
     if flags:
-        print(f"resdepth: error: resdepth sweep takes KEY=VALUE overrides and --plan only, not "
-              f"{flags[0]!r} (and --config-dir DIR for your own configs: resdepth sweep --help; "
-              f"`resdepth train ... --cfg job` prints one run's config)", file=sys.stderr)
+        print(f"resdepth: error: resdepth sweep takes KEY=VALUE overrides, --plan and --time-limit "
+              f"only, not {flags[0]!r} (and --config-dir DIR for your own configs: resdepth sweep "
+              f"--help; `resdepth train ... --cfg job` prints one run's config)", file=sys.stderr)
         return 2
     from .sweep import sweep
 
-    return sweep(searched, launch=_hydra, plan="--plan" in argv, command=given)
+    return sweep(searched, launch=_hydra, plan="--plan" in argv, command=given, time_limit=limit)
+
+
+def _time_limit(argv: list[str]) -> tuple[list[str], float | None]:
+    """argv without `--time-limit D` (or `--time-limit=D`), and D in seconds (None: not given).
+    ValueError (one line) for a duration that is not one."""
+    rest, limit, args = [], None, iter(argv)
+    for a in args:
+        if a == "--time-limit" or a.startswith("--time-limit="):
+            text = a.partition("=")[2] if "=" in a else next(args, "")
+            try:
+                limit = parse_time(text)
+            except ValueError:
+                limit = 0.0
+            if not limit > 0:
+                raise ValueError(f"--time-limit {text!r}: a duration such as 90s, 8m or 1h30m (a "
+                                 f"bare number is minutes), more than 0")
+        else:
+            rest.append(a)
+    return rest, limit
 
 
 def _root_parser(prog: str, description: str) -> argparse.ArgumentParser:

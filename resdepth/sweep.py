@@ -12,6 +12,7 @@ import itertools
 import json
 import os
 import shlex
+import statistics
 import sys
 import threading
 import time
@@ -30,7 +31,7 @@ from .data import DataModule, DatasetError
 from .rundir import COMPLETE, append_jsonl, before_writing, read_json, read_text, write_json
 from .tables import fmt_time
 from .training.device import check, resolve_device
-from .training.train import CorruptCheckpoint, checkpoint_step
+from .training.train import DEADLINE_ENV, CorruptCheckpoint, checkpoint_step
 
 CPU_NOTE_STEPS = 10_000  # a sweep with runs this long on a CPU gets a note on what to expect
 SWEEP_PLAN_ENV = "RESDEPTH_SWEEP_PLAN"  # the sweep.json whose "plan" each job reads for its header
@@ -201,11 +202,23 @@ def plan_notes(jobs: list[dict], overrides: list[str], devices: list[str], gpus:
 
 
 def sweep(overrides: list[str], launch: Callable[[list[str]], None], *, plan: bool = False,
-          command: list[str] | None = None) -> int:
+          command: list[str] | None = None, time_limit: float | None = None) -> int:
     """Plan, launch (unless `plan`) and table the grid of `overrides`; return the exit code.
 
     `command`: the arguments as the user typed them (default: overrides), recorded in sweep.json.
+    `time_limit`: seconds from now after which every run stops at a checkpoint (exit 143).
     """
+    if time_limit is None:
+        return _sweep(overrides, launch, plan, command, None)
+    os.environ[DEADLINE_ENV] = str(time.time() + time_limit)  # every job reads it, in any process
+    try:
+        return _sweep(overrides, launch, plan, command, time_limit)
+    finally:
+        os.environ.pop(DEADLINE_ENV, None)
+
+
+def _sweep(overrides: list[str], launch: Callable[[list[str]], None], plan: bool,
+           command: list[str] | None, time_limit: float | None) -> int:
     given = list(overrides if command is None else command)
     try:
         overrides, jobs, states = plan_sweep(overrides)
@@ -213,6 +226,8 @@ def sweep(overrides: list[str], launch: Callable[[list[str]], None], *, plan: bo
         print(f"resdepth: error: {e}", file=sys.stderr)
         return 2
     same_as = print_plan(jobs, states, given)
+    if time_limit is not None:
+        print(f"note: {budget_note(jobs, same_as, time_limit)}", flush=True)
     if plan:  # checked and printed; nothing written, nothing trained
         return 0
     command_line = " ".join(["resdepth sweep", *map(shlex.quote, given)])
@@ -227,7 +242,13 @@ def sweep(overrides: list[str], launch: Callable[[list[str]], None], *, plan: bo
             print(f"sweep interrupted; finished runs are kept and the others resume from their "
                   f"checkpoints with: {command_line}", file=sys.stderr, flush=True)
         raise
-    return print_summary(jobs, same_as, started, command_line)
+    code = print_summary(jobs, same_as, started, command_line)
+    if code and time_limit is not None and time.time() >= float(os.environ[DEADLINE_ENV]):
+        print(f"resdepth: the sweep's time limit ({fmt_time(time_limit)}) is spent: the runs above "
+              f"stopped at a checkpoint or did not start; `{command_line}` goes on from there",
+              file=sys.stderr, flush=True)
+        return 143  # as for SIGTERM
+    return code
 
 
 def plan_sweep(overrides: list[str]) -> tuple[list[str], list[dict], list[str]]:
@@ -286,6 +307,38 @@ def check_time_limit(launcher: dict, job: dict) -> None:
                 f"{job['trainer']['max_steps'] - steps} left need {jobs} jobs, more than "
                 f"hydra.launcher.max_num_timeout={launcher['max_num_timeout']} requeues allow; "
                 f"raise timeout_min or max_num_timeout")
+
+
+def budget_note(jobs: list[dict], same_as: list[int], limit_s: float) -> str:
+    """Which runs finish inside a time limit, one after another in the plan's order, by the pace
+    each run has shown (or, for one not trained yet, the median pace per layer of those that
+    have: a step costs about its depth)."""
+    runs = [j for i, j in enumerate(jobs) if same_as[i] == i]
+    records = [_record(Path(j["run_dir"])) for j in runs]
+    paces = [float(r.get("wall_time_s") or 0) / int(r["steps"]) if r.get("steps") else 0.0
+             for r in records]
+    per_layer = [p / j["model"]["depth"] for p, j in zip(paces, runs) if p > 0]
+    head = f"time limit {fmt_time(limit_s)}"
+    if not per_layer:
+        return (f"{head}: no run of this sweep has trained yet, so none has a pace; when the "
+                f"limit is spent every run stops at a checkpoint and the same command goes on")
+    unit, spent, finish = statistics.median(per_layer), 0.0, []
+    for n, (j, r, pace) in enumerate(zip(runs, records, paces), 1):
+        if r.get("status") in COMPLETE:
+            continue
+        pace = pace or unit * j["model"]["depth"]
+        left = j["trainer"]["max_steps"] - int(r.get("steps") or 0)
+        if spent + left * pace > limit_s:
+            reach = int(r.get("steps") or 0) + int((limit_s - spent) / pace)
+            names = ", ".join(map(str, finish))
+            done = ("" if not finish else f"run {names} finishes inside it, and "
+                    if len(finish) == 1 else f"runs {names} finish inside it, and ")
+            return (f"{head}: by the pace of this sweep's runs so far, {done}run {n} reaches "
+                    f"about iteration {reach} of {j['trainer']['max_steps']}; the rest waits for "
+                    f"the next call of the same command")
+        spent += left * pace
+        finish.append(n)
+    return f"{head}: by the pace of this sweep's runs so far, every run finishes inside it"
 
 
 def _record(run_dir: Path) -> dict:
@@ -451,9 +504,10 @@ def print_summary(jobs: list[dict], same_as: list[int], started: str, command: s
     roots = sorted({job["results_root"] for job in jobs})
     run_dirs = [job["run_dir"] for i, job in enumerate(jobs) if same_as[i] == i]
     refused = _refusals(started)
-    final = [run_state(Path(d)) for d in run_dirs]  # a run that finished is done, whatever its job
-    final = [refused[d][0] if d in refused and s not in COMPLETE else s
-             for d, s in zip(run_dirs, final)]
+    final = [run_state(Path(d)) for d in run_dirs]
+    # a refused job trained nothing; a cluster job that ended after its run finished did its work
+    final = [refused[d][0] if d in refused and (refused[d][0] == "refused" or s not in COMPLETE)
+             else s for d, s in zip(run_dirs, final)]
     for root in roots:
         rows = write_tables(Path(root))
         print(f"\nresults under {root} (results.csv, results.md):\n{format_table(rows)}",

@@ -54,6 +54,20 @@ def number(value, digits: int = 4) -> str:
     return "" if value is None or math.isnan(value) else f"{value:.{digits}f}"
 
 
+def parse_time(text: str) -> float:
+    """Seconds of '90s', '8m', '1h30m' or '2h' (a bare number: minutes); ValueError if none."""
+    import re
+
+    m = re.fullmatch(r"(?:(\d+(?:\.\d+)?)h)?(?:(\d+(?:\.\d+)?)m)?(?:(\d+(?:\.\d+)?)s)?",
+                     text.strip())
+    if text.strip().replace(".", "", 1).isdigit():
+        return float(text) * 60
+    if not text.strip() or not m:
+        raise ValueError(text)
+    h, mins, s = (float(x or 0) for x in m.groups())
+    return h * 3600 + mins * 60 + s
+
+
 def fmt_time(seconds: float) -> str:
     """'4m05s', '1h12m': a duration for people ('?' when unknown)."""
     if not math.isfinite(seconds):

@@ -3,17 +3,20 @@
 #   machine.txt    the GPU, driver, CPU, Python, torch, Lightning, Hydra and resdepth versions
 #   tests.log      the CUDA tests: the CUDA-graph step against eager training (step by step and end to end) and
 #                  the augmentation on the GPU (they skip on a machine without one)
-#   bench.json     resdepth bench: ms per step of our path, a minimal loop and the usual DataLoader pipeline, for
-#                  ResNet-20/56/110, our path again with logger=csv attached, and 1, 2 and 4 runs at once;
-#                  bench.log what it printed
-#   runs/          the paper's sweep at 1/16 of its iterations (experiment=sixteenth, 10 nets x 4000 iterations),
-#                  with runs/figures/ (Figure 6, Figure 7, error vs depth, Table 6, report.md); sweep.log
-# Usage: scripts/gpu-check.sh DEST [RESDEPTH_OVERRIDES ...]   (make gpu-check DEST=folder picks the dataset)
-# Each step goes on when an earlier one fails; the exit status is 1 if any failed.
+#   bench.json     a short resdepth bench: ms per step of our path for ResNet-20/56/110 with the paper's BN over
+#                  64 images, and the projected paper sweep; bench.log what it printed
+#   paper/         the paper's full schedule (experiment=paper: 10 nets x 64,000 iterations), advanced within
+#                  BUDGET (default 8m) and resumed there by the next call: ResNet and plain at depths 20 and 56
+#                  first, then 32 and 44, then 110; sweep.log. Then `resdepth results` (what is done, what is
+#                  left) and paper/figures/ (Figure 6, Figure 7, error vs depth, Table 6, report.md)
+# Usage: BUDGET=8m scripts/gpu-check.sh DEST [RESDEPTH_OVERRIDES ...]
+#        (make gpu-check DEST=folder [BUDGET=8m] picks the dataset)
+# Each step goes on when an earlier one fails; the exit status is 1 if any failed (a spent budget is no failure).
 set -u -o pipefail
 DEST=${1:?usage: scripts/gpu-check.sh DEST [overrides...]}; shift
 OVERRIDES=("$@")  # for the sweep: the dataset (make gpu-check picks it) and anything else
 PY=${PY:-python3}
+BUDGET=${BUDGET:-8m}
 export PYTHONUNBUFFERED=1 MPLBACKEND=Agg
 mkdir -p "$DEST" || exit 1
 if ! $PY -c "import torch, sys; sys.exit(not torch.cuda.is_available())"; then
@@ -33,9 +36,22 @@ print('python', sys.version.split()[0], '| torch', torch.__version__, '| CUDA', 
       '| pytorch_lightning', pl.__version__, '| hydra', hydra.__version__, '| resdepth', code_version())"
 }
 cuda_tests() { $PY -m pytest -q -p no:cacheprovider tests/test_system.py tests/test_data.py -k "cuda or graph or whole"; }
-bench() { resdepth bench --data "$BENCH_DATA" --logger csv --out "$DEST/bench.json"; }
-sweep() { resdepth sweep experiment=sixteenth "${OVERRIDES[@]}" results_root="$DEST/runs"; }
-figures() { resdepth plot "$DEST/runs"; }
+bench() { resdepth bench --data "$BENCH_DATA" --pipelines ours --bn-batch 64 --concurrent 0 --out "$DEST/bench.json"; }
+campaign() {  # each group gets what is left of BUDGET; a spent limit stops its runs at a checkpoint (exit 143)
+  local budget end rc
+  budget=$($PY -c "from resdepth.tables import parse_time; print(int(parse_time('$BUDGET')))" 2>/dev/null) \
+    || { echo "gpu-check: BUDGET=$BUDGET: a duration such as 90s, 8m or 1h30m" >&2; return 1; }
+  end=$((SECONDS + budget))
+  for depths in 20,56 32,44 110; do
+    if [ $((end - SECONDS)) -lt 60 ]; then echo "gpu-check: BUDGET=$BUDGET is spent; depths $depths wait for the next call"; continue; fi
+    resdepth sweep experiment=paper "${OVERRIDES[@]}" "model.depth=$depths" results_root="$DEST/paper" \
+      --time-limit "$((end - SECONDS))s"
+    rc=$?; [ $rc = 0 ] || [ $rc = 143 ] || return $rc
+  done
+  echo "gpu-check: the paper's schedule so far (the same command goes on from here):"
+  resdepth results "$DEST/paper"
+}
+figures() { resdepth plot "$DEST/paper"; }
 
 failed=()
 step() {  # step NAME FUNCTION [LOG]: run it (its output also into DEST/LOG), say how it ended
@@ -47,9 +63,9 @@ step() {  # step NAME FUNCTION [LOG]: run it (its output also into DEST/LOG), sa
 step machine machine machine.txt
 step "CUDA tests" cuda_tests tests.log
 step bench bench bench.log
-step "sweep, 1/16 of the paper's iterations" sweep sweep.log
+step "the paper's schedule, within BUDGET=$BUDGET" campaign sweep.log
 step figures figures
 if [ ${#failed[@]} -gt 0 ]; then
   echo "gpu-check: failed: ${failed[*]} (outputs so far in $DEST)"; exit 1
 fi
-echo "gpu-check: done; outputs in $DEST (machine.txt, tests.log, bench.json, runs/, runs/figures/)"
+echo "gpu-check: done; outputs in $DEST (machine.txt, tests.log, bench.json, paper/, paper/figures/)"

@@ -244,21 +244,26 @@ def test_a_slow_run_says_its_pace_before_its_first_record(tmp_path, capsys):
     recorder = Recorder(tmp_path, cfg, {})
     recorder.progress, recorder.live = True, False  # as in a log file
     recorder.on_train_start(SimpleNamespace(global_step=0), None)
-    recorder.on_train_batch_end(SimpleNamespace(global_step=5), None, None, None, 4)
+
+    def at(step):  # the trainer at an iteration, as the hook sees it
+        recorder.on_train_batch_end(SimpleNamespace(global_step=step, received_sigterm=False),
+                                    None, None, None, step - 1)
+
+    at(5)
     assert capsys.readouterr().out == ""  # too early to say
     recorder.t0 -= PACE_AFTER_S + 10  # as if 40 s had passed by iteration 20: 0.5 it/s
-    recorder.on_train_batch_end(SimpleNamespace(global_step=20), None, None, None, 19)
+    at(20)
     line = capsys.readouterr().out
     # 20 iterations in 40 s: 0.50 it/s, so 980 iterations (32m40s) to the first record and 63,980
     # (35h32m) in all
     assert re.fullmatch(r"  \[plain-56 seed 0\] it     20/64000  0\.50 it/s: "
                         r"first record at it 1000 in about "
                         r"32m[34]\ds, the run needs about 35h3[12]m more\n", line), line
-    recorder.on_train_batch_end(SimpleNamespace(global_step=21), None, None, None, 20)
+    at(21)
     assert capsys.readouterr().out == ""  # once
     # a terminal
     recorder.paced, recorder.live, recorder.last_draw = False, True, time.perf_counter()
-    recorder.on_train_batch_end(SimpleNamespace(global_step=22), None, None, None, 21)
+    at(22)
     assert capsys.readouterr().out == ""  # its live line shows the pace instead
 
 

@@ -508,3 +508,52 @@ def test_parallel_workers_stop_when_the_sweep_is_killed(tmp_path):
     time.sleep(3)
     # nobody trains them any more
     assert [json.loads((d / "result.json").read_text())["steps"] for d in run_dirs] == steps
+
+
+def test_a_time_limit_stops_the_sweep_at_a_checkpoint_and_says_what_goes_on(tmp_path):
+    args = ["experiment=smoke", "model.depth=8", "trainer.max_steps=100000",
+            "trainer.eval_every=1000", f"results_root={tmp_path}"]
+    proc = run_cli("sweep", *args, "--time-limit", "25s")
+    assert proc.returncode == 143, proc.stdout[-3000:] + proc.stderr[-3000:]  # as for SIGTERM
+    assert proc.stderr.splitlines()[-1] == (
+        f"resdepth: the sweep's time limit (0m25s) is spent: the runs above stopped at a "
+        f"checkpoint or did not start; `resdepth sweep {' '.join(args)} --time-limit 25s` goes on "
+        f"from there")
+    plain, residual = (Path(compose([*args, f"model.block={b}"])["run_dir"])
+                       for b in ("plain", "residual"))
+    stopped = re.search(r"\[plain-8 seed 0\] stopped at iteration (\d+), its checkpoint: the "
+                        r"sweep's time limit is spent", proc.stdout)
+    if stopped:  # on a machine slow enough, its start-up alone can spend 25 s
+        assert checkpoint_step(plain / "last.ckpt") == int(stopped.group(1)) > 0
+    else:
+        assert "[plain-8 seed 0] not started: the sweep's time limit is spent" in proc.stdout
+    # the limit was spent: the next run does not start, and leaves no folder
+    assert "[ResNet-8 seed 0] not started: the sweep's time limit is spent" in proc.stdout
+    assert not residual.exists()
+    assert json.loads((tmp_path / "sweep.json").read_text())["command"].endswith("25s")
+
+
+def test_a_time_limit_plan_says_which_runs_finish_inside_it_by_their_pace(tmp_path):
+    args = ["experiment=smoke", "trainer.max_steps=1000", f"results_root={tmp_path}"]
+    dirs = {(b, d): Path(compose([*args, f"model.block={b}", f"model.depth={d}"])["run_dir"])
+            for b in ("plain", "residual") for d in (14, 8)}
+    records = {("plain", 14): {"status": "done", "steps": 1000, "wall_time_s": 1000.0},
+               ("residual", 14): {"status": "running", "steps": 100, "wall_time_s": 100.0}}
+    for key, record in records.items():
+        dirs[key].mkdir(parents=True)
+        write_json(dirs[key] / "result.json", record)
+    proc = run_cli("sweep", "--plan", *args, "--time-limit", "20m")
+    assert proc.returncode == 0, proc.stderr
+    # run 2 needs 900 s at its 1 s/it; run 3 has no pace: the median per layer of runs 1 and 2,
+    # 1/14 s/it, makes 8/14 s/it for a net of 8 layers, so the 300 s left reach iteration 525
+    assert ("note: time limit 20m00s: by the pace of this sweep's runs so far, run 2 finishes "
+            "inside it, and run 3 reaches about iteration 525 of 1000; the rest waits for the next "
+            "call of the same command") in proc.stdout
+    assert "every run finishes inside it" in run_cli("sweep", "--plan", *args, "--time-limit",
+                                                     "2h").stdout
+    assert not (tmp_path / "sweep.json").exists()
+    for bad in ("0", "8x", "-1m"):
+        proc = run_cli("sweep", "--plan", *args, "--time-limit", bad)
+        assert proc.returncode == 2 and proc.stderr == (
+            f"resdepth: error: --time-limit '{bad}': a duration such as 90s, 8m or 1h30m (a bare "
+            f"number is minutes), more than 0\n")

@@ -39,8 +39,11 @@ class Recorder(pl.Callback):
     """Every eval_every iterations a record: a metrics.csv row, the same to the run's logger,
     result.json and a progress line; every checkpoint_every last.ckpt. Stops a diverged run."""
 
-    def __init__(self, run_dir: Path, cfg: dict, result: dict, logger=None) -> None:
+    def __init__(self, run_dir: Path, cfg: dict, result: dict, logger=None,
+                 deadline: float | None = None) -> None:
         self.run_dir, self.cfg, self.result, self.logger = run_dir, cfg, result, logger
+        self.deadline = deadline  # time.time() at which the sweep's time limit is spent
+        self.out_of_time = None  # the iteration the run stopped at for the time limit
         t = cfg["trainer"]
         self.max_steps, self.eval_every = t["max_steps"], t["eval_every"]
         self.checkpoint_every = t["checkpoint_every"] or t["eval_every"]
@@ -82,7 +85,9 @@ class Recorder(pl.Callback):
                 return
         # A stop that waits for this iteration's end (SIGTERM under a launcher that lets the run
         # finish its step, a SLURM job's time-limit signal) checkpoints here, whatever the interval.
-        stopping = self.stop is not None or trainer.received_sigterm
+        if self.deadline is not None and step < self.max_steps and time.time() >= self.deadline:
+            self.out_of_time, trainer.should_stop = step, True  # fit ends after this iteration
+        stopping = self.stop is not None or trainer.received_sigterm or self.out_of_time is not None
         if step % self.checkpoint_every == 0 or step >= self.max_steps or stopping:
             # Not ModelCheckpoint: an atomic rename beside the target, so a kill mid-write keeps
             # the last checkpoint (Lightning's save moves a $TMPDIR copy, in place across disks).

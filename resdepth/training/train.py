@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 import signal
 import sys
@@ -45,6 +46,25 @@ class Interrupted(KeyboardInterrupt):
     def __init__(self, exit_code: int = 130, announced: bool = True) -> None:
         super().__init__(exit_code)
         self.exit_code, self.announced = exit_code, announced
+
+
+class OutOfTime(Interrupted):
+    """The sweep's time limit (`resdepth sweep --time-limit`) stopped a run at a checkpoint, or
+    came before it started; exit 143, as for SIGTERM."""
+
+    def __init__(self, step: int | None) -> None:
+        super().__init__(143, announced=True)
+        self.step = step  # None: not started
+
+
+DEADLINE_ENV = "RESDEPTH_DEADLINE"  # time.time() at which the sweep's time limit is spent
+
+
+def deadline() -> float | None:
+    try:
+        return float(os.environ[DEADLINE_ENV])
+    except (KeyError, ValueError):
+        return None
 
 
 STOP_SIGNALS = {signal.SIGTERM: "SIGTERM", signal.SIGHUP: "SIGHUP"}
@@ -113,6 +133,9 @@ def train(cfg: DictConfig | dict) -> dict:
     if done:
         print(f"[{label(cfg)}] done, skipped ({run_dir}: {done['status']})", flush=True)
         return done
+    if (deadline() or math.inf) <= time.time():
+        print(f"[{label(cfg)}] not started: the sweep's time limit is spent", flush=True)
+        raise OutOfTime(None)
     run_dir.mkdir(parents=True, exist_ok=True)
     lock = rundir.lock_run(run_dir)
     gpu, gpu_lock = claim(cfg["trainer"])  # parallel jobs on a machine with several GPUs
@@ -235,7 +258,7 @@ def _run(cfg: dict, run_dir: Path, gpu: int | None) -> dict:
     logger = RunLogger(cfg, run_dir, resume_step) if cfg.get("logger") else None
     trainer_kwargs["logger"] = logger.logger if logger else False
     result = _start(cfg, run_dir, data, system, trainer_kwargs, gpu, resume_step)
-    recorder = Recorder(run_dir, cfg, result, logger)
+    recorder = Recorder(run_dir, cfg, result, logger, deadline())
     trainer = pl.Trainer(**trainer_kwargs, callbacks=[recorder], default_root_dir=str(run_dir))
     t0 = time.perf_counter()
     try:
@@ -244,6 +267,10 @@ def _run(cfg: dict, run_dir: Path, gpu: int | None) -> dict:
     finally:
         if logger:
             logger.close()
+    if recorder.out_of_time is not None:
+        print(f"[{label(cfg)}] stopped at iteration {recorder.out_of_time}, its checkpoint: the "
+              f"sweep's time limit is spent; the same command resumes it", flush=True)
+        raise OutOfTime(recorder.out_of_time)
     if result["status"] != "diverged":
         accelerator = trainer_kwargs["accelerator"]
         system.to(torch.device("cuda", gpu or 0) if accelerator == "gpu" else torch.device("cpu"))
