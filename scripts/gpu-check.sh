@@ -43,7 +43,7 @@ campaign() {  # each group gets what is left of BUDGET; a spent limit stops its 
     || { echo "gpu-check: BUDGET=$BUDGET: a duration such as 90s, 8m or 1h30m" >&2; return 1; }
   end=$((SECONDS + budget))
   for depths in 20,56 32,44 110; do
-    if [ $((end - SECONDS)) -lt 60 ]; then echo "gpu-check: BUDGET=$BUDGET is spent; depths $depths wait for the next call"; continue; fi
+    if [ $((end - SECONDS)) -lt 30 ]; then echo "gpu-check: BUDGET=$BUDGET is spent; depths $depths wait for the next call"; continue; fi
     resdepth sweep experiment=paper "${OVERRIDES[@]}" "model.depth=$depths" results_root="$DEST/paper" \
       --time-limit "$((end - SECONDS))s"
     rc=$?; [ $rc = 0 ] || [ $rc = 143 ] || return $rc
