@@ -27,7 +27,7 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/python -m pip install -q -e '.[dev]' --config-settings editable_mode=compat
 	touch $@
 
-test: $(VENV)/.installed  ## run the test suite (about 24 minutes on 2 CPU cores)
+test: $(VENV)/.installed  ## run the test suite (about 20-24 minutes on 2 CPU cores)
 	$(BIN)/python -m pytest -q
 
 reproduce: $(VENV)/.installed  ## the paper's sweep (5 depths x plain/residual, 64k iterations), its table and figures

@@ -107,7 +107,7 @@ def test_changing_an_axis_from_the_shell(smoke_sweep, tmp_path):
     ("model.block=plain,foo", "Invalid value 'foo', expected one of [plain, residual]"),
     ("optim.momentum=0.9,1.5", "optim.momentum=1.5 must be in [0, 1)"),
     ("model.depth=[", "no viable alternative at input '['"),
-    ("--cfg", "resdepth sweep takes KEY=VALUE overrides and --plan only, not '--cfg'"),
+    ("--cfg", "sweep takes KEY=VALUE overrides, --plan and --time-limit only, not '--cfg'"),
 ])
 def test_bad_grid_is_refused_before_anything_runs(tmp_path, axis, message):
     proc = run_cli("sweep", "experiment=smoke", f"results_root={tmp_path}", axis)
@@ -131,7 +131,7 @@ def test_sweep_plan_checks_and_prints_without_writing(tmp_path):
 def test_sweep_help_shows_its_usage():
     proc = run_cli("sweep", "--help")
     assert proc.returncode == 0 and proc.stdout.startswith(
-        "usage: resdepth sweep [--plan] [KEY=VALUE ...]")
+        "usage: resdepth sweep [--plan] [--time-limit 8m] [KEY=VALUE ...]")
     assert "resdepth sweep model.depth=20,56 seed=0,1,2" in proc.stdout and not proc.stderr
 
 
