@@ -9,6 +9,7 @@ The driver prints a line when the jobs' states change; Ctrl-C says the jobs keep
 from __future__ import annotations
 
 import logging
+import math
 import os
 import re
 import shlex
@@ -61,7 +62,7 @@ def launch(launcher, job_overrides, initial_job_idx: int) -> list[JobReturn]:
           f"{_arrays(jobs)}` lists them, `resdepth results {shlex.quote(str(root))}` tables what "
           f"they have trained", flush=True)
     try:
-        ended = wait(jobs, plan)
+        ended = wait(jobs)
     except KeyboardInterrupt:
         raise _stopped(jobs, plan) from None
     returns = dict(skip)
@@ -119,16 +120,16 @@ def _submit(launcher, job_overrides, nums: list[int]) -> list:
     return executor.map_array(launcher, *zip(*job_params))
 
 
-def wait(jobs: list, plan: list[dict], sleep=time.sleep) -> dict[int, tuple[str, str]]:
+def wait(jobs: list) -> dict[int, tuple[str, str]]:
     """Until every job has written its result or left SLURM's queue without one; return, for each
     job that did not write one, (state, one-line error)."""
     pending, ended, gone = dict(enumerate(jobs)), {}, {}
-    start = last_poll = time.monotonic()
+    start, last_poll = time.monotonic(), -math.inf
     last_line, last_print, states = "", 0.0, {}
     while pending:
         now = time.monotonic()
         # squeue: every 2 s at first, then a tenth of the time waited so far, at most every 30 s
-        if now - last_poll >= min(30.0, max(2.0, (now - start) / 10)) or not states:
+        if now - last_poll >= min(30.0, max(2.0, (now - start) / 10)):
             states, last_poll = queue_states({_array(j) for j in pending.values()}), now
             for i, job in list(pending.items()):
                 state = states.get(job.job_id, ("", ""))[0] if states is not None else "?"
@@ -145,7 +146,7 @@ def wait(jobs: list, plan: list[dict], sleep=time.sleep) -> dict[int, tuple[str,
             print(f"slurm: {line}" + (f"; runs: {progress}" if progress else ""), flush=True)
             last_line, last_print = line, now
         if pending:
-            sleep(1.0)
+            time.sleep(1.0)
     return ended
 
 

@@ -108,8 +108,8 @@ def run_state(run_dir: Path) -> str:
 
 def _steps(run_dir: Path) -> int:
     try:
-        return int(read_json(run_dir / "result.json").get("steps") or 0)
-    except (OSError, ValueError):
+        return int(_record(run_dir).get("steps") or 0)
+    except ValueError:
         return 0
 
 
@@ -342,6 +342,7 @@ def budget_note(jobs: list[dict], same_as: list[int], limit_s: float) -> str:
 
 
 def _record(run_dir: Path) -> dict:
+    """A run's result.json, or {} where there is none, or none that can be read."""
     try:
         record = read_json(run_dir / "result.json")
     except (OSError, ValueError):
@@ -544,8 +545,5 @@ def _at(run_dir: Path, max_steps: int) -> str:
 
 def _error(run_dir: Path) -> str:
     """': <the error result.json records>' for a failed run, else ''."""
-    try:
-        error = read_json(run_dir / "result.json").get("error")
-    except (OSError, ValueError, AttributeError):
-        return ""
+    error = _record(run_dir).get("error")
     return f": {error}" if error else ""

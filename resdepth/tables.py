@@ -6,6 +6,9 @@ from __future__ import annotations
 import csv
 import io
 import math
+import re
+
+NUMBER = r"\d+(?:\.\d+)?"  # of a duration's part: 8, 1.5
 
 
 def markdown(head: list[str], body: list[list[str]]) -> str:
@@ -56,13 +59,11 @@ def number(value, digits: int = 4) -> str:
 
 def parse_time(text: str) -> float:
     """Seconds of '90s', '8m', '1h30m' or '2h' (a bare number: minutes); ValueError if none."""
-    import re
-
-    m = re.fullmatch(r"(?:(\d+(?:\.\d+)?)h)?(?:(\d+(?:\.\d+)?)m)?(?:(\d+(?:\.\d+)?)s)?",
-                     text.strip())
-    if text.strip().replace(".", "", 1).isdigit():
+    text = text.strip()
+    if text.replace(".", "", 1).isdigit():
         return float(text) * 60
-    if not text.strip() or not m:
+    m = re.fullmatch(rf"(?:({NUMBER})h)?(?:({NUMBER})m)?(?:({NUMBER})s)?", text)
+    if not text or not m:
         raise ValueError(text)
     h, mins, s = (float(x or 0) for x in m.groups())
     return h * 3600 + mins * 60 + s

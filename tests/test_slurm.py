@@ -6,6 +6,7 @@ cluster; CI does) and the shared /tmp a single node has; without them they skip,
 """
 
 import json
+import os
 import re
 import shutil
 import signal
@@ -61,7 +62,7 @@ def _sweep(args: list[str]) -> subprocess.Popen:
     """`resdepth sweep ARGS` in the background, as a user would leave it running."""
     return subprocess.Popen([sys.executable, "-m", "resdepth.cli", "sweep", *args], cwd=REPO,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**__import__("os").environ, "PYTHONUNBUFFERED": "1"})
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
 
 
 def _jobs(root: Path) -> list[str]:
