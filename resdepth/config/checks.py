@@ -13,6 +13,22 @@ from .identity import warms_up
 from .schema import AUTO_BOOL, Config, choice
 
 
+AUTO_PACK = 8  # trainer.pack=auto on a CUDA GPU: at most this many runs in one wide net
+
+
+def pack_size(trainer: dict, accelerator: str = "cpu") -> int:
+    """The most runs trainer.pack lets a sweep train as one net on `accelerator`; ValueError."""
+    value = str(trainer.get("pack", "auto")).lower()
+    if value == "auto":  # measured on a CPU: a pack is 1.03-1.24x slower there (docs/sweeps.md)
+        return AUTO_PACK if accelerator == "gpu" else 1
+    if value in ("off", "false", "1"):
+        return 1
+    if value.isdigit() and 1 <= int(value) <= 64:
+        return int(value)
+    raise ValueError(f"trainer.pack={trainer.get('pack')!r} is not one of auto, off or a number "
+                     f"of runs from 1 to 64")
+
+
 def validate(cfg: dict) -> None:
     """A one-line ValueError for what Hydra's schema cannot check: ranges, choices, the depth."""
     from ..data import check_kind  # data loads Lightning, models torch: only when a config is
@@ -24,6 +40,7 @@ def validate(cfg: dict) -> None:
     check_bn_batch(cfg["optim"]["bn_batch"], cfg["optim"]["batch_size"])
     warms_up(cfg["optim"], cfg["model"]["depth"])
     choice("trainer.cuda_graph", cfg["trainer"]["cuda_graph"], AUTO_BOOL)
+    pack_size(cfg["trainer"])
     if not 0 <= cfg["seed"] < 2**32:  # what numpy and Lightning accept; their error names no key
         raise ValueError(f"seed={cfg['seed']} must be in [0, {2**32 - 1}]")
     for key, value, ok, allowed in _ranges(cfg):

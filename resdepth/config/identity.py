@@ -14,7 +14,8 @@ from .schema import AUTO_BOOL, choice
 # change the last bits of the arithmetic, so result.json's segments record it.)
 NON_SEMANTIC = ("results_root", "run_dir", "experiment_name", "trainer.progress",
                 "trainer.checkpoint_every", "trainer.cuda_graph", "trainer.eval_batch_size",
-                "trainer.threads", "data.cache_dir", "data.download", "data.root", "logger")
+                "trainer.threads", "trainer.pack", "data.cache_dir", "data.download", "data.root",
+                "logger")
 
 # How a run directory keeps its name when settings are added:
 # 1. A setting added after runs exist is hashed only where it differs from LEGACY, the value that
@@ -31,7 +32,8 @@ LEGACY = {
     "data.pad": 4,
 }
 # Added later; no result depends on them (trainer.threads: result.json's segments record it).
-LATER_DEFAULTS = {"trainer.eval_batch_size": 1000, "trainer.threads": 1}
+LATER_DEFAULTS = {"trainer.eval_batch_size": 1000, "trainer.threads": 1,
+                  "trainer.pack": "auto"}
 
 
 def fill_legacy(cfg: dict) -> dict:

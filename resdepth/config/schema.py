@@ -101,6 +101,7 @@ class TrainerConfig:
     progress: bool = MISSING
     eval_batch_size: int = MISSING  # images per evaluation forward pass (memory, not results)
     threads: int = MISSING  # CPU threads a run computes with (0: all cores); recorded, not hashed
+    pack: str = MISSING  # auto | off | K: a sweep trains up to K compatible runs as one wide net
 
 
 @dataclass

@@ -61,7 +61,13 @@ class Recorder(pl.Callback):
         self.t0 = time.perf_counter()
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
-        step = trainer.global_step
+        if self.iteration_end(trainer, pl_module, trainer.global_step):
+            trainer.should_stop = True  # diverged
+
+    def iteration_end(self, trainer, run, step: int, save=None, stopping: bool = False) -> bool:
+        """After iteration `step`: the record, the checkpoint (`save(path)`, default the
+        trainer's), the stops. `run` gives take_record() and the warm-up; True once it diverged.
+        `stopping`: a stop of the whole pack this run trains in, which checkpoints here too."""
         if self.live:  # a terminal: the live line shows the pace
             if time.perf_counter() - self.last_draw > 1.0:
                 self._draw(step)
@@ -70,33 +76,34 @@ class Recorder(pl.Callback):
         if step % self.eval_every == 0 or step >= self.max_steps:
             # Evaluated here, not in Lightning's validation loop: that runs after this hook (which
             # writes the row, then its checkpoint) and skips a last iteration off its grid.
-            row = pl_module.take_record()
+            row = run.take_record()
             append_metrics(self.run_dir / "metrics.csv", row)
             if self.logger:
                 self.logger.send(row)
             # where the warm-up ended is known from then on, also to a run that never finishes
-            self.result.update(warmup_ended_at=pl_module.warmup_steps or None,
-                               warmup_ended_by=pl_module.warmup_ended_by)
+            self.result.update(warmup_ended_at=run.warmup_steps or None,
+                               warmup_ended_by=run.warmup_ended_by)
             self._update_result(row)
             if self.progress:
                 self._print(step, row)
             if row["diverged_at"] is not None:
-                trainer.should_stop = True
-                return
+                return True
         # A stop that waits for this iteration's end (SIGTERM under a launcher that lets the run
         # finish its step, a SLURM job's time-limit signal) checkpoints here, whatever the interval.
         if self.deadline is not None and step < self.max_steps and time.time() >= self.deadline:
             self.out_of_time, trainer.should_stop = step, True  # fit ends after this iteration
-        stopping = self.stop is not None or trainer.received_sigterm or self.out_of_time is not None
+        stopping = (stopping or self.stop is not None or trainer.received_sigterm
+                    or self.out_of_time is not None)
         if step % self.checkpoint_every == 0 or step >= self.max_steps or stopping:
             # Not ModelCheckpoint: an atomic rename beside the target, so a kill mid-write keeps
             # the last checkpoint (Lightning's save moves a $TMPDIR copy, in place across disks).
             if self.checkpoint_step != step:
-                atomic_write(self.run_dir / "last.ckpt", trainer.save_checkpoint)
+                atomic_write(self.run_dir / "last.ckpt", save or trainer.save_checkpoint)
                 self.checkpoint_step = step
         if self.stop is not None:
             stop, self.stop = self.stop, None
             stop(step)
+        return False
 
     def _update_result(self, row: dict) -> None:
         r = self.result
@@ -190,6 +197,85 @@ def run_log(path: Path):
     with open(path, "a") as log:
         out, err = sys.stdout, sys.stderr
         sys.stdout, sys.stderr = _Tee(out, log), _Tee(err, log)
+        try:
+            yield
+        finally:
+            sys.stdout, sys.stderr = out, err
+
+
+class PackRecorder(pl.Callback):
+    """The Recorders of a pack's runs: each writes its own run's records and last.ckpt (the solo
+    format); a diverged run stops recording while the others train on; a stop of the pack
+    (SIGTERM, the time limit, a SLURM signal) checkpoints every run at the same iteration."""
+
+    def __init__(self, recorders: list[Recorder], members: list) -> None:
+        self.recorders, self.members = recorders, members
+        self.ended = [False] * len(recorders)  # diverged
+        self.stop = None  # as Recorder.stop, for the whole pack
+        for r in recorders:
+            r.live = False  # whole lines: K runs cannot share one redrawn line
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        for r in self.recorders:
+            r.on_train_start(trainer, pl_module)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
+        step, stopping = trainer.global_step, self.stop is not None
+        for k, (r, member) in enumerate(zip(self.recorders, self.members)):
+            if not self.ended[k]:
+                def save(path, k=k):
+                    torch.save(pl_module.member_checkpoint(k, trainer), path)
+
+                self.ended[k] = r.iteration_end(trainer, member, step, save, stopping)
+        if all(self.ended):
+            trainer.should_stop = True
+        if self.stop is not None:
+            stop, self.stop = self.stop, None
+            stop(step)
+
+    @property
+    def out_of_time(self) -> int | None:
+        return next((r.out_of_time for r in self.recorders if r.out_of_time is not None), None)
+
+
+class _PackTee(io.TextIOBase):
+    """Writes to the console, and each whole line to the logs of the runs it names ([label]),
+    or to all of them when it names none."""
+
+    def __init__(self, console, logs: dict) -> None:
+        self.console, self.logs, self.pending = console, logs, ""
+
+    def write(self, text: str) -> int:
+        self.console.write(text)
+        if text.startswith("\r"):
+            return len(text)
+        self.pending += text
+        while "\n" in self.pending:
+            line, self.pending = self.pending.split("\n", 1)
+            named = [log for name, log in self.logs.items() if f"[{name}]" in line]
+            for log in named or self.logs.values():
+                log.write(line + "\n")
+                log.flush()
+        return len(text)
+
+    def flush(self) -> None:
+        self.console.flush()
+
+    def isatty(self) -> bool:
+        return self.console.isatty()
+
+    def fileno(self) -> int:
+        return self.console.fileno()
+
+
+@contextlib.contextmanager
+def pack_log(cfgs: list[dict]):
+    """run_log for a pack: each run's resdepth.log gets its own lines and the pack's."""
+    with contextlib.ExitStack() as stack:
+        logs = {label(c): stack.enter_context(open(Path(c["run_dir"]) / "resdepth.log", "a"))
+                for c in cfgs}
+        out, err = sys.stdout, sys.stderr
+        sys.stdout, sys.stderr = _PackTee(out, logs), _PackTee(err, logs)
         try:
             yield
         finally:

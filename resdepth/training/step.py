@@ -8,6 +8,11 @@ import torch.nn.functional as F
 GRAPH_WARMUP = 3  # eager iterations (real ones) before the capture: cuDNN autotuning, lazy init
 
 
+def top1_error(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """The fraction of the batch the net gets wrong."""
+    return (logits.argmax(1) != y).float().mean()
+
+
 class WholeStep:
     """One training iteration: `backward(x, y)` computes the gradients; a call also steps.
 
@@ -19,8 +24,11 @@ class WholeStep:
     may set the gradients to None between calls.
     """
 
-    def __init__(self, forward, optimizer: torch.optim.Optimizer, bf16: bool) -> None:
+    def __init__(self, forward, optimizer: torch.optim.Optimizer, bf16: bool,
+                 loss=F.cross_entropy, error=top1_error) -> None:
+        """`loss`, `error`: of (logits, labels); a packed net's return one value per net."""
         self.forward, self.optimizer, self.bf16 = forward, optimizer, bf16
+        self.loss, self.error = loss, error
         self.graph: torch.cuda.CUDAGraph | None = None
         self.eager_steps = 0
         self.static: tuple[torch.Tensor, ...] = ()
@@ -30,10 +38,11 @@ class WholeStep:
         with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=self.bf16,
                             cache_enabled=False):
             logits = self.forward(x)
-            loss = F.cross_entropy(logits, y)
-        loss.backward()
+            loss = self.loss(logits, y)
+        # a pack's losses summed: each net's gradient is its own loss's (d sum / d loss_k = 1)
+        (loss.sum() if loss.dim() else loss).backward()
         with torch.no_grad():
-            return loss.detach().float(), (logits.argmax(1) != y).float().mean()
+            return loss.detach().float(), self.error(logits, y)
 
     def backward(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(loss, error as a fraction) of the batch; its gradients are in the parameters' .grad."""

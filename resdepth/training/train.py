@@ -26,9 +26,10 @@ from .device import check, claim, device_name, resolve_device, set_threads, use_
 from .load import model_file
 from ..models import count_parameters
 from .loggers import RunLogger
-from .records import CheckpointIO, Recorder, label, run_log
+from .records import CheckpointIO, PackRecorder, Recorder, label, pack_log, run_log
 from ..tables import fmt_time, plural, where
 from ..rundir import RunBusy, RunConflict  # noqa: F401 (the CLI and sweep catch them from here)
+from .pack import Member, PackData, PackSystem
 from .system import System
 
 
@@ -159,17 +160,22 @@ def quiet_lightning() -> None:
     warnings.filterwarnings("ignore", message="The `srun` command is available")
 
 
-def build(cfg: dict, gpu: int | None = None) -> tuple[DataModule, System, dict]:
+def build(cfg: dict, gpu: int | None = None,
+          pack: list[dict] | None = None) -> tuple[DataModule, System | PackSystem, dict]:
     """The data, the LightningModule and the Trainer arguments of a run (train and bench).
 
-    `gpu`: which CUDA device, where there are several (default: the first).
+    `gpu`: which CUDA device, where there are several (default: the first). `pack`: the runs
+    (pack_key equal, cfg among them) to train as one PackSystem.
     """
     quiet_lightning()
     set_threads(cfg["trainer"])
     accelerator, precision = resolve_device(cfg["trainer"])
     data = DataModule(cfg["data"], batch_size=cfg["optim"]["batch_size"], seed=cfg["seed"]).load()
-    pl.seed_everything(cfg["seed"], workers=False, verbose=False)
-    system = System(cfg, in_channels=data.in_channels, num_classes=data.num_classes)
+    if pack:
+        system = PackSystem(pack, in_channels=data.in_channels, num_classes=data.num_classes)
+    else:
+        pl.seed_everything(cfg["seed"], workers=False, verbose=False)
+        system = System(cfg, in_channels=data.in_channels, num_classes=data.num_classes)
     system.datamodule = data
     system.whole_step = use_cuda_graph(cfg["trainer"], accelerator, precision)
     devices = [gpu] if accelerator == "gpu" and gpu is not None else 1
@@ -263,7 +269,7 @@ def _run(cfg: dict, run_dir: Path, gpu: int | None) -> dict:
     t0 = time.perf_counter()
     try:
         with requeue_after_a_checkpoint(cfg, recorder):
-            _fit(cfg, trainer, system, data, recorder, resume_step)
+            _fit([(cfg, recorder)], trainer, system, data, resume_step)
     finally:
         if logger:
             logger.close()
@@ -284,8 +290,10 @@ def _run(cfg: dict, run_dir: Path, gpu: int | None) -> dict:
 
 
 def _start(cfg: dict, run_dir: Path, data: DataModule, system: System, trainer_kwargs: dict,
-           gpu: int | None, resume_step: int) -> dict:
-    """config.json, metrics.csv cut back to the checkpoint, result.json running; the first line."""
+           gpu: int | None, resume_step: int, extra: dict | None = None) -> dict:
+    """config.json, metrics.csv cut back to the checkpoint, result.json running; the first line.
+
+    `system`: what .net, .whole_step and .warming_up are read from; `extra` adds to result.json."""
     accelerator, precision = trainer_kwargs["accelerator"], trainer_kwargs["precision"]
     chash = config_hash(cfg, without=())
     if not (run_dir / "config.json").exists():
@@ -297,7 +305,7 @@ def _start(cfg: dict, run_dir: Path, data: DataModule, system: System, trainer_k
         "accelerator": accelerator, "precision": precision, "threads": torch.get_num_threads(),
         "cuda_graph": system.whole_step,
         "classes": data.num_classes, "train_images": len(data.train),
-        "warmup": system.warming_up})
+        "warmup": system.warming_up, **(extra or {})})
     _announce(cfg, result, resume_step, system.whole_step)
     return result
 
@@ -335,11 +343,11 @@ def _announce(cfg: dict, result: dict, resume_step: int, cuda_graph: bool) -> No
           f"{', CUDA graph' if cuda_graph else ''} -> {result['run_dir']}", flush=True)
 
 
-def _fit(cfg: dict, trainer: pl.Trainer, system: System, data: DataModule, recorder: Recorder,
+def _fit(runs: list[tuple[dict, Recorder]], trainer: pl.Trainer, system, data,
          resume_step: int) -> None:
-    """trainer.fit, resuming from last.ckpt; an interruption says where the run can resume."""
-    run_dir = recorder.run_dir
-    ckpt_path = str(run_dir / "last.ckpt") if resume_step else None
+    """trainer.fit, resuming from (the first) run's last.ckpt; an interruption says where each
+    run can resume."""
+    ckpt_path = str(runs[0][1].run_dir / "last.ckpt") if resume_step else None
     try:
         trainer.fit(system, datamodule=data, ckpt_path=ckpt_path, weights_only=True)
     except (KeyboardInterrupt, SystemExit) as e:  # Lightning turns Ctrl-C into SystemExit(1)
@@ -347,11 +355,14 @@ def _fit(cfg: dict, trainer: pl.Trainer, system: System, data: DataModule, recor
             raise  # a SLURM job requeued by submitit (it said so) exits as submitit wants
         signum = _received[-1] if _received else signal.SIGTERM if isinstance(
             e, SIGTERMException) else None
-        kept = recorder.checkpoint_step if recorder.checkpoint_step is not None else resume_step
-        where = f"its checkpoint is at iteration {kept}" if kept else "no checkpoint yet"
         how = f"stopped by {STOP_SIGNALS[signum]}" if signum else "interrupted"
-        print(f"\n[{label(cfg)}] {how} at iteration {trainer.global_step}; {where}: "
-              f"{resume_hint()}", file=sys.stderr, flush=True)
+        print(file=sys.stderr)
+        for cfg, recorder in runs:
+            kept = (recorder.checkpoint_step if recorder.checkpoint_step is not None
+                    else resume_step)
+            where = f"its checkpoint is at iteration {kept}" if kept else "no checkpoint yet"
+            print(f"[{label(cfg)}] {how} at iteration {trainer.global_step}; {where}: "
+                  f"{resume_hint()}", file=sys.stderr, flush=True)
         raise Interrupted(128 + signum if signum else 130) from None
 
 
@@ -404,3 +415,134 @@ def requeue_after_a_checkpoint(cfg: dict, recorder: Recorder):
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
+
+
+def train_pack(cfgs: list[DictConfig | dict]) -> list:
+    """Train the runs `cfgs` (pack_key equal) together as one wide net: those that start from
+    the same iteration as one pack, each other alone (train). Per run, its result.json, or the
+    error that refused or failed it (as train raises it); Interrupted and OutOfTime are raised."""
+    outcomes: list = [None] * len(cfgs)
+    starts: dict = {}  # the iteration a group starts from -> [(index, cfg)]
+    for i, cfg in enumerate(cfgs):
+        cfg = to_plain(cfg) if isinstance(cfg, DictConfig) else cfg
+        try:
+            validate(cfg)
+            check(cfg["trainer"])
+            cfg = {**cfg, "model": the_net(cfg["model"])}
+            run_dir = Path(cfg["run_dir"])
+            if done := rundir.finished_result(run_dir, semantic_config(cfg)):
+                print(f"[{label(cfg)}] done, skipped ({run_dir}: {done['status']})", flush=True)
+                outcomes[i] = done
+                continue
+            start = checkpoint_step(run_dir / "last.ckpt")
+        except CorruptCheckpoint:
+            start = ("alone", i)  # train() records why it cannot resume
+        except (ValueError, RunConflict) as e:
+            outcomes[i] = e
+            continue
+        starts.setdefault(start, []).append((i, cfg))
+    for start, members in starts.items():
+        if len(members) > 1:
+            members = _locked(members, outcomes)
+        if len(members) > 1:
+            for (i, _, _), outcome in zip(members, _train_packed(members, start)):
+                outcomes[i] = outcome
+        elif members:
+            i, cfg, *lock = members[0]
+            if lock:
+                lock[0].close()
+            outcomes[i] = _outcome(cfg)
+    return outcomes
+
+
+def _outcome(cfg: dict):
+    """train(cfg), or the error that refused or failed the run."""
+    try:
+        return train(cfg)
+    except (ValueError, DatasetError, RunConflict, RunBusy, RunFailed) as e:
+        return e
+
+
+def _locked(members: list, outcomes: list) -> list:
+    """[(index, cfg, lock)] of the runs this process could lock (the others' outcome: RunBusy)."""
+    out = []
+    for i, cfg in members:
+        run_dir = Path(cfg["run_dir"])
+        run_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            out.append((i, cfg, rundir.lock_run(run_dir)))
+        except RunBusy as e:
+            outcomes[i] = e
+    return out
+
+
+def _train_packed(members: list, resume_step: int) -> list:
+    """The outcome of each run of a pack trained from `resume_step`; the locks are released."""
+    cfgs = [cfg for _, cfg, _ in members]
+    gpu_lock = None
+    try:
+        if (deadline() or math.inf) <= time.time():
+            for cfg in cfgs:
+                print(f"[{label(cfg)}] not started: the sweep's time limit is spent", flush=True)
+            raise OutOfTime(None)
+        gpu, gpu_lock = claim(cfgs[0]["trainer"])
+        with pack_log(cfgs), stop_signals(cfgs[0]):
+            try:
+                return _run_pack(cfgs, gpu, resume_step)
+            except (RunFailed, KeyboardInterrupt, SystemExit):
+                raise
+            except Exception as e:  # the pack's failure is each of its runs'
+                return [_pack_failure(cfg, e) for cfg in cfgs]
+    finally:
+        for _, _, lock in members:
+            lock.close()
+        if gpu_lock is not None:
+            gpu_lock.close()
+
+
+def _pack_failure(cfg: dict, e: Exception):
+    run_dir = Path(cfg["run_dir"])
+    if isinstance(e, (DatasetError, ValueError)) and _status(run_dir) != "running":
+        return e  # refused before anything was written
+    return RunFailed(_record_failure(cfg, run_dir, e))
+
+
+def _run_pack(cfgs: list[dict], gpu: int | None, resume_step: int) -> list[dict]:
+    data, system, trainer_kwargs = build(cfgs[0], gpu, pack=cfgs)
+    run_dirs = [Path(c["run_dir"]) for c in cfgs]
+    system.resume_from = [d / "last.ckpt" for d in run_dirs]
+    members = [Member(system, k) for k in range(len(cfgs))]
+    names = [label(c) for c in cfgs]
+    loggers = [RunLogger(c, d, resume_step) if c.get("logger") else None
+               for c, d in zip(cfgs, run_dirs)]
+    results = [_start(c, d, data, m, trainer_kwargs, gpu, resume_step, {"pack": names})
+               for c, d, m in zip(cfgs, run_dirs, members)]
+    recorders = [Recorder(d, c, r, lg, deadline())
+                 for c, d, r, lg in zip(cfgs, run_dirs, results, loggers)]
+    pack = PackRecorder(recorders, members)
+    trainer = pl.Trainer(**trainer_kwargs, callbacks=[pack], default_root_dir=str(run_dirs[0]))
+    t0 = time.perf_counter()
+    try:
+        with requeue_after_a_checkpoint(cfgs[0], pack):
+            _fit(list(zip(cfgs, recorders)), trainer, system,
+                 PackData(data, [c["seed"] for c in cfgs]), resume_step)
+    finally:
+        for lg in loggers:
+            if lg:
+                lg.close()
+    if pack.out_of_time is not None:
+        for cfg in cfgs:
+            print(f"[{label(cfg)}] stopped at iteration {pack.out_of_time}, its checkpoint: the "
+                  f"sweep's time limit is spent; the same command resumes it", flush=True)
+        raise OutOfTime(pack.out_of_time)
+    accelerator = trainer_kwargs["accelerator"]
+    system.to(torch.device("cuda", gpu or 0) if accelerator == "gpu" else torch.device("cpu"))
+    data.to(system.device)  # Lightning's teardown may have moved the module to the CPU
+    for cfg, run_dir, member, result in zip(cfgs, run_dirs, members, results):
+        if result["status"] != "diverged":
+            result["status"] = "done"
+            rundir.write_json(run_dir / "responses.json", {
+                "layer_std": member.layer_responses(data.eval_splits["test"]), "split": "test",
+                "depth": cfg["model"]["depth"], "block": cfg["model"]["block"]})
+        _finish(cfg, run_dir, data, member, result, time.perf_counter() - t0)
+    return results
