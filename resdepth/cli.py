@@ -148,13 +148,45 @@ def hydra_task(cfg: DictConfig):
         watch_sweep()  # a local parallel worker: it stops when the sweep's process is gone
     if multirun and os.environ.get(SWEEP_PLAN_ENV):
         num = HydraConfig.get().job.num
-        header, same_as = job_header(Path(os.environ[SWEEP_PLAN_ENV]), num, cfg.run_dir)
+        header, same_as, pack = job_header(Path(os.environ[SWEEP_PLAN_ENV]), num, cfg.run_dir)
         if same_as != num:  # an earlier job trains this run
             _clean_up_refused(Path(cfg.run_dir), record_only=True)  # it may be making the folder
             print(header, flush=True)
             return {"status": "same run", "same_as": same_as}
         print(header, flush=True)
+        if pack:
+            return _train_pack(cfg, pack)
     return _train(cfg, multirun)
+
+
+def _train_pack(cfg: DictConfig, others: list[dict]):
+    """train_pack of this job's run and the `others` of its pack (their sweep plan entries); a
+    run refused is recorded for the sweep's summary, as _train records it."""
+    from .sweep import record_refusal
+    from .training.train import OutOfTime, RunFailed, train_pack
+
+    try:
+        outcomes = train_pack([cfg, *(entry["config"] for entry in others)])
+    except OutOfTime as e:
+        if e.step is None:
+            _clean_up_refused(Path(cfg.run_dir))
+        return {"status": "not started" if e.step is None else "stopped"}
+    statuses = []
+    for entry, outcome in zip([None, *others], outcomes):
+        run_dir = Path(entry["run_dir"] if entry else cfg.run_dir)
+        if isinstance(outcome, dict):
+            statuses.append(outcome.get("status"))
+        elif isinstance(outcome, RunFailed):  # recorded in result.json by train_pack
+            statuses.append("failed")
+        else:  # refused: nothing trained or overwritten
+            if entry:
+                remove_made(run_dir, entry.get("before"), None)
+            else:
+                _clean_up_refused(run_dir)
+            print(f"resdepth: error: {outcome}", file=sys.stderr, flush=True)
+            record_refusal(str(run_dir), str(outcome))
+            statuses.append("error")
+    return {"status": "pack", "runs": statuses}
 
 
 def _train(cfg: DictConfig, multirun: bool):

@@ -26,11 +26,13 @@ from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
 
 from .analysis.results import format_table, write_tables
-from .config import check_hydra, compose, composed, one_line_error, semantic_config, validate
+from .config import (check_hydra, compose, composed, one_line_error, pack_size, semantic_config,
+                     validate)
 from .data import DataModule, DatasetError
 from .rundir import COMPLETE, append_jsonl, before_writing, read_json, read_text, write_json
 from .tables import fmt_time
 from .training.device import check, resolve_device
+from .training.pack import plan_packs
 from .training.train import DEADLINE_ENV, CorruptCheckpoint, checkpoint_step
 
 CPU_NOTE_STEPS = 10_000  # a sweep with runs this long on a CPU gets a note on what to expect
@@ -142,21 +144,38 @@ def sweep_progress(plan_path: Path, now: dt.datetime | None = None) -> str:
     return text + ")"
 
 
-def job_header(plan_path: Path, num: int, run_dir: str) -> tuple[str, int]:
-    """The line sweep job `num` prints first, and the job that trains its run (num, or an earlier
-    job's when both are the same run)."""
+def launched_jobs(plan_path: Path) -> list[list[str]]:
+    """The override lists of the jobs a sweep with packs launches: one per pack."""
+    sweep = read_json(plan_path)
+    return [sweep["plan"][i]["overrides"] for i in sweep["launched"]]
+
+
+def plan_entries(plan_path: Path, num: int) -> tuple[list[dict], int]:
+    """The plan and the index in it of Hydra's job `num` (with packs, only some are launched)."""
+    sweep = read_json(plan_path)
+    return sweep["plan"], sweep["launched"][num] if "launched" in sweep else num
+
+
+def job_header(plan_path: Path, num: int, run_dir: str) -> tuple[str, int, list[dict]]:
+    """The line sweep job `num` prints first, the job that trains its run (num, or an earlier
+    job's when both are the same run), and the plan entries of the other runs of its pack."""
+    pack = []
     try:
-        plan = read_json(plan_path)["plan"]
-        number, same_as = plan[num].get("number", num + 1), plan[num].get("same_as", num)
-        if not plan[num]["run_dir"] == plan[same_as]["run_dir"] == run_dir:  # another sweep's plan
-            number, same_as = num + 1, num
+        plan, i = plan_entries(plan_path, num)
+        number, same_as = plan[i].get("number", i + 1), plan[i].get("same_as", i)
+        if not plan[i]["run_dir"] == plan[same_as]["run_dir"] == run_dir:  # another sweep's plan
+            number, same_as, i = num + 1, num, num
+        else:
+            pack = [plan[k] for k in plan[i].get("pack", [])[1:]]
+            number = "+".join(str(plan[k]["number"]) for k in plan[i].get("pack", [i]))
         state = sweep_progress(plan_path)
     except (OSError, ValueError, KeyError, IndexError) as e:  # a courtesy: never stop a run for it
-        number, same_as, state = num + 1, num, f"progress unknown: {e}"
-    if same_as != num:  # e.g. a plain net under model.shortcut=A,B: one run, trained once
+        number, same_as, i, state = num + 1, num, num, f"progress unknown: {e}"
+    if same_as != i:  # e.g. a plain net under model.shortcut=A,B: one run, trained once
         return (f"=== run {number} again (sweep job {num + 1}): the same run as job {same_as + 1}, "
-                f"trained once there ===", same_as)
-    return f"=== run {number}/{state} ===", same_as
+                f"trained once there ===", same_as, [])
+    what = f"runs {number} as one pack" if pack else f"run {number}"
+    return f"=== {what}/{state} ===", num, pack
 
 
 def _parallel_note(runs: int, gpus: int, overrides: list[str]) -> str:
@@ -226,14 +245,19 @@ def _sweep(overrides: list[str], launch: Callable[[list[str]], None], plan: bool
         print(f"resdepth: error: {e}", file=sys.stderr)
         return 2
     same_as = print_plan(jobs, states, given)
+    if note := pack_note(jobs, sweep_packs(jobs, same_as, states)):
+        print(f"note: {note}", flush=True)
     if time_limit is not None:
         print(f"note: {budget_note(jobs, same_as, time_limit)}", flush=True)
     if plan:  # checked and printed; nothing written, nothing trained
         return 0
     command_line = " ".join(["resdepth sweep", *map(shlex.quote, given)])
-    started = record_sweep(jobs, same_as, command_line)
+    packs = sweep_packs(jobs, same_as, states)
+    started = record_sweep(jobs, same_as, command_line, packs, expand_grid(overrides))
+    # a pack is one job, whatever the launcher: the plan's sweeper launches the planned jobs
+    sweeper = ["hydra/sweeper=plan"] if any(len(p) > 1 for p in packs) else []
     try:
-        launch(["--multirun", *overrides])
+        launch(["--multirun", *sweeper, *overrides])
     except SystemExit as e:  # Hydra exits on its own errors (already printed)
         if e.code:
             return int(e.code) if isinstance(e.code, int) else 1
@@ -414,15 +438,46 @@ def job_before(plan_path: Path, num: int, run_dir: str) -> dict | None:
     """What job `num`'s run directory held before the sweep (rundir.before_writing), or None when
     the plan is not this sweep's or cannot be read."""
     try:
-        entry = read_json(plan_path)["plan"][num]
+        plan, i = plan_entries(plan_path, num)
+        entry = plan[i]
         return entry["before"] if entry["run_dir"] == run_dir else None
     except (OSError, ValueError, KeyError, IndexError, TypeError):
         return None
 
 
-def record_sweep(jobs: list[dict], same_as: list[int], command: str) -> str:
-    """Write each root's sweep.json (the plan each job reads for its header), append the command to
-    its sweeps.jsonl, point the jobs at the plan; return the start time."""
+def sweep_packs(jobs: list[dict], same_as: list[int], states: list[str]) -> list[list[int]]:
+    """The jobs (indices) that train together, one pack each (trainer.pack; a run done, or one
+    whose checkpoint is damaged, alone), over the jobs that train a run of their own."""
+    runs = [i for i in range(len(jobs)) if same_as[i] == i]
+    most = [1 if states[i] in COMPLETE else
+            pack_size(jobs[i]["trainer"], resolve_device(jobs[i]["trainer"])[0]) for i in runs]
+    starts = []
+    for i in runs:
+        try:
+            starts.append(checkpoint_step(Path(jobs[i]["run_dir"]) / "last.ckpt"))
+        except CorruptCheckpoint:
+            starts.append(("damaged", i))
+    return [[runs[k] for k in p] for p in plan_packs([jobs[i] for i in runs], most, starts)]
+
+
+def pack_note(jobs: list[dict], packs: list[list[int]]) -> str | None:
+    """What trains as one net, or None when no run shares a pack."""
+    shared = [p for p in packs if len(p) > 1]
+    if not shared:
+        return None
+    number = {i: n + 1 for n, i in enumerate(sorted(i for p in packs for i in p))}  # as planned
+    which = ", ".join("+".join(str(number[i]) for i in p) for p in shared)
+    size = jobs[shared[0][0]]["trainer"]["pack"]
+    return (f"runs {which} train as one wide net per pack (trainer.pack={size}), one job per "
+            f"pack; each run keeps its own directory, records and checkpoint, and trains as it "
+            f"would alone (docs/sweeps.md#packed-runs)")
+
+
+def record_sweep(jobs: list[dict], same_as: list[int], command: str,
+                 packs: list[list[int]] | None = None, grid: list[list[str]] | None = None) -> str:
+    """Write each root's sweep.json (the plan each job reads for its header; with packs, the jobs
+    to launch), append the command to its sweeps.jsonl, point the jobs at the plan; return the
+    start time."""
     roots = sorted({job["results_root"] for job in jobs})
     started = dt.datetime.now().isoformat(timespec="seconds")
     numbers = sorted(set(same_as))
@@ -431,11 +486,21 @@ def record_sweep(jobs: list[dict], same_as: list[int], command: str) -> str:
              "same_as": same_as[i], "number": numbers.index(same_as[i]) + 1,
              "before": before_writing(Path(j["run_dir"]))}
             for i, j in enumerate(jobs)]
+    extra = {}
+    if packs and grid and any(len(p) > 1 for p in packs):
+        for p in packs:
+            for i in p:
+                plan[i]["pack"] = p
+                if len(p) > 1:
+                    plan[i]["config"] = jobs[i]
+        for p in packs:
+            plan[p[0]]["overrides"] = grid[p[0]]
+        extra["launched"] = [p[0] for p in packs]  # Hydra's job.num -> its plan entry
     for root in roots:
         Path(root).mkdir(parents=True, exist_ok=True)
         runs = [j["run_dir"] for j in jobs if j["results_root"] == root]
-        write_json(Path(root) / "sweep.json",
-                   {"command": command, "started": started, "plan": plan, "runs": runs})
+        write_json(Path(root) / "sweep.json", {"command": command, "started": started,
+                                               "plan": plan, "runs": runs, **extra})
         append_jsonl(Path(root) / "sweeps.jsonl", {"command": command, "started": started})
     os.environ[SWEEP_PLAN_ENV] = str(Path(roots[0]) / "sweep.json")
     os.environ[SWEEP_PID_ENV] = str(os.getpid())

@@ -557,3 +557,59 @@ def test_a_time_limit_plan_says_which_runs_finish_inside_it_by_their_pace(tmp_pa
         assert proc.returncode == 2 and proc.stderr == (
             f"resdepth: error: --time-limit '{bad}': a duration such as 90s, 8m or 1h30m (a bare "
             f"number is minutes), more than 0\n")
+
+
+PACKED = ["experiment=smoke", "trainer.max_steps=10", "trainer.eval_every=5"]
+
+
+def _rows_of(root, *args):
+    """Each run's metrics.csv rows (without the wall clock), by (block, depth)."""
+    out = {}
+    for run_dir, r in find_results(root):
+        rows = read_metrics(run_dir / "metrics.csv")
+        out[r["block"], r["depth"]] = repr([{k: v for k, v in row.items() if k != "elapsed_s"}
+                                            for row in rows])
+    return out
+
+
+@pytest.mark.parametrize("launcher", [[], ["hydra/launcher=parallel", "hydra.launcher.n_jobs=2"]])
+def test_a_packed_sweep_launches_one_job_per_pack_and_trains_each_run_as_alone(tmp_path,
+                                                                              launcher):
+    proc = run_cli("sweep", *PACKED, "trainer.pack=2", f"results_root={tmp_path / 'packed'}",
+                   *launcher)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    assert ("note: runs 1+2, 3+4 train as one wide net per pack (trainer.pack=2), one job per "
+            "pack") in proc.stdout
+    assert re.search(r"[Ll]aunching 2 jobs", proc.stdout)  # not 4: a pack is one job
+    assert proc.stdout.count(" as one pack/4 (") == 2 and "sweep finished: 4 done" in proc.stdout
+    found = find_results(tmp_path / "packed")
+    assert sorted(r["pack"][0] for _, r in found) == ["plain-14 seed 0"] * 2 + ["plain-8 seed 0"] * 2
+    assert run_cli("sweep", *PACKED, "trainer.pack=off",
+                   f"results_root={tmp_path / 'alone'}").returncode == 0
+    assert not any("pack" in r for _, r in find_results(tmp_path / "alone"))
+    assert _rows_of(tmp_path / "packed") == _rows_of(tmp_path / "alone")
+    again = run_cli("sweep", *PACKED, "trainer.pack=2", f"results_root={tmp_path / 'packed'}")
+    assert again.returncode == 0 and again.stdout.count("done, skipped") == 4
+    assert "as one pack" not in again.stdout  # done runs are not packed again
+
+
+def test_a_packed_sweep_killed_at_any_moment_resumes_exactly(tmp_path):
+    args = ["experiment=smoke", "model.depth=8", "trainer.max_steps=120", "trainer.eval_every=10",
+            "optim.milestones=[60,90]", "trainer.progress=false", "trainer.pack=2"]
+    killed, clean = tmp_path / "killed", tmp_path / "clean"
+    run_dirs = [Path(compose([*args, f"model.block={b}", f"results_root={killed}"])["run_dir"])
+                for b in ("plain", "residual")]
+    proc = subprocess.Popen([sys.executable, "-m", "resdepth.cli", "sweep", *args,
+                             f"results_root={killed}"],
+                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert wait_for(lambda: all(checkpoint_step(d / "last.ckpt") >= 40 for d in run_dirs))
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    again = run_cli("sweep", *args, f"results_root={killed}")
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert again.stdout.count("] resuming at iteration") == 2
+    for d in run_dirs:
+        assert [r["iteration"] for r in read_metrics(d / "metrics.csv")] == list(
+            range(10, 121, 10))  # no gap, no duplicate
+    assert run_cli("sweep", *args, f"results_root={clean}").returncode == 0
+    assert _rows_of(killed) == _rows_of(clean)

@@ -46,17 +46,18 @@ def pack_key(cfg: dict) -> str | None:
     return json.dumps({**same, "model": model, "trainer": cfg["trainer"]}, sort_keys=True)
 
 
-def plan_packs(cfgs: list[dict], most: int, starts: list[int]) -> list[list[int]]:
-    """Indices of `cfgs` grouped into packs of at most `most` runs (sizes as equal as they can
-    be), in the order of each pack's first run. `starts`: each run's checkpoint iteration; a pack
-    starts its runs together."""
+def plan_packs(cfgs: list[dict], most: int | list[int], starts: list) -> list[list[int]]:
+    """Indices of `cfgs` grouped into packs of at most `most` runs (per run: config.pack_size;
+    sizes as equal as they can be), in the order of each pack's first run. `starts`: each run's
+    checkpoint iteration; a pack starts its runs together."""
+    most = most if isinstance(most, list) else [most] * len(cfgs)
     groups: dict = {}
     for i, cfg in enumerate(cfgs):
-        key = pack_key(cfg) if most > 1 else None
+        key = pack_key(cfg) if most[i] > 1 else None
         groups.setdefault((key, starts[i]) if key is not None else ("alone", i), []).append(i)
     packs = []
     for members in groups.values():
-        n = -(-len(members) // most)
+        n = -(-len(members) // most[members[0]])
         size = -(-len(members) // n)
         packs += [members[s:s + size] for s in range(0, len(members), size)]
     return sorted(packs, key=lambda p: p[0])
