@@ -129,15 +129,20 @@ def _fit(cfg: dict, data, system, kwargs: dict, callbacks: list) -> None:
                 logger.close()
 
 
-def time_ours(cfg: dict, warmup: int, steps: int, barrier: str | None = None) -> dict:
+def time_ours(cfg: dict, warmup: int, steps: int, barrier: str | None = None,
+              pack: int = 1) -> dict:
     """ms/step of the real training path (Lightning's fit loop) between iterations warmup and
-    warmup + steps, with cfg's logger attached if it names one; the test set's evaluation time."""
+    warmup + steps, with cfg's logger attached if it names one; the test set's evaluation time.
+    `pack` > 1: that many runs of cfg (seeds 0, 1, ...) as one packed net, as a sweep packs them."""
+    from .training.pack import PackData
     from .training.train import build
 
-    data, system, kwargs = build(cfg)
+    cfgs = [{**cfg, "seed": seed} for seed in range(pack)] if pack > 1 else None
+    data, system, kwargs = build(cfg, pack=cfgs)
     marks = {}
     kwargs["max_steps"] = warmup + steps
-    _fit(cfg, data, system, kwargs, [_step_timer(warmup, steps, barrier, marks)])
+    fit_data = PackData(data, [c["seed"] for c in cfgs]) if cfgs else data
+    _fit(cfg, fit_data, system, kwargs, [_step_timer(warmup, steps, barrier, marks)])
     device = marks["device"]
     system.to(device)  # Lightning's teardown moves the module back to the CPU
     t_eval = time.perf_counter()
@@ -365,12 +370,36 @@ def run_bench(args, argv: list[str], depths: list[int], blocks: list[str], pipel
         out["projected_paper_sweep_s"] = project_sweep(ours, evals)
     if ks and ours:
         at_once(args, out, ks, 56 if 56 in depths else depths[0], run_seconds(ours, evals), say)
+    if any(k > 1 for k in args.packs):
+        packs(args, out, depths, blocks[0], say)
     _save(args.out, out)
     if "projected_paper_sweep_s" in out:
         say(f"projected full paper sweep (10 nets x 64k iterations, one at a time) on "
             f"{out['device']}, {out['precision_used']}: "
             f"{out['projected_paper_sweep_s'] / 3600:.2f} h")
     say(f"wrote {args.out}")
+
+
+def packs(args, out: dict, depths: list[int], block: str, say) -> None:
+    """ours with K runs of each depth packed into one net: ms per iteration of the pack, per run,
+    and the throughput in runs x iterations against K = 1 measured in the same way and process."""
+    out["packs"] = []
+    for depth in depths:
+        cfg = bench_config(args, depth, block, args.warmup + args.steps)
+        alone = None
+        for k in sorted(set([1, *args.packs])):
+            r = time_ours(cfg, args.warmup, args.steps, pack=k)
+            alone = alone or r["ms_per_step"]
+            row = {"depth": depth, "block": block, "pack": k, "ms_per_step": r["ms_per_step"],
+                   "ms_per_run_step": r["ms_per_step"] / k, "peak_mem_mb": r["peak_mem_mb"],
+                   "cuda_graph": r["cuda_graph"],
+                   "throughput_vs_alone": k * alone / r["ms_per_step"]}
+            out["packs"].append(row)
+            _save(args.out, out)
+            mem = f", peak {row['peak_mem_mb']:.0f} MB" if row["peak_mem_mb"] else ""
+            say(f"pack depth {depth} K={k}: {row['ms_per_step']:.2f} ms per iteration of the "
+                f"pack, {row['ms_per_run_step']:.2f} ms per run ({row['throughput_vs_alone']:.2f}x "
+                f"the run-iterations per second of one run alone{mem})")
 
 
 def measure(args, depth: int, block: str, pipelines: list[str],

@@ -457,6 +457,9 @@ def _bench_parser(cuda: bool) -> argparse.ArgumentParser:
         help="conventional DataLoader workers")
     add("--concurrent", default="1,2,4" if cuda else "0",
         help="k runs at once on this device; 0: skip")
+    add("--pack", default="1,2,4,8" if cuda else "1",
+        help="comma list of pack sizes K: K runs of each depth trained as one wide net "
+             "(trainer.pack), timed in ours; 1 alone: skip")
     add("--threads", default="1",
         help="comma list of CPU threads per run (trainer.threads; 0: all cores): the rows are "
              "timed with the first, --concurrent with each (threads per run against runs at once)")
@@ -528,6 +531,9 @@ def _bench_options(args, cuda: bool) -> tuple[list[int], list[str], list[str], l
                           ("--batch-size", args.batch_size)):
         if value < 1:
             raise ValueError(f"{option}={value} must be a positive integer")
+    args.packs = _int_list("--pack", args.pack, "pack sizes from 1 to 64 (1,2,4,8)")
+    if any(not 1 <= k <= 64 for k in args.packs):
+        raise ValueError(f"--pack={args.pack!r}: pack sizes must be from 1 to 64")
     args.thread_counts = _int_list("--threads", args.threads, "CPU thread counts >= 0 (1,2)")
     if any(t < 0 for t in args.thread_counts):
         raise ValueError(f"--threads={args.threads!r}: thread counts must be >= 0 (0: all cores)")

@@ -94,11 +94,11 @@ def _settled(plan: list[dict], num: int) -> dict | None:
     entry = plan[num]
     if entry.get("same_as", num) != num:
         return {"status": "same run", "same_as": entry["same_as"]}
-    try:
-        state = run_state(Path(entry["run_dir"]))
+    try:  # a pack's job has work while one of its runs has
+        states = [run_state(Path(e["run_dir"])) for e in [entry, *entry.get("others", [])]]
     except ValueError:  # a damaged result.json: the job itself says so
         return None
-    return {"status": state} if state in COMPLETE else None
+    return {"status": states[0]} if all(s in COMPLETE for s in states) else None
 
 
 def _submit(launcher, job_overrides, nums: list[int]) -> list:
@@ -207,9 +207,15 @@ def _progress() -> str:
 
 
 def _plan() -> list[dict]:
+    """The plan entry of each job Hydra launches (with packs: each pack's first run)."""
     try:
-        return read_json(Path(os.environ[SWEEP_PLAN_ENV]))["plan"]
-    except (KeyError, OSError, ValueError, TypeError):
+        sweep = read_json(Path(os.environ[SWEEP_PLAN_ENV]))
+        plan = sweep["plan"]
+        if "launched" not in sweep:
+            return plan
+        return [{**plan[i], "same_as": n, "others": [plan[k] for k in plan[i]["pack"][1:]]}
+                for n, i in enumerate(sweep["launched"])]
+    except (KeyError, OSError, ValueError, TypeError, IndexError):
         return []
 
 

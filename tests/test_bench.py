@@ -75,6 +75,20 @@ def test_bench_times_the_step_again_with_the_logger_attached(tmp_path, monkeypat
     assert sent == [("csv", 4)]
 
 
+def test_bench_times_packs_of_runs_against_one_run_alone(tmp_path, capsys):
+    out = tmp_path / "b.json"
+    assert bench_cli(["--depths", "8", "--pipelines", "ours", "--steps", "2", "--warmup", "1",
+                      "--batch-size", "32", "--data", "synthetic", "--pack", "2,1",
+                      "--out", str(out)]) == 0
+    packs = json.loads(out.read_text())["packs"]
+    assert [(p["depth"], p["pack"]) for p in packs] == [(8, 1), (8, 2)]
+    one, two = packs
+    assert one["throughput_vs_alone"] == 1 and two["ms_per_run_step"] == two["ms_per_step"] / 2
+    assert two["throughput_vs_alone"] == pytest.approx(2 * one["ms_per_step"] /
+                                                        two["ms_per_step"])
+    assert "pack depth 8 K=2: " in capsys.readouterr().out
+
+
 def test_bench_checks_the_data_before_measuring(tmp_path, capsys):
     out = tmp_path / "b.json"
     assert bench_cli(["--out", str(out), "--data", "synthetic", "--batch-size", "5000",
@@ -94,6 +108,8 @@ def test_bench_checks_the_data_before_measuring(tmp_path, capsys):
     ("--concurrent", "-1", "--concurrent='-1': run counts must be >= 0"),
     ("--threads", "1,-2", "--threads='1,-2': thread counts must be >= 0"),
     ("--threads", "two", "--threads='two': must be a comma list of CPU thread counts"),
+    ("--pack", "1,0", "--pack='1,0': pack sizes must be from 1 to 64"),
+    ("--pack", "two", "--pack='two': must be a comma list of pack sizes"),
     ("--steps", "0", "--steps=0 must be a positive integer"),
     ("--warmup", "-1", "--warmup=-1 must be a positive integer"),
     ("--batch-size", "0", "--batch-size=0 must be a positive integer"),
