@@ -470,7 +470,7 @@ def pack_note(jobs: list[dict], packs: list[list[int]]) -> str | None:
     size = jobs[shared[0][0]]["trainer"]["pack"]
     return (f"runs {which} train as one wide net per pack (trainer.pack={size}), one job per "
             f"pack; each run keeps its own directory, records and checkpoint, and trains as it "
-            f"would alone (docs/sweeps.md#packed-runs)")
+            f"would alone (docs/sweeps.md#packed-runs-several-runs-as-one-wide-net)")
 
 
 def record_sweep(jobs: list[dict], same_as: list[int], command: str,

@@ -583,7 +583,8 @@ def test_a_packed_sweep_launches_one_job_per_pack_and_trains_each_run_as_alone(t
     assert re.search(r"[Ll]aunching 2 jobs", proc.stdout)  # not 4: a pack is one job
     assert proc.stdout.count(" as one pack/4 (") == 2 and "sweep finished: 4 done" in proc.stdout
     found = find_results(tmp_path / "packed")
-    assert sorted(r["pack"][0] for _, r in found) == ["plain-14 seed 0"] * 2 + ["plain-8 seed 0"] * 2
+    assert sorted(r["pack"][0] for _, r in found) == (["plain-14 seed 0"] * 2
+                                                       + ["plain-8 seed 0"] * 2)
     assert run_cli("sweep", *PACKED, "trainer.pack=off",
                    f"results_root={tmp_path / 'alone'}").returncode == 0
     assert not any("pack" in r for _, r in find_results(tmp_path / "alone"))
