@@ -92,9 +92,13 @@ def _step_timer(warmup: int, steps: int, barrier: str | None, marks: dict):
     import pytorch_lightning as pl
 
     class StepTimer(pl.Callback):
+        def on_train_start(self, trainer, module):
+            marks["start"] = time.perf_counter()
+
         def on_train_batch_start(self, trainer, module, batch, batch_idx):
             if trainer.global_step == warmup:
                 _sync(module.device)
+                marks["warmup_s"] = time.perf_counter() - marks["start"]  # capture, compile
                 _barrier(barrier)
                 _reset_peak(module.device)
                 marks["t0"] = time.perf_counter()
@@ -149,6 +153,7 @@ def time_ours(cfg: dict, warmup: int, steps: int, barrier: str | None = None,
     system.evaluate(data.eval_splits["test"])
     t_eval = time.perf_counter() - t_eval
     return {"ms_per_step": 1e3 * (marks["t1"] - marks["t0"]) / steps, "eval_s": t_eval,
+            "warmup_s": marks["warmup_s"],
             "peak_mem_mb": _peak_mb(device), "cuda_graph": system.whole_step, "device": device}
 
 
@@ -392,11 +397,13 @@ def packs(args, out: dict, depths: list[int], block: str, say) -> None:
             alone = alone or r["ms_per_step"]
             row = {"depth": depth, "block": block, "pack": k, "ms_per_step": r["ms_per_step"],
                    "ms_per_run_step": r["ms_per_step"] / k, "peak_mem_mb": r["peak_mem_mb"],
-                   "cuda_graph": r["cuda_graph"],
+                   "cuda_graph": r["cuda_graph"], "compile": args.compile,
+                   "bn_batch": args.bn_batch, "warmup_s": r["warmup_s"],
                    "throughput_vs_alone": k * alone / r["ms_per_step"]}
             out["packs"].append(row)
             _save(args.out, out)
             mem = f", peak {row['peak_mem_mb']:.0f} MB" if row["peak_mem_mb"] else ""
+            mem += f"; its {args.warmup} warm-up iterations took {r['warmup_s']:.1f} s"
             say(f"pack depth {depth} K={k}: {row['ms_per_step']:.2f} ms per iteration of the "
                 f"pack, {row['ms_per_run_step']:.2f} ms per run ({row['throughput_vs_alone']:.2f}x "
                 f"the run-iterations per second of one run alone{mem})")

@@ -8,7 +8,11 @@
 #   paper/         the paper's full schedule (experiment=paper: 10 nets x 64,000 iterations), advanced within
 #                  BUDGET (default 8m) and resumed there by the next call: ResNet and plain at depths 20 and 56
 #                  first, then 32 and 44, then 110; sweep.log. Then `resdepth results` (what is done, what is
-#                  left) and paper/figures/ (Figure 6, Figure 7, error vs depth, Table 6, report.md)
+#                  left) and paper/figures/ (Figure 6, Figure 7, error vs depth, Table 6, report.md).
+#                  On a GPU a sweep packs each depth's runs into one wide net (trainer.pack=auto).
+#   packs*.json    resdepth bench --pack 1,2,4,8: K runs as one wide net against one alone, ResNet-20/56/110 with
+#                  BN over 64 images, ResNet-56 with BN over the whole batch, and ResNet-56 with torch.compile
+#                  inside the pack's graph (its warm-up time includes the compilation); packs.log what it printed
 # Usage: BUDGET=8m scripts/gpu-check.sh DEST [RESDEPTH_OVERRIDES ...]
 #        (make gpu-check DEST=folder [BUDGET=8m] picks the dataset)
 # Each step goes on when an earlier one fails; the exit status is 1 if any failed (a spent budget is no failure).
@@ -35,7 +39,7 @@ machine() {
 print('python', sys.version.split()[0], '| torch', torch.__version__, '| CUDA', torch.version.cuda,
       '| pytorch_lightning', pl.__version__, '| hydra', hydra.__version__, '| resdepth', code_version())"
 }
-cuda_tests() { $PY -m pytest -q -p no:cacheprovider tests/test_system.py tests/test_data.py -k "cuda or graph or whole"; }
+cuda_tests() { $PY -m pytest -q -p no:cacheprovider tests/test_system.py tests/test_data.py tests/test_pack.py -k "cuda or graph or whole"; }
 bench() { resdepth bench --data "$BENCH_DATA" --pipelines ours --bn-batch 64 --concurrent 0 --out "$DEST/bench.json"; }
 campaign() {  # each group gets what is left of BUDGET; a spent limit stops its runs at a checkpoint (exit 143)
   local budget end rc
@@ -52,6 +56,12 @@ campaign() {  # each group gets what is left of BUDGET; a spent limit stops its 
   resdepth results "$DEST/paper"
 }
 figures() { resdepth plot "$DEST/paper"; }
+packs() {  # about 2-4 minutes on an H200
+  local common=(--data "$BENCH_DATA" --pipelines ours --concurrent 0 --steps 100 --pack 1,2,4,8)
+  resdepth bench "${common[@]}" --depths 20,56,110 --bn-batch 64 --out "$DEST/packs.json" &&
+    resdepth bench "${common[@]}" --depths 56 --bn-batch 0 --out "$DEST/packs-bn0.json" &&
+    resdepth bench "${common[@]}" --depths 56 --bn-batch 64 --compile true --out "$DEST/packs-compile.json"
+}
 
 failed=()
 step() {  # step NAME FUNCTION [LOG]: run it (its output also into DEST/LOG), say how it ended
@@ -65,7 +75,8 @@ step "CUDA tests" cuda_tests tests.log
 step bench bench bench.log
 step "the paper's schedule, within BUDGET=$BUDGET" campaign sweep.log
 step figures figures
+step "packs against runs alone" packs packs.log
 if [ ${#failed[@]} -gt 0 ]; then
   echo "gpu-check: failed: ${failed[*]} (outputs so far in $DEST)"; exit 1
 fi
-echo "gpu-check: done; outputs in $DEST (machine.txt, tests.log, bench.json, paper/, paper/figures/)"
+echo "gpu-check: done; outputs in $DEST (machine.txt, tests.log, bench.json, paper/, paper/figures/, packs*.json)"
