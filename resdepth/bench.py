@@ -407,6 +407,16 @@ def packs(args, out: dict, depths: list[int], block: str, say) -> None:
             say(f"pack depth {depth} K={k}: {row['ms_per_step']:.2f} ms per iteration of the "
                 f"pack, {row['ms_per_run_step']:.2f} ms per run ({row['throughput_vs_alone']:.2f}x "
                 f"the run-iterations per second of one run alone{mem})")
+    for seeds, k in ((1, 2), (3, 6)):  # a sweep packs each depth's plain and residual nets
+        ms = {p["depth"]: p["ms_per_step"] for p in out["packs"] if p["pack"] == k}
+        if ms:
+            paper = paper_sweep()
+            seconds = sum(run_seconds(ms, {})) / 2  # each depth's pack once, evaluations aside
+            out[f"projected_paper_sweep_{seeds}_seed_packed_s"] = seconds
+            say(f"projected paper sweep with {plural(seeds, 'seed')}, each depth's {k} runs as "
+                f"one pack, packs one after another ({len(paper['depths'])} packs x "
+                f"{paper['steps']} iterations, test evaluations not counted): "
+                f"{seconds / 60:.1f} min")
 
 
 def measure(args, depth: int, block: str, pipelines: list[str],

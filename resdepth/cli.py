@@ -457,9 +457,10 @@ def _bench_parser(cuda: bool) -> argparse.ArgumentParser:
         help="conventional DataLoader workers")
     add("--concurrent", default="1,2,4" if cuda else "0",
         help="k runs at once on this device; 0: skip")
-    add("--pack", default="1,2,4,8" if cuda else "1",
+    add("--pack", default="1,2,4,6,8" if cuda else "1",
         help="comma list of pack sizes K: K runs of each depth trained as one wide net "
-             "(trainer.pack), timed in ours; 1 alone: skip")
+             "(trainer.pack), timed in ours; 2 and 6 project the paper's sweep with 1 and 3 "
+             "seeds; 1 alone: skip")
     add("--threads", default="1",
         help="comma list of CPU threads per run (trainer.threads; 0: all cores): the rows are "
              "timed with the first, --concurrent with each (threads per run against runs at once)")

@@ -10,9 +10,10 @@
 #                  first, then 32 and 44, then 110; sweep.log. Then `resdepth results` (what is done, what is
 #                  left) and paper/figures/ (Figure 6, Figure 7, error vs depth, Table 6, report.md).
 #                  On a GPU a sweep packs each depth's runs into one wide net (trainer.pack=auto).
-#   packs*.json    resdepth bench --pack 1,2,4,8: K runs as one wide net against one alone, ResNet-20/56/110 with
+#   packs*.json    resdepth bench --pack 1,2,4,6,8: K runs as one wide net against one alone, ResNet-20/56/110 with
 #                  BN over 64 images, ResNet-56 with BN over the whole batch, and ResNet-56 with torch.compile
-#                  inside the pack's graph (its warm-up time includes the compilation); packs.log what it printed
+#                  inside the pack's graph (its warm-up time includes the compilation), and the paper's sweep
+#                  projected with each depth's 2 (one seed) or 6 (three seeds) runs as one pack; packs.log
 # Usage: BUDGET=8m scripts/gpu-check.sh DEST [RESDEPTH_OVERRIDES ...]
 #        (make gpu-check DEST=folder [BUDGET=8m] picks the dataset)
 # Each step goes on when an earlier one fails; the exit status is 1 if any failed (a spent budget is no failure).
@@ -57,7 +58,7 @@ campaign() {  # each group gets what is left of BUDGET; a spent limit stops its 
 }
 figures() { resdepth plot "$DEST/paper"; }
 packs() {  # about 2-4 minutes on an H200
-  local common=(--data "$BENCH_DATA" --pipelines ours --concurrent 0 --steps 100 --pack 1,2,4,8)
+  local common=(--data "$BENCH_DATA" --pipelines ours --concurrent 0 --steps 100 --pack 1,2,4,6,8)
   resdepth bench "${common[@]}" --depths 20,56,110 --bn-batch 64 --out "$DEST/packs.json" &&
     resdepth bench "${common[@]}" --depths 56 --bn-batch 0 --out "$DEST/packs-bn0.json" &&
     resdepth bench "${common[@]}" --depths 56 --bn-batch 64 --compile true --out "$DEST/packs-compile.json"

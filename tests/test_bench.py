@@ -80,13 +80,18 @@ def test_bench_times_packs_of_runs_against_one_run_alone(tmp_path, capsys):
     assert bench_cli(["--depths", "8", "--pipelines", "ours", "--steps", "2", "--warmup", "1",
                       "--batch-size", "32", "--data", "synthetic", "--pack", "2,1",
                       "--out", str(out)]) == 0
-    packs = json.loads(out.read_text())["packs"]
+    b = json.loads(out.read_text())
+    packs = b["packs"]
     assert [(p["depth"], p["pack"]) for p in packs] == [(8, 1), (8, 2)]
     one, two = packs
     assert one["throughput_vs_alone"] == 1 and two["ms_per_run_step"] == two["ms_per_step"] / 2
     assert two["throughput_vs_alone"] == pytest.approx(2 * one["ms_per_step"] /
                                                         two["ms_per_step"])
     assert "pack depth 8 K=2: " in capsys.readouterr().out
+    # each of the paper's 5 depths one pack of its 2 runs, proportional to depth from the one
+    assert b["projected_paper_sweep_1_seed_packed_s"] == pytest.approx(
+        sum(64000 * two["ms_per_step"] / 1e3 * d / 8 for d in (20, 32, 44, 56, 110)))
+    assert "projected_paper_sweep_3_seed_packed_s" not in b  # K=6 was not measured
 
 
 def test_bench_checks_the_data_before_measuring(tmp_path, capsys):
