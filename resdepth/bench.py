@@ -152,8 +152,12 @@ def time_ours(cfg: dict, warmup: int, steps: int, barrier: str | None = None,
     t_eval = time.perf_counter()
     system.evaluate(data.eval_splits["test"])
     t_eval = time.perf_counter() - t_eval
+    t_probe = time.perf_counter()
+    if not cfgs:  # a record's gradients (gradients.csv): taken outside the step, once a record
+        system.gradients()
+    t_probe = time.perf_counter() - t_probe
     return {"ms_per_step": 1e3 * (marks["t1"] - marks["t0"]) / steps, "eval_s": t_eval,
-            "warmup_s": marks["warmup_s"],
+            "probe_s": t_probe, "warmup_s": marks["warmup_s"],
             "peak_mem_mb": _peak_mb(device), "cuda_graph": system.whole_step, "device": device}
 
 
@@ -594,6 +598,13 @@ def _row_line(row: dict) -> str:
                      f"ours timed again: {100 * row['ours_repeat_difference']:+.1f}%)")
     if "speedup_vs_conventional" in row:
         parts.append(f"{row['speedup_vs_conventional']:.2f}x conventional")
+    if row.get("ours_probe_s"):  # taken once per record, outside the training step
+        paper = paper_sweep()
+        every = paper["steps"] // paper["records"]
+        per_step = 1e3 * row["ours_probe_s"] / every
+        parts.append(f"gradient records {1e3 * row['ours_probe_s']:.0f} ms each: "
+                     f"{per_step:.3f} ms per iteration at one record per {every} "
+                     f"({100 * per_step / row['ours_ms_per_step']:.2f}% of the step)")
     if row.get("ours_peak_mem_mb"):
         conv = row.get("conventional_peak_mem_mb")
         parts.append(f"peak {row['ours_peak_mem_mb']:.0f} MB"

@@ -380,3 +380,64 @@ def code_version() -> str:
         return out
     local = " + local changes" if changes.stdout.strip() else ""
     return f"{out} (git {head.stdout.strip()}{local})"
+
+
+# gradients.csv: one row per weighted layer at each record (training/gradients.probe)
+GRADIENTS = ("iteration", "layer", "name", "weight_grad_norm", "input_grad_norm", "weight_norm")
+
+
+def append_gradients(path: Path, iteration: int, rows: list[dict]) -> None:
+    """One record's rows (gradients.probe) appended in one synced write."""
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=GRADIENTS, extrasaction="ignore")
+    if not Path(path).exists():
+        w.writeheader()
+    w.writerows({**row, "iteration": iteration} for row in rows)
+    append_synced(path, buf.getvalue())
+
+
+def _gradient_row(r: dict) -> dict:
+    """A gradients.csv row as values; ValueError or TypeError for a cell missing or no number."""
+    if not r.get("name"):
+        raise ValueError("no layer name")
+    return {k: int(r[k]) if k in ("iteration", "layer") else r[k] if k == "name" else float(r[k])
+            for k in GRADIENTS}
+
+
+def read_gradients(path: Path) -> list[dict]:
+    """gradients.csv rows (iteration and layer ints, name a string, norms floats), [] if missing;
+    a last line without its newline (torn by a crash) is left out, a damaged row with a warning."""
+    if not Path(path).exists():
+        return []
+    try:
+        text = read_text(path)
+    except ValueError as e:
+        print(f"resdepth: warning: {e}; its gradients are left out", file=sys.stderr, flush=True)
+        return []
+    lines = text.splitlines(keepends=True)
+    if lines and not lines[-1].endswith("\n"):
+        lines.pop()
+    reader, rows, n = csv.DictReader(lines), [], 1
+    while True:
+        n += 1
+        try:
+            rows.append(_gradient_row(next(reader)))
+        except StopIteration:
+            break
+        except (csv.Error, KeyError, TypeError, ValueError) as e:
+            print(f"resdepth: warning: {path}: row {n} cannot be read and is left out ({e})",
+                  file=sys.stderr, flush=True)
+    return rows
+
+
+def truncate_gradients(path: Path, last_iteration: int) -> None:
+    """Drop rows after `last_iteration`, the checkpoint a resumed run starts from (atomically); a
+    run without gradients.csv (recorded before the probe) gets none."""
+    if not Path(path).exists():
+        return
+    rows = [r for r in read_gradients(path) if r["iteration"] <= last_iteration]
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=GRADIENTS, extrasaction="ignore")
+    w.writeheader()
+    w.writerows(rows)
+    atomic_write_text(path, buf.getvalue())

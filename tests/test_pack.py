@@ -30,6 +30,10 @@ def _rows(cfg):
             for r in read_metrics(Path(cfg["run_dir"]) / "metrics.csv")]
 
 
+def _gradients(cfg):
+    return (Path(cfg["run_dir"]) / "gradients.csv").read_text()
+
+
 def _weights(cfg):
     return torch.load(Path(cfg["run_dir"]) / "model.pt", weights_only=True)["state_dict"]
 
@@ -65,6 +69,7 @@ def test_a_pack_trains_each_run_bitwise_as_it_trains_alone_in_bf16(tmp_path):
         assert _same(_weights(a), _weights(p))
         assert read_json(Path(a["run_dir"]) / "responses.json") == read_json(
             Path(p["run_dir"]) / "responses.json")
+        assert _gradients(a) == _gradients(p) != ""
         ca, cp = (torch.load(Path(c["run_dir"]) / "last.ckpt", weights_only=True)
                   for c in (a, p))
         assert _same(ca["state_dict"], cp["state_dict"])
@@ -129,6 +134,7 @@ def test_a_stopped_pack_resumes_as_a_pack_or_its_runs_alone_and_solo_runs_resume
         for r, c in zip(ref, cfgs):
             assert _rows(r) == _rows(c)
             assert _same(_weights(r), _weights(c))
+            assert _gradients(r) == _gradients(c)  # cut back to the checkpoint, then appended
 
 
 def test_a_diverging_neighbour_is_recorded_and_leaves_the_other_run_unchanged(

@@ -25,6 +25,13 @@ NETS = [("plain", 8, 0), ("plain", 14, 0), ("plain", 14, 1), ("residual", 8, 0),
         ("residual", 14, 0)]
 OUTPUTS = ["fig6_curves.png", "fig6_curves.pdf", "depth_vs_error.png", "depth_vs_error.pdf",
            "fig7_responses.png", "fig7_responses.pdf", "table6.md", "table6.csv", "report.md"]
+GRADIENT_OUTPUTS = [f"{name}.{ext}" for name in ("gradients_by_layer", "weight_gradients_by_layer",
+                                                 "gradients_first_layer") for ext in ("png", "pdf")]
+
+
+def outputs(root: Path) -> list[str]:
+    """What `resdepth plot` writes: the gradient figures too where runs wrote gradients.csv."""
+    return OUTPUTS + (GRADIENT_OUTPUTS if any(root.rglob("gradients.csv")) else [])
 
 
 @pytest.fixture(scope="module")
@@ -72,8 +79,8 @@ slow = pytest.mark.slow
 @slow
 def test_cli_writes_png_pdf_tables_and_report(plotted):
     out = plotted / "figures"
-    assert sorted(p.name for p in out.iterdir()) == sorted(OUTPUTS)
-    for name in OUTPUTS:
+    assert sorted(p.name for p in out.iterdir()) == sorted(outputs(plotted))
+    for name in outputs(plotted):
         data = (out / name).read_bytes()
         if name.endswith(".png"):
             assert data.startswith(b"\x89PNG")
@@ -275,7 +282,8 @@ def test_protocols_and_datasets_are_never_averaged_together(sweep, tmp_path):
     write_json(moved / "result.json", {**read_json(moved / "result.json"), "dataset": "cifar100"})
     assert plot_cli([str(root)]) == 0
     assert sorted(p.name for p in (root / "figures").iterdir()) == ["cifar100", "synthetic"]
-    assert sorted(p.name for p in (root / "figures" / "cifar100").iterdir()) == sorted(OUTPUTS)
+    assert sorted(p.name for p in (root / "figures" / "cifar100").iterdir()) == sorted(
+        outputs(moved))
 
 
 @pytest.mark.parametrize("make", ["missing", "empty"])

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import math
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -14,8 +15,8 @@ from matplotlib.ticker import FormatStrFormatter, FuncFormatter, MaxNLocator
 
 from ..rundir import atomic_write_bytes
 from .paper import PAPER_TEST_ERROR, PAPER_TEST_STD, REFERENCE_KIND
-from .runs import (Group, Run, WarmupMarker, block_kinds, excluded_runs, kind_label,
-                   paper_reference, status_note, warmup_marker)
+from .runs import (Group, Run, WarmupMarker, block_kinds, excluded_runs, gradient_runs,
+                   kind_label, mean_gradients, paper_reference, status_note, warmup_marker)
 
 OFF_SCALE = 85.0  # %: nets near chance (like the paper's plain-110) do not set the y-limit
 PAPER_SCALE = 10_000  # Figure 6 counts iterations in 1e4 (the paper's scale) from this many on
@@ -292,10 +293,151 @@ def responses_figure(groups: list[Group]) -> Figure:
     return fig
 
 
+# ------------------------------------------------------------------------------ gradient norms
+
+GRADIENT_CAPTION = ("L2 norms of the gradient of the mean cross-entropy on a fixed probe batch "
+                    "(the same normalised, un-augmented images at every record),\nin fp32 with BN "
+                    "in training mode (batch statistics); input: wrt the tensor the layer reads "
+                    "(the first conv: the images),\nweight: wrt its weight; a net with several "
+                    "seeds shows the mean over them")
+GRADIENT_WHAT = {"input_grad_norm": "gradient wrt each layer's input (the backward signal)",
+                 "weight_grad_norm": "gradient wrt each layer's weight"}
+
+
+def _milestones(group: Group) -> list[int]:
+    m = group.config.get("optim", {}).get("milestones")
+    return sorted(x for x in m if isinstance(x, (int, float))) if isinstance(m, list) else []
+
+
+def probe_points(iterations: list[int], milestones: list[int]) -> dict[int, str]:
+    """{iteration: label} of the records drawn by layer: the first, the last before and the first
+    after each lr drop (a record at a milestone precedes its drop), the last."""
+    if not iterations:
+        return {}
+    before: dict[int, list[int]] = {}
+    after: dict[int, list[int]] = {}
+    for m in milestones:
+        if (pre := [i for i in iterations if i <= m]) and m <= iterations[-1]:
+            before.setdefault(pre[-1], []).append(m)
+        if post := [i for i in iterations if i > m]:
+            after.setdefault(post[0], []).append(m)
+    points = {}
+    for i in sorted({iterations[0], *before, *after, iterations[-1]}):
+        drops = lambda ms: f"the lr drop{'s' if len(ms) > 1 else ''} at {', '.join(map(str, ms))}"
+        parts = (["first"] if i == iterations[0] else []) + \
+            ([f"before {drops(before[i])}"] if i in before else []) + \
+            ([f"after {drops(after[i])}"] if i in after else []) + \
+            (["last"] if i == iterations[-1] else [])
+        points[i] = f"it {i} ({'; '.join(parts)})"
+    return points
+
+
+def _gradient_label(group: Group, runs: list[Run]) -> str:
+    """'plain-20', 'plain-20 (mean of 2 seeds)', 'plain-20 (running, it 300)'."""
+    notes = [f"mean of {len(runs)} seeds"] if len(runs) > 1 else []
+    notes += sorted({status_note(r) for r in runs if r.status != "done"})
+    return group.name + (f" ({'; '.join(notes)})" if notes else "")
+
+
+def _legend_row(fig: Figure, entries: int, ncols: int, body_height: float):
+    """(head, body): a row above the panels for one legend of `entries` in `ncols` columns (with
+    constrained layout a figure legend 'outside' the panels overlaps the suptitle)."""
+    head = 0.25 + 0.2 * math.ceil(entries / ncols)
+    fig.set_figheight(fig.get_figheight() + head)
+    return fig.subfigures(2, 1, height_ratios=[head, body_height])
+
+
+def gradient_layers_figure(groups: list[Group], key: str = "input_grad_norm") -> Figure | None:
+    """Per (depth, variant) a row, per block kind a panel: each layer's gradient norm (`key`) in
+    forward order at probe_points, log scale; None when no run has gradients.csv."""
+    nets = [(g, runs, mean_gradients(runs, key)) for g in groups if (runs := gradient_runs(g))]
+    if not nets:
+        return None
+    kinds = [k for k in block_kinds(groups) if any(g.block == k for g, _, _ in nets)]
+    rows = list(dict.fromkeys((g.depth, g.variant) for g, _, _ in nets))
+    points = [probe_points(list(records), _milestones(g)) for g, _, records in nets]
+    labels = {tuple(p.values()) for p in points if p}
+    shared = len(labels) == 1  # every net probed at the same points: one legend
+    height = 0.9 + 2.7 * len(rows)
+    fig = Figure(figsize=(4.8 * len(kinds), height), layout="constrained")
+    head, body = _legend_row(fig, len(next(iter(labels))), 3, height) if shared else (None, fig)
+    axes = body.subplots(len(rows), len(kinds), sharey=True, squeeze=False)
+    for (g, runs, records), marks in zip(nets, points):
+        ax = axes[rows.index((g.depth, g.variant)), kinds.index(g.block)]
+        shades = colormaps["viridis"](np.linspace(0, 0.85, len(marks)))
+        for shade, (it, label) in zip(shades, marks.items()):
+            idx = np.arange(1, len(records[it]) + 1)
+            ax.plot(idx, records[it], color=shade, lw=1.3, marker="o" if len(idx) <= 60 else None,
+                    ms=2.5, label=label)
+        ax.set_title(textwrap.fill(_gradient_label(g, runs), 60), fontsize="medium")
+        if not shared and ax.lines:
+            ax.legend(fontsize="x-small")
+    for ax in axes.flat:
+        ax.set_yscale("log")
+        ax.grid(alpha=0.3)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True, steps=[1, 2, 5, 10]))
+        if not ax.lines:
+            ax.text(0.5, 0.5, "no gradients.csv", transform=ax.transAxes, ha="center",
+                    va="center", color="gray")
+    for ax in axes[-1]:
+        ax.set_xlabel("layer (forward order; 1: first conv, last: fc)")
+    for ax in axes[:, 0]:
+        ax.set_ylabel("L2 norm")
+    if head is not None:
+        handles, labels = next(ax for ax in axes.flat if ax.lines).get_legend_handles_labels()
+        head.legend(handles, labels, loc="center", ncols=3, fontsize="small", frameon=False)
+    fig.suptitle(f"{groups[0].dataset}: {GRADIENT_WHAT[key]}, by layer at points of training")
+    fig.supxlabel(GRADIENT_CAPTION, fontsize=8)
+    return fig
+
+
+def gradient_weights_figure(groups: list[Group]) -> Figure | None:
+    """gradient_layers_figure of the weight gradients."""
+    return gradient_layers_figure(groups, "weight_grad_norm")
+
+
+def first_layer_figure(groups: list[Group]) -> Figure | None:
+    """The first conv's input (the images) and weight gradient norms vs iterations, one line per
+    net, log scale; None when no run has gradients.csv."""
+    nets = [(g, runs) for g in groups if (runs := gradient_runs(g))]
+    if not nets:
+        return None
+    colors, kinds = _colors(groups), block_kinds(groups)
+    fig = Figure(figsize=(11, 4.6), layout="constrained")
+    longest = max(len(_gradient_label(g, runs)) for g, runs in nets)
+    ncols = 4 if longest <= 28 else 2 if longest <= 64 else 1  # as wide as the figure at most
+    head, body = _legend_row(fig, len(nets), ncols, 4.6)
+    panels = body.subplots(1, 2, sharex=True)
+    right = max(max(mean_gradients(runs, "input_grad_norm"), default=0) for _, runs in nets)
+    scale = 1e4 if right >= PAPER_SCALE else 1  # as Figure 6: in 1e4 from PAPER_SCALE on
+    for ax, key, what in zip(panels, GRADIENT_WHAT, ("input (the images)", "weight")):
+        for g, runs in nets:
+            records = mean_gradients(runs, key)
+            ax.plot(np.array(list(records), dtype=float) / scale, [v[0] for v in records.values()],
+                    color=colors[(g.depth, g.variant)], ls=kind_style(g.block, kinds)[1], lw=1.5,
+                    label=_gradient_label(g, runs))
+        for m in sorted({m for g, _ in nets for m in _milestones(g)}):
+            ax.axvline(m / scale, color="gray", ls=":", lw=1)
+        ax.set(yscale="log", title=f"first conv: gradient wrt its {what}",
+               xlabel="iter. (1e4)" if scale > 1 else "iterations", ylabel="L2 norm")
+        ax.grid(alpha=0.3)
+    head.legend(*panels[0].get_legend_handles_labels(), loc="center", ncols=ncols,
+                fontsize="small", frameon=False)
+    styles = ", ".join(f"{LINE_NAMES[kind_style(k, kinds)[1]]}: {kind_label(k)}"
+                       for k in kinds if any(g.block == k for g, _ in nets))
+    fig.suptitle(f"{groups[0].dataset}: the first layer's gradient norms vs iterations "
+                 f"({styles}; dotted: lr drops)")
+    fig.supxlabel(GRADIENT_CAPTION, fontsize=8)
+    return fig
+
+
 # ------------------------------------------------------------------------------ files
 
+# A builder may return None: nothing to draw from (no run has gradients.csv), so no file.
 FIGURES = {"fig6_curves": curves_figure, "depth_vs_error": depth_figure,
-           "fig7_responses": responses_figure}
+           "fig7_responses": responses_figure, "gradients_by_layer": gradient_layers_figure,
+           "weight_gradients_by_layer": gradient_weights_figure,
+           "gradients_first_layer": first_layer_figure}
 
 
 def save_figure(fig: Figure, stem: Path) -> list[Path]:

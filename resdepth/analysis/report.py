@@ -11,9 +11,9 @@ from pathlib import Path
 from . import plots
 from ..rundir import atomic_write_text, read_json, read_text
 from .paper import PAPER_PARAMS, PAPER_TEST_CELL, PAPER_TEST_ERROR, REFERENCE_KIND
-from .runs import (Group, Run, block_kinds, by_dataset, excluded_runs, group_runs, kind_label,
-                   load_runs, missing_responses, paper_protocol, paper_reference, status_note,
-                   warmup_notes)
+from .runs import (Group, Run, block_kinds, by_dataset, excluded_runs, gradient_runs, group_runs,
+                   kind_label, load_runs, mean_gradients, missing_gradients, missing_responses,
+                   paper_protocol, paper_reference, status_note, warn, warmup_notes)
 from ..tables import csv_text, error_cell, fmt_time, markdown, number, where
 
 NA = "n/a (different protocol)"
@@ -184,9 +184,10 @@ def _comparisons(rows: list[dict]) -> tuple[list[dict], dict, dict]:
     return rows, plain, res
 
 
-def verdict_basis(rows: list[dict], nets: list[tuple]) -> tuple[str, list[str]]:
-    """What a verdict rests on ('final training error, 1 seed per net, ...') and why it is only
-    indicative ([] when it is not)."""
+def verdict_basis(rows: list[dict], nets: list[tuple], what: str = "final training error",
+                  spread: bool = True) -> tuple[str, list[str]]:
+    """What a verdict rests on ('final training error, 1 seed per net, ...'; with `spread`, the
+    seed-spread rule) and why it is only indicative ([] when it is not)."""
     paper = paper_protocol()["max_steps"]
     seeds = sorted({e[2] for e in nets})
     steps = sorted({r.get("max_steps") for r in rows if r.get("max_steps")})
@@ -208,8 +209,8 @@ def verdict_basis(rows: list[dict], nets: list[tuple]) -> tuple[str, list[str]]:
         why.append("the schedule is shorter than the paper's" if steps
                    else "the schedule's length is unknown")
     plural = "s" if seeds[-1] > 1 else ""
-    basis = f"final training error, {count} seed{plural} per net, {length}, {dataset}"
-    return basis + ("; " + SPREAD_TEST if seeds[-1] > 1 else ""), why
+    basis = f"{what}, {count} seed{plural} per net, {length}, {dataset}"
+    return basis + ("; " + SPREAD_TEST if spread and seeds[-1] > 1 else ""), why
 
 
 def _residual_parts(plain: dict, res: dict, v: str) -> tuple[list[str], str | None, str | None]:
@@ -285,6 +286,64 @@ def degradation_sentence(rows: list[dict]) -> str:
     qualifier = f", indicative only ({' and '.join(why)})" if why else ""
     return (f"Degradation {verdict}{qualifier}. Basis: {basis}. "
             f"Found: {TAILS['plain'][plain_worse]}; {'; '.join(tails)} {comparisons}.")
+
+
+# ------------------------------------------------------------------------------ gradient norms
+
+ORDER = 10.0  # "within an order of magnitude": plain / ResNet between 1/ORDER and ORDER
+GRADIENT_BASIS = ("the L2 norm of the gradient of the mean cross-entropy wrt the images (the first "
+                  "layer's input) on the fixed probe batch, fp32, BN in training mode, at the "
+                  "last record both nets of a depth have")
+GRADIENTS_NOT_DRAWN = "no run has gradients.csv (runs recorded before the gradient probe)"
+
+
+def _done_probed(group: Group) -> list[Run]:
+    return [r for r in group.done if r.gradients]
+
+
+def _first_layer_pairs(groups: list[Group]) -> list[tuple[Group, Group, int, float, float]]:
+    """(plain, ResNet, iteration, plain's, ResNet's first-layer input-gradient norm) per depth and
+    variant, the mean over their done runs, at the last iteration both recorded."""
+    nets = {(g.depth, g.variant, g.block): g for g in groups if _done_probed(g)}
+    pairs = []
+    for (depth, variant, block), plain in nets.items():
+        res = nets.get((depth, variant, REFERENCE_KIND))
+        if block != "plain" or res is None:
+            continue
+        a, b = (mean_gradients(_done_probed(g), "input_grad_norm") for g in (plain, res))
+        common = sorted(set(a) & set(b))
+        if common:
+            pairs.append((plain, res, common[-1], a[common[-1]][0], b[common[-1]][0]))
+    return sorted(pairs, key=lambda p: (p[0].variant, p[0].depth))
+
+
+def gradient_sentence(groups: list[Group]) -> str:
+    """Whether the plain nets' backward signal at the first layer is within an order of magnitude
+    of the residual nets' at each depth (the paper's "healthy norms"), on what basis."""
+    if not any(gradient_runs(g) for g in groups):
+        return f"Gradient norms not drawn: {GRADIENTS_NOT_DRAWN}."
+    pairs = _first_layer_pairs(groups)
+    if not pairs:
+        return ("Gradient norms not judged: it needs a finished plain and residual net of one "
+                "depth, both with gradients.csv.")
+    parts = [f"{plain.depth}{plain.variant}: plain {p:.3g} vs ResNet {r:.3g} at it {it}"
+             + (f" (ratio {p / r:.2g})" if r > 0 else "") for plain, _, it, p, r in pairs]
+    outside = [f"{plain.depth}{plain.variant}" for plain, _, _, p, r in pairs
+               if not (r > 0 and 1 / ORDER <= p / r <= ORDER)]
+    compared = [g for pair in pairs for g in pair[:2]]
+    basis, why = verdict_basis([{"max_steps": g.max_steps, "dataset": g.dataset} for g in compared],
+                               [(0.0, 0.0, len(_done_probed(g))) for g in compared],
+                               what=GRADIENT_BASIS, spread=False)
+    if any(g.dataset == "synthetic" for g, *_ in pairs):
+        return (f"Gradient norms not judged: synthetic data, so this is a software check that says "
+                f"nothing about the paper (basis: {basis}). Its comparisons: {'; '.join(parts)}.")
+    found = ("within an order of magnitude of the residual nets' at every depth (the paper: "
+             "\"healthy norms\")" if not outside else
+             f"not within an order of magnitude of the residual nets' at depth "
+             f"{', '.join(outside)} (against the paper's \"healthy norms\")")
+    qualifier = f", indicative only ({' and '.join(why)})" if why else ""
+    return (f"Backward signal at the first layer{qualifier}: the plain nets' is {found}. "
+            f"Basis: {basis}. Found: {'; '.join(parts)}.")
 
 
 # ------------------------------------------------------------------------------ report
@@ -401,7 +460,23 @@ def report_markdown(root: Path, groups: list[Group], table_md: str, sentence: st
     missing = missing_responses(groups)
     if missing:
         lines += ["Left out of Figure 7 (no responses.json): " + "; ".join(missing) + ".", ""]
-    return "\n".join(lines)
+    return "\n".join(lines + _gradient_lines(groups))
+
+
+def _gradient_lines(groups: list[Group]) -> list[str]:
+    """report.md's section on the gradient norms: the figures, their reading, what is left out."""
+    lines = ["## Gradient norms: the backward side of Figure 7", ""]
+    if not any(gradient_runs(g) for g in groups):
+        return lines + [gradient_sentence(groups), ""]
+    lines += ["![gradients by layer](gradients_by_layer.png)", "",
+              "![weight gradients by layer](weight_gradients_by_layer.png)", "",
+              "![first layer's gradients](gradients_first_layer.png)", "",
+              plots.GRADIENT_CAPTION.replace("\n", " ") + ".", "", gradient_sentence(groups), ""]
+    missing = missing_gradients(groups)
+    if missing:
+        lines += ["Left out of the gradient figures (no gradients.csv): " + "; ".join(missing)
+                  + ".", ""]
+    return lines
 
 
 def table_note(groups: list[Group]) -> str:
@@ -421,12 +496,16 @@ def write_outputs(root: Path) -> list[Path]:
     """The figures, tables and report of ROOT into ROOT/figures (a folder per dataset if many)."""
     root = Path(root)
     datasets = by_dataset(group_runs(load_runs(root)))
-    written = []
+    written, undrawn = [], []
     for dataset, groups in datasets.items():
         out = root / "figures" / (dataset if len(datasets) > 1 else "")
         out.mkdir(parents=True, exist_ok=True)
         for name, build in plots.FIGURES.items():
-            written += plots.save_figure(build(groups), out / name)
+            fig = build(groups)
+            if fig is not None:  # None: nothing to draw it from (no run has gradients.csv)
+                written += plots.save_figure(fig, out / name)
+        if not any(gradient_runs(g) for g in groups):
+            undrawn.append(dataset)
         rows = table6_rows(groups)
         table_md, sentence = table_markdown(rows), degradation_sentence(rows)
         notes = warmup_notes(groups)
@@ -440,6 +519,9 @@ def write_outputs(root: Path) -> list[Path]:
         for name, text in texts.items():
             atomic_write_text(out / name, text)
             written.append(out / name)
+    if undrawn:
+        which = f" ({', '.join(undrawn)})" if len(datasets) > 1 else ""
+        warn(f"gradient figures not drawn{which}: {GRADIENTS_NOT_DRAWN}")
     return written
 
 

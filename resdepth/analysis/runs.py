@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..models import net_name
-from ..rundir import flatten, read_json, read_metrics
+from ..rundir import flatten, read_gradients, read_json, read_metrics
 from .paper import PAPER_DATASETS
 
 CURVE_KEYS = ("iteration", "train_error", "test_error")  # what Figure 6 reads of a metrics.csv row
@@ -58,12 +58,14 @@ class Stats:
 
 @dataclass
 class Run:
-    """One run directory: result.json, metrics.csv rows, layer response stds (None when missing)."""
+    """One run directory: result.json, metrics.csv rows, layer response stds (None when missing),
+    gradients.csv rows (None for a run recorded before the gradient probe)."""
 
     dir: Path
     result: dict
     metrics: list[dict]
     responses: list[float] | None
+    gradients: list[dict] | None = None
 
     @property
     def status(self) -> str:
@@ -233,7 +235,8 @@ def load_runs(root: Path) -> list[Run]:
             warn(f"{run_dir / 'result.json'} left out: {why}")
             continue
         runs.append(Run(run_dir, result, _curve_rows(run_dir / "metrics.csv"),
-                        _responses(run_dir / "responses.json", result["depth"])))
+                        _responses(run_dir / "responses.json", result["depth"]),
+                        read_gradients(run_dir / "gradients.csv") or None))
     return dedupe(runs)
 
 
@@ -407,3 +410,37 @@ def missing_responses(groups: list[Group]) -> list[str]:
             why = ", ".join(status_note(r) or "done, no responses.json" for r in g.runs)
             out.append(f"{g.name} ({why})")
     return out
+
+
+# ------------------------------------------------------------------------------ gradient norms
+
+def gradient_records(run: Run, key: str) -> dict[int, list[float]]:
+    """{iteration: [`key` of layer 0, 1, ...]} of the run's gradients.csv, complete records only (a
+    record cut short by a crash is left out); a repeated row counts with its last value."""
+    by_iteration: dict[int, dict[int, float]] = {}
+    for row in run.gradients or []:
+        by_iteration.setdefault(row["iteration"], {})[row["layer"]] = row[key]
+    n = max(map(len, by_iteration.values()), default=0)
+    return {it: [layers[i] for i in range(n)] for it, layers in sorted(by_iteration.items())
+            if sorted(layers) == list(range(n))}
+
+
+def gradient_runs(group: Group) -> list[Run]:
+    """What the gradient figures show of a group: its done runs with gradients.csv, else the
+    others with one (a sweep under way)."""
+    runs = [r for r in group.runs if r.gradients]
+    return [r for r in runs if r.status == "done"] or runs
+
+
+def mean_gradients(runs: list[Run], key: str) -> dict[int, list[float]]:
+    """Each layer's `key`, the mean over runs, at the iterations all of them recorded."""
+    records = [gradient_records(r, key) for r in runs]
+    common = set.intersection(*map(set, records)) if records else set()
+    return {it: [statistics.fmean(v) for v in zip(*(rec[it] for rec in records))]
+            for it in sorted(common)}
+
+
+def missing_gradients(groups: list[Group]) -> list[str]:
+    """Nets left out of the gradient figures for want of a gradients.csv, with why."""
+    return [f"{g.name} ({', '.join(status_note(r) or 'done' for r in g.runs)})" for g in groups
+            if not gradient_runs(g)]

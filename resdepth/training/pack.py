@@ -29,7 +29,8 @@ from ..models import (STAGE_WIDTHS, GroupBatchNorm2d, ResponseStd, check_bn_batc
                       cifar_resnet)
 from .. import rundir
 from .step import WholeStep
-from .system import Warmup, count_steps_manually, lr_at, restore_rng, rng_state
+from .gradients import probe
+from .system import Warmup, count_steps_manually, lr_at, probe_batch, restore_rng, rng_state
 
 PACKABLE = ("plain", "residual")  # block kinds a pack can hold (a registered kind trains alone)
 
@@ -502,6 +503,10 @@ class Member:
 
     def take_record(self) -> dict:
         return self.system.take_record(self.k)
+
+    def gradients(self) -> list[dict]:
+        """This run's gradient records, on its net alone, as its solo run takes them."""
+        return probe(self.net, *probe_batch(self.system.datamodule, self.system.optim_cfg))
 
     @torch.no_grad()
     def layer_responses(self, split) -> list[float]:

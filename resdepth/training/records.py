@@ -15,7 +15,7 @@ from pytorch_lightning.plugins.io import TorchCheckpointIO
 
 from ..models import net_name
 from ..tables import fmt_time
-from ..rundir import append_metrics, atomic_write, write_json
+from ..rundir import append_gradients, append_metrics, atomic_write, write_json
 
 PACE_AFTER_S = 30.0  # seconds: a run with no record by then says its pace once (in logs)
 
@@ -77,6 +77,8 @@ class Recorder(pl.Callback):
             # Evaluated here, not in Lightning's validation loop: that runs after this hook (which
             # writes the row, then its checkpoint) and skips a last iteration off its grid.
             row = run.take_record()
+            if row["diverged_at"] is None:
+                append_gradients(self.run_dir / "gradients.csv", step, run.gradients())
             append_metrics(self.run_dir / "metrics.csv", row)
             if self.logger:
                 self.logger.send(row)

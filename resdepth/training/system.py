@@ -17,6 +17,7 @@ from torch import nn
 
 from ..config import fill_legacy, warms_up
 from ..models import ResponseStd, check_bn_batch, cifar_resnet
+from .gradients import probe
 from .step import WholeStep
 
 
@@ -274,6 +275,10 @@ class System(pl.LightningModule):
                 row[f"{name}_error"] = self.evaluate(split)
         return row
 
+    def gradients(self) -> list[dict]:
+        """gradients.csv's rows of this record: each weighted layer's norms on the probe batch."""
+        return probe(self.net, *probe_batch(self.datamodule, self.optim_cfg))
+
     @torch.no_grad()
     def layer_responses(self, split) -> list[float]:
         """Figure 7: std of each 3x3 layer's response (after BN, before ReLU/addition), fp32."""
@@ -300,6 +305,13 @@ class System(pl.LightningModule):
         if self._trainer is not None:  # resuming (load_from_checkpoint only wants the net)
             restore_rng(state["rng"])
             count_steps_manually(checkpoint)
+
+
+def probe_batch(data, optim: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """The fixed batch the gradient records are taken on: the first optim.batch_size training
+    images, normalised, not augmented (the same at every record and for every seed)."""
+    n = int(optim["batch_size"])
+    return data.normalize(data.train.images[:n]), data.train.labels[:n]
 
 
 def count_steps_manually(checkpoint: dict) -> None:

@@ -300,6 +300,7 @@ def _start(cfg: dict, run_dir: Path, data: DataModule, system: System, trainer_k
         rundir.write_json(run_dir / "config.json",
                           {"hash": chash, "semantic": semantic_config(cfg), "config": cfg})
     rundir.truncate_metrics(run_dir / "metrics.csv", resume_step)
+    rundir.truncate_gradients(run_dir / "gradients.csv", resume_step)
     result = rundir.start_result(run_dir, cfg, chash, resume_step, {
         "params": count_parameters(system.net), "device": device_name(accelerator, gpu),
         "accelerator": accelerator, "precision": precision, "threads": torch.get_num_threads(),
