@@ -245,14 +245,14 @@ def _sweep(overrides: list[str], launch: Callable[[list[str]], None], plan: bool
         print(f"resdepth: error: {e}", file=sys.stderr)
         return 2
     same_as = print_plan(jobs, states, given)
-    if note := pack_note(jobs, sweep_packs(jobs, same_as, states)):
+    packs = sweep_packs(jobs, same_as, states)
+    if note := pack_note(jobs, packs):
         print(f"note: {note}", flush=True)
     if time_limit is not None:
-        print(f"note: {budget_note(jobs, same_as, time_limit)}", flush=True)
+        print(f"note: {budget_note(jobs, same_as, time_limit, packs)}", flush=True)
     if plan:  # checked and printed; nothing written, nothing trained
         return 0
     command_line = " ".join(["resdepth sweep", *map(shlex.quote, given)])
-    packs = sweep_packs(jobs, same_as, states)
     started = record_sweep(jobs, same_as, command_line, packs, expand_grid(overrides))
     # a pack is one job, whatever the launcher: the plan's sweeper launches the planned jobs
     sweeper = ["hydra/sweeper=plan"] if any(len(p) > 1 for p in packs) else []
@@ -333,35 +333,43 @@ def check_time_limit(launcher: dict, job: dict) -> None:
                 f"raise timeout_min or max_num_timeout")
 
 
-def budget_note(jobs: list[dict], same_as: list[int], limit_s: float) -> str:
-    """Which runs finish inside a time limit, one after another in the plan's order, by the pace
-    each run has shown (or, for one not trained yet, the median pace per layer of those that
-    have: a step costs about its depth)."""
-    runs = [j for i, j in enumerate(jobs) if same_as[i] == i]
-    records = [_record(Path(j["run_dir"])) for j in runs]
-    paces = [float(r.get("wall_time_s") or 0) / int(r["steps"]) if r.get("steps") else 0.0
-             for r in records]
-    per_layer = [p / j["model"]["depth"] for p, j in zip(paces, runs) if p > 0]
+def budget_note(jobs: list[dict], same_as: list[int], limit_s: float,
+                packs: list[list[int]] | None = None) -> str:
+    """Which runs finish inside a time limit, one pack (or run) after another in the plan's
+    order, by the pace each run has shown (or, for one not trained yet, the median pace per layer
+    of those that have: a step costs about its depth); a pack's runs advance together."""
+    runs = [i for i in range(len(jobs)) if same_as[i] == i]
+    number = {i: n for n, i in enumerate(runs, 1)}
+    records = {i: _record(Path(jobs[i]["run_dir"])) for i in runs}
+    paces = {i: float(r.get("wall_time_s") or 0) / int(r["steps"]) if r.get("steps") else 0.0
+             for i, r in records.items()}
+    per_layer = [paces[i] / jobs[i]["model"]["depth"] for i in runs if paces[i] > 0]
     head = f"time limit {fmt_time(limit_s)}"
     if not per_layer:
         return (f"{head}: no run of this sweep has trained yet, so none has a pace; when the "
                 f"limit is spent every run stops at a checkpoint and the same command goes on")
     unit, spent, finish = statistics.median(per_layer), 0.0, []
-    for n, (j, r, pace) in enumerate(zip(runs, records, paces), 1):
-        if r.get("status") in COMPLETE:
+    for pack in packs or [[i] for i in runs]:
+        todo = [i for i in pack if records[i].get("status") not in COMPLETE]
+        if not todo:
             continue
-        pace = pace or unit * j["model"]["depth"]
-        left = j["trainer"]["max_steps"] - int(r.get("steps") or 0)
+        pace = max(paces[i] or unit * jobs[i]["model"]["depth"] for i in todo)
+        steps = {i: int(records[i].get("steps") or 0) for i in todo}
+        left = max(jobs[i]["trainer"]["max_steps"] - steps[i] for i in todo)
         if spent + left * pace > limit_s:
-            reach = int(r.get("steps") or 0) + int((limit_s - spent) / pace)
             names = ", ".join(map(str, finish))
             done = ("" if not finish else f"run {names} finishes inside it, and "
                     if len(finish) == 1 else f"runs {names} finish inside it, and ")
-            return (f"{head}: by the pace of this sweep's runs so far, {done}run {n} reaches "
-                    f"about iteration {reach} of {j['trainer']['max_steps']}; the rest waits for "
-                    f"the next call of the same command")
+            i = todo[0]
+            who = f"run {number[i]}" if len(todo) == 1 else (
+                f"runs {'+'.join(str(number[k]) for k in todo)} (one pack)")
+            reach = steps[i] + int((limit_s - spent) / pace)
+            verb = "reaches" if len(todo) == 1 else "reach"
+            return (f"{head}: by the pace of this sweep's runs so far, {done}{who} {verb} "
+                    f"about iteration {reach} of {jobs[i]['trainer']['max_steps']}; the rest "
+                    f"waits for the next call of the same command")
         spent += left * pace
-        finish.append(n)
+        finish += [number[i] for i in todo]
     return f"{head}: by the pace of this sweep's runs so far, every run finishes inside it"
 
 

@@ -186,6 +186,8 @@ def test_packs_hold_runs_that_differ_only_by_seed_and_block_kind(tmp_path):
     assert plan_packs(base, 1, [0] * len(base)) == [[i] for i in range(len(base))]
     starts = [i % 2 for i in range(len(base))]  # runs at another iteration never share a pack
     assert all(len({starts[i] for i in p}) == 1 for p in plan_packs(base, 8, starts))
+    mine = {**base[0], "model": {**base[0]["model"], "block": "mine"}}  # a registered kind
+    assert pack_key(mine) is None and plan_packs([mine, mine], 8, [0, 0]) == [[0], [1]]
     plain_b = compose(["data=synthetic", "model.block=plain", "model.shortcut=B"])
     assert pack_key(plain_b) == pack_key(compose(["data=synthetic", "model.block=residual"]))
 

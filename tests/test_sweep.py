@@ -551,6 +551,11 @@ def test_a_time_limit_plan_says_which_runs_finish_inside_it_by_their_pace(tmp_pa
             "call of the same command") in proc.stdout
     assert "every run finishes inside it" in run_cli("sweep", "--plan", *args, "--time-limit",
                                                      "2h").stdout
+    # packed, runs 3 and 4 advance together: the same 300 s take both to iteration 525
+    packed = run_cli("sweep", "--plan", *args, "trainer.pack=2", "--time-limit", "20m")
+    assert ("run 2 finishes inside it, and runs 3+4 (one pack) reach about iteration 525 of "
+            "1000;") in packed.stdout
+    assert "note: runs 3+4 train as one wide net per pack" in packed.stdout
     assert not (tmp_path / "sweep.json").exists()
     for bad in ("0", "8x", "-1m"):
         proc = run_cli("sweep", "--plan", *args, "--time-limit", bad)
