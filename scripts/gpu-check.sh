@@ -64,6 +64,10 @@ packs() {  # about 2-4 minutes on an H200
     resdepth bench "${common[@]}" --depths 56 --bn-batch 64 --compile true --out "$DEST/packs-compile.json"
 }
 
+group_bn() {  # under a minute: BN over groups of 64, the loop against one batch-norm call
+  PYTHONPATH=.${PYTHONPATH:+:$PYTHONPATH} $PY experiments/bench/group_bn.py --cuda-only --no-step
+}
+
 failed=()
 step() {  # step NAME FUNCTION [LOG]: run it (its output also into DEST/LOG), say how it ended
   local log=/dev/null
@@ -77,7 +81,8 @@ step bench bench bench.log
 step "the paper's schedule, within BUDGET=$BUDGET" campaign sweep.log
 step figures figures
 step "packs against runs alone" packs packs.log
+step "group BN, loop against one call" group_bn group_bn.log
 if [ ${#failed[@]} -gt 0 ]; then
   echo "gpu-check: failed: ${failed[*]} (outputs so far in $DEST)"; exit 1
 fi
-echo "gpu-check: done; outputs in $DEST (machine.txt, tests.log, bench.json, paper/, paper/figures/, packs*.json)"
+echo "gpu-check: done; outputs in $DEST (machine.txt, tests.log, bench.json, paper/, paper/figures/, packs*.json, group_bn.log)"

@@ -3,8 +3,9 @@ import pickle
 import pytest
 import torch
 
-from resdepth.models import (BLOCKS, PlainBlock, ResponseStd, check_bn_batch, check_depth,
-                             cifar_resnet, count_parameters, net_name, register_block)
+from resdepth.models import (BLOCKS, GroupBatchNorm2d, PlainBlock, ResponseStd, check_bn_batch,
+                             check_depth, cifar_resnet, count_parameters, net_name,
+                             register_block)
 
 PAPER_PARAMS = {20: 269_722, 32: 464_154, 44: 658_586, 56: 853_018, 110: 1_727_962}
 
@@ -178,3 +179,70 @@ def test_a_bn_batch_at_least_the_batch_normalises_the_whole_batch():
     whole = cifar_resnet(depth=8).train()
     x = torch.randn(8, 3, 32, 32)
     assert torch.equal(grouped(x), whole(x))
+
+
+def random_bn(channels, bn_batch, seed=0):
+    torch.manual_seed(seed)
+    bn = GroupBatchNorm2d(channels, bn_batch)
+    with torch.no_grad():
+        bn.weight.uniform_(0.5, 1.5)
+        bn.bias.normal_()
+        bn.running_mean.normal_()
+        bn.running_var.uniform_(0.5, 1.5)
+    return bn
+
+
+def forward_backward(bn, x, grad, forward=None, bf16=False):
+    """Output, input/weight/bias gradients; x arrives in bf16 under CPU bf16 autocast, as from a
+    conv there."""
+    x = x.clone().requires_grad_()
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        y = bn(x) if forward is None else forward(bn, x)
+    y.backward(grad)
+    return y.detach(), x.grad, bn.weight.grad, bn.bias.grad
+
+
+@pytest.mark.parametrize("bf16", [False, True], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("bn_batch", [64, 0])
+@pytest.mark.parametrize("k", [2, 4])
+@pytest.mark.parametrize("channels", [16, 64])
+def test_group_bn_channels_are_bitwise_independent(bf16, bn_batch, k, channels):
+    """K nets trained as one wide net (resdepth.training.pack): a GroupBatchNorm2d of K*C channels
+    gives each block of C channels bitwise what a GroupBatchNorm2d of C channels gives it alone:
+    output, gradients and running statistics."""
+    torch.manual_seed(2)
+    dtype = torch.bfloat16 if bf16 else torch.float32
+    xs = [torch.randn(128, channels, 8, 8) * 2 + 1 for _ in range(k)]
+    grads = [torch.randn(128, channels, 8, 8) for _ in range(k)]
+    alone = [random_bn(channels, bn_batch, seed=i) for i in range(k)]
+    wide = GroupBatchNorm2d(k * channels, bn_batch)
+    with torch.no_grad():
+        for name in ["weight", "bias", "running_mean", "running_var"]:
+            getattr(wide, name).copy_(torch.cat([getattr(bn, name) for bn in alone]))
+
+    def cl(t):
+        return t.to(dtype).contiguous(memory_format=torch.channels_last)
+
+    out = forward_backward(wide, cl(torch.cat(xs, 1)), cl(torch.cat(grads, 1)), bf16=bf16)
+    out += (wide.running_mean, wide.running_var)
+    for i, bn in enumerate(alone):
+        expected = forward_backward(bn, cl(xs[i]), cl(grads[i]), bf16=bf16)
+        expected += (bn.running_mean, bn.running_var)
+        for a, b in zip(out, expected):
+            assert torch.equal(a.narrow(1 if a.dim() > 1 else 0, i * channels, channels), b)
+    assert wide.num_batches_tracked.item() == (128 // bn_batch if bn_batch else 1)
+
+
+@pytest.mark.parametrize("bn_batch,batch,train", [(16, 64, False), (0, 64, True), (64, 64, True),
+                                                   (64, 8, True)])
+def test_group_bn_is_batchnorm2d_in_eval_with_bn_batch_0_or_one_group(bn_batch, batch, train):
+    torch.manual_seed(3)
+    x = torch.randn(batch, 8, 6, 6).contiguous(memory_format=torch.channels_last)
+    grad = torch.randn(batch, 8, 6, 6)
+    bn, ref = random_bn(8, bn_batch).train(train), random_bn(8, bn_batch).train(train)
+    out = forward_backward(bn, x, grad)
+    expected = forward_backward(ref, x, grad, torch.nn.BatchNorm2d.forward)
+    for a, b in zip(out, expected):
+        assert torch.equal(a, b)
+    assert torch.equal(bn.running_var, ref.running_var)
+    assert bn.num_batches_tracked.item() == ref.num_batches_tracked.item() == int(train)
