@@ -299,6 +299,19 @@ def test_the_first_layer_figure_follows_every_net_over_the_iterations(tmp_path, 
         assert line.get_linestyle() == "--" and lines["ResNet-14"].get_linestyle() == "-"
 
 
+@pytest.mark.parametrize("milestones,drawn", [([30, 36], [30, 36]), ([30, 32000], [30]),
+                                              ([32000, 48000], [])])
+def test_the_first_layer_figure_marks_only_the_lr_drops_its_records_reach(tmp_path, smoke,
+                                                                         milestones, drawn):
+    cfg = json.loads(json.dumps(smoke))
+    cfg["optim"]["milestones"] = milestones
+    fig = plots.first_layer_figure(group_runs(load_runs(probed_root(tmp_path, cfg))))
+    for ax in fig.axes:
+        verticals = [line.get_xdata()[0] for line in ax.lines if line.get_label().startswith("_")]
+        assert verticals == drawn and ax.get_xlim()[1] < 100  # the x axis is the records'
+    assert ("dotted: lr drops" in fig._suptitle.get_text()) == bool(drawn)
+
+
 def test_plot_draws_the_gradient_figures_and_the_report_reads_them(tmp_path, cifar10, capsys):
     root = probed_root(tmp_path, cifar10)
     assert plot_cli([str(root)]) == 0
