@@ -66,11 +66,27 @@ def plan_packs(cfgs: list[dict], most: int | list[int], starts: list) -> list[li
 
 # ------------------------------------------------------------------------------------ the net
 class PackedConv(nn.Conv2d):
-    """K convs without bias as one grouped conv: weight (K*out, in, k, k)."""
+    """K convs without bias: weight (K*out, in, k, k). On CUDA one grouped conv, the point of
+    packing; elsewhere (or with `grouped` False) each net's conv is the solo op on the solo
+    shapes, so that a pack on a CPU trains bitwise as its runs alone on every CPU (oneDNN's
+    grouped conv sums in another order than the conv alone on some CPUs). `grouped` True forces
+    the grouped conv anywhere."""
+
+    grouped: bool | None = None  # None: grouped on CUDA only
 
     def __init__(self, K: int, in_planes: int, planes: int, kernel: int, stride: int) -> None:
         super().__init__(K * in_planes, K * planes, kernel, stride, kernel // 2, bias=False,
                          groups=K)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.grouped or (self.grouped is None and x.is_cuda):
+            return super().forward(x)
+        fmt = (torch.channels_last if x.is_contiguous(memory_format=torch.channels_last)
+               and not x.is_contiguous() else torch.contiguous_format)
+        i, o = self.in_channels // self.groups, self.out_channels // self.groups
+        return torch.cat([F.conv2d(x[:, k * i:(k + 1) * i].contiguous(memory_format=fmt),
+                                   self.weight[k * o:(k + 1) * o], None, self.stride,
+                                   self.padding) for k in range(self.groups)], 1)
 
 
 class PackedPadShortcut(nn.Module):
