@@ -82,7 +82,7 @@ class PackedConv(nn.Conv2d):
         if self.grouped or (self.grouped is None and x.is_cuda):
             return super().forward(x)
         fmt = (torch.channels_last if x.is_contiguous(memory_format=torch.channels_last)
-               and not x.is_contiguous() else torch.contiguous_format)
+               else torch.contiguous_format)  # each slice as the solo conv would get it
         i, o = self.in_channels // self.groups, self.out_channels // self.groups
         return torch.cat([F.conv2d(x[:, k * i:(k + 1) * i].contiguous(memory_format=fmt),
                                    self.weight[k * o:(k + 1) * o], None, self.stride,
