@@ -148,31 +148,42 @@ def hydra_task(cfg: DictConfig):
         watch_sweep()  # a local parallel worker: it stops when the sweep's process is gone
     if multirun and os.environ.get(SWEEP_PLAN_ENV):
         num = HydraConfig.get().job.num
-        header, same_as, pack = job_header(Path(os.environ[SWEEP_PLAN_ENV]), num, cfg.run_dir)
+        header, same_as, group = job_header(Path(os.environ[SWEEP_PLAN_ENV]), num, cfg.run_dir)
         if same_as != num:  # an earlier job trains this run
             _clean_up_refused(Path(cfg.run_dir), record_only=True)  # it may be making the folder
             print(header, flush=True)
             return {"status": "same run", "same_as": same_as}
         print(header, flush=True)
-        if pack:
-            return _train_pack(cfg, pack)
+        if len(group) > 1 or group[0]:
+            return _train_packs(cfg, group)
     return _train(cfg, multirun)
 
 
-def _train_pack(cfg: DictConfig, others: list[dict]):
-    """train_pack of this job's run and the `others` of its pack (their sweep plan entries); a
-    run refused is recorded for the sweep's summary, as _train records it."""
-    from .sweep import record_refusal
-    from .training.train import OutOfTime, RunFailed, train_pack
+def _train_packs(cfg: DictConfig, group: list[list[dict]]):
+    """train_pack of this job's run and the others of its pack (their sweep plan entries), side
+    by side with the job's other packs (train_side_by_side); a run refused is recorded for the
+    sweep's summary, as _train records it."""
+    from .training.train import OutOfTime, train_side_by_side
 
+    packs = [[None, *group[0]], *group[1:]]  # None: this job's own run
     try:
-        outcomes = train_pack([cfg, *(entry["config"] for entry in others)])
+        outcomes = train_side_by_side(
+            [[cfg if e is None else e["config"] for e in pack] for pack in packs])
     except OutOfTime as e:
         if e.step is None:
             _clean_up_refused(Path(cfg.run_dir))
         return {"status": "not started" if e.step is None else "stopped"}
+    return {"status": "pack", "runs": [
+        status for pack, outs in zip(packs, outcomes) for status in _statuses(cfg, pack, outs)]}
+
+
+def _statuses(cfg: DictConfig, entries: list, outcomes: list) -> list:
+    """Each run's status for the sweep's summary; a refused run's error printed and recorded."""
+    from .sweep import record_refusal
+    from .training.train import RunFailed
+
     statuses = []
-    for entry, outcome in zip([None, *others], outcomes):
+    for entry, outcome in zip(entries, outcomes):
         run_dir = Path(entry["run_dir"] if entry else cfg.run_dir)
         if isinstance(outcome, dict):
             statuses.append(outcome.get("status"))
@@ -186,7 +197,7 @@ def _train_pack(cfg: DictConfig, others: list[dict]):
             print(f"resdepth: error: {outcome}", file=sys.stderr, flush=True)
             record_refusal(str(run_dir), str(outcome))
             statuses.append("error")
-    return {"status": "pack", "runs": statuses}
+    return statuses
 
 
 def _train(cfg: DictConfig, multirun: bool):

@@ -22,7 +22,7 @@ from omegaconf import OmegaConf
 
 from .rundir import COMPLETE, read_json
 from .tables import plural
-from .sweep import SWEEP_PLAN_ENV, record_refusal, run_state, sweep_progress
+from .sweep import SWEEP_PLAN_ENV, job_packs, record_refusal, run_state, sweep_progress
 
 # states of a job that may still write its result (squeue --states=all)
 ACTIVE = {"PENDING", "RUNNING", "CONFIGURING", "COMPLETING", "REQUEUED", "REQUEUE_HOLD",
@@ -213,7 +213,8 @@ def _plan() -> list[dict]:
         plan = sweep["plan"]
         if "launched" not in sweep:
             return plan
-        return [{**plan[i], "same_as": n, "others": [plan[k] for k in plan[i]["pack"][1:]]}
+        return [{**plan[i], "same_as": n,
+                 "others": [plan[k] for p in job_packs(plan, i) for k in p if k != i]}
                 for n, i in enumerate(sweep["launched"])]
     except (KeyError, OSError, ValueError, TypeError, IndexError):
         return []

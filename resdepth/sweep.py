@@ -156,26 +156,34 @@ def plan_entries(plan_path: Path, num: int) -> tuple[list[dict], int]:
     return sweep["plan"], sweep["launched"][num] if "launched" in sweep else num
 
 
-def job_header(plan_path: Path, num: int, run_dir: str) -> tuple[str, int, list[dict]]:
+def job_header(plan_path: Path, num: int, run_dir: str) -> tuple[str, int, list[list[dict]]]:
     """The line sweep job `num` prints first, the job that trains its run (num, or an earlier
-    job's when both are the same run), and the plan entries of the other runs of its pack."""
-    pack = []
+    job's when both are the same run), and the packs it trains side by side (plan entries): its
+    own pack first, without its own run."""
     try:
         plan, i = plan_entries(plan_path, num)
         number, same_as = plan[i].get("number", i + 1), plan[i].get("same_as", i)
         if not plan[i]["run_dir"] == plan[same_as]["run_dir"] == run_dir:  # another sweep's plan
             number, same_as, i = num + 1, num, num
         else:
-            pack = [plan[k] for k in plan[i].get("pack", [])[1:]]
-            number = "+".join(str(plan[k]["number"]) for k in plan[i].get("pack", [i]))
+            packs = job_packs(plan, i)
+            group = [[plan[k] for k in p if k != i] for p in packs]
+            number = ", ".join("+".join(str(plan[k]["number"]) for k in p) for p in packs)
         state = sweep_progress(plan_path)
     except (OSError, ValueError, KeyError, IndexError) as e:  # a courtesy: never stop a run for it
         number, same_as, i, state = num + 1, num, num, f"progress unknown: {e}"
+        group = [[]]
     if same_as != i:  # e.g. a plain net under model.shortcut=A,B: one run, trained once
         return (f"=== run {number} again (sweep job {num + 1}): the same run as job {same_as + 1}, "
-                f"trained once there ===", same_as, [])
-    what = f"runs {number} as one pack" if pack else f"run {number}"
-    return f"=== {what}/{state} ===", num, pack
+                f"trained once there ===", same_as, [[]])
+    what = (f"runs {number} side by side" if len(group) > 1 else
+            f"runs {number} as one pack" if group[0] else f"run {number}")
+    return f"=== {what}/{state} ===", num, group
+
+
+def job_packs(plan: list[dict], i: int) -> list[list[int]]:
+    """The packs (plan indices) that the job launched for plan entry `i` trains side by side."""
+    return plan[i].get("job") or [plan[i].get("pack", [i])]
 
 
 def _parallel_note(runs: int, gpus: int, overrides: list[str]) -> str:
@@ -248,14 +256,18 @@ def _sweep(overrides: list[str], launch: Callable[[list[str]], None], plan: bool
     packs = sweep_packs(jobs, same_as, states)
     if note := pack_note(jobs, packs):
         print(f"note: {note}", flush=True)
+    if note := side_by_side_note(jobs, packs, side_by_side(jobs, packs, states)):
+        print(f"note: {note}", flush=True)
     if time_limit is not None:
         print(f"note: {budget_note(jobs, same_as, time_limit, packs)}", flush=True)
     if plan:  # checked and printed; nothing written, nothing trained
         return 0
     command_line = " ".join(["resdepth sweep", *map(shlex.quote, given)])
-    started = record_sweep(jobs, same_as, command_line, packs, expand_grid(overrides))
-    # a pack is one job, whatever the launcher: the plan's sweeper launches the planned jobs
-    sweeper = ["hydra/sweeper=plan"] if any(len(p) > 1 for p in packs) else []
+    groups = side_by_side(jobs, packs, states)
+    started = record_sweep(jobs, same_as, command_line, groups, expand_grid(overrides))
+    # a pack, or packs side by side, is one job, whatever the launcher: the plan's sweeper
+    # launches the planned jobs
+    sweeper = ["hydra/sweeper=plan"] if any(sum(map(len, g)) > 1 for g in groups) else []
     try:
         launch(["--multirun", *sweeper, *overrides])
     except SystemExit as e:  # Hydra exits on its own errors (already printed)
@@ -468,6 +480,41 @@ def sweep_packs(jobs: list[dict], same_as: list[int], states: list[str]) -> list
     return [[runs[k] for k in p] for p in plan_packs([jobs[i] for i in runs], most, starts)]
 
 
+def side_by_side(jobs: list[dict], packs: list[list[int]],
+                 states: list[str]) -> list[list[list[int]]]:
+    """The packs grouped into jobs, in the plan's order (the deepest nets first): up to
+    trainer.streams packs on one device side by side in one process, each on its own CUDA stream
+    (on a CPU, its own thread); a pack whose runs are all done, in a job of its own."""
+    groups: list[list[list[int]]] = []
+    last_open = False
+    for p in packs:
+        done = all(states[i] in COMPLETE for i in p)
+        first = groups[-1][0][0] if groups else None
+        if (last_open and not done and len(groups[-1]) < jobs[first]["trainer"]["streams"]
+                and resolve_device(jobs[p[0]]["trainer"])[0]
+                == resolve_device(jobs[first]["trainer"])[0]):
+            groups[-1].append(p)
+        else:
+            groups.append([p])
+            last_open = not done
+    return groups
+
+
+def side_by_side_note(jobs: list[dict], packs: list[list[int]],
+                      groups: list[list[list[int]]]) -> str | None:
+    """Which packs train side by side, or None when none do."""
+    shared = [g for g in groups if len(g) > 1]
+    if not shared:
+        return None
+    number = {i: n + 1 for n, i in enumerate(sorted(i for p in packs for i in p))}  # as planned
+    which = "; ".join(", ".join("+".join(str(number[i]) for i in p) for p in g) for g in shared)
+    cfg = jobs[shared[0][0][0]]
+    how = ("each on its own CUDA stream" if resolve_device(cfg["trainer"])[0] == "gpu" else
+           "each in its own thread, sharing this CPU's cores")
+    return (f"side by side in one process (trainer.streams={cfg['trainer']['streams']}), {how}: "
+            f"{which}; each trains as it would alone (docs/sweeps.md#packs-side-by-side)")
+
+
 def pack_note(jobs: list[dict], packs: list[list[int]]) -> str | None:
     """What trains as one net, or None when no run shares a pack."""
     shared = [p for p in packs if len(p) > 1]
@@ -482,7 +529,8 @@ def pack_note(jobs: list[dict], packs: list[list[int]]) -> str | None:
 
 
 def record_sweep(jobs: list[dict], same_as: list[int], command: str,
-                 packs: list[list[int]] | None = None, grid: list[list[str]] | None = None) -> str:
+                 groups: list[list[list[int]]] | None = None,
+                 grid: list[list[str]] | None = None) -> str:
     """Write each root's sweep.json (the plan each job reads for its header; with packs, the jobs
     to launch), append the command to its sweeps.jsonl, point the jobs at the plan; return the
     start time."""
@@ -495,15 +543,18 @@ def record_sweep(jobs: list[dict], same_as: list[int], command: str,
              "before": before_writing(Path(j["run_dir"]))}
             for i, j in enumerate(jobs)]
     extra = {}
-    if packs and grid and any(len(p) > 1 for p in packs):
-        for p in packs:
-            for i in p:
-                plan[i]["pack"] = p
-                if len(p) > 1:
-                    plan[i]["config"] = jobs[i]
-        for p in packs:
-            plan[p[0]]["overrides"] = grid[p[0]]
-        extra["launched"] = [p[0] for p in packs]  # Hydra's job.num -> its plan entry
+    if groups and grid and any(sum(map(len, g)) > 1 for g in groups):
+        for group in groups:
+            for p in group:
+                for i in p:
+                    plan[i]["pack"] = p
+                    if len(p) > 1 or len(group) > 1:
+                        plan[i]["config"] = jobs[i]
+            first = group[0][0]
+            plan[first]["overrides"] = grid[first]
+            if len(group) > 1:
+                plan[first]["job"] = group
+        extra["launched"] = [g[0][0] for g in groups]  # Hydra's job.num -> its plan entry
     for root in roots:
         Path(root).mkdir(parents=True, exist_ok=True)
         runs = [j["run_dir"] for j in jobs if j["results_root"] == root]

@@ -94,6 +94,9 @@ def test_a_key_given_twice_is_named_and_the_last_value_is_used():
     ("model.depth=-4", "model.depth=-4 is not a CIFAR ResNet depth"),
     ("optim.warmup=maybe", "optim.warmup='maybe' is not one of auto, true, false"),
     ("trainer.max_steps=0", "trainer.max_steps=0 must be a positive integer"),
+    ("trainer.streams=0", "trainer.streams=0 must be from 1 to 16 (packs side by side in one "
+                          "process; 1: one after another)"),
+    ("trainer.streams=two", "Value 'two' of type 'str' could not be converted to Integer"),
     ("trainer.precision=fp8",
      "Invalid value 'fp8', expected one of [auto, 32-true, 32, bf16-mixed, bf16, 16-mixed, 16]"),
     ("trainer.cuda_graph=maybe", "trainer.cuda_graph='maybe' is not one of auto, true, false"),

@@ -619,3 +619,65 @@ def test_a_packed_sweep_killed_at_any_moment_resumes_exactly(tmp_path):
             range(10, 121, 10))  # no gap, no duplicate
     assert run_cli("sweep", *args, f"results_root={clean}").returncode == 0
     assert _rows_of(killed) == _rows_of(clean)
+
+
+@pytest.mark.parametrize("pack", ["2", "off"])
+def test_packs_side_by_side_train_each_run_as_one_after_another(tmp_path, pack):
+    """trainer.streams=2: the sweep's packs (or, unpacked, its runs) two at a time in one
+    process, each in its own thread (on a GPU, its own CUDA stream); the same rows as one after
+    another, and each run's own lines in its own log."""
+    args = [*PACKED, f"trainer.pack={pack}"]
+    proc = run_cli("sweep", *args, "trainer.streams=2", f"results_root={tmp_path / 'side'}")
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    which = "1+2, 3+4" if pack == "2" else "1, 2; 3, 4"
+    assert (f"note: side by side in one process (trainer.streams=2), each in its own thread, "
+            f"sharing this CPU's cores: {which}; each trains as it would alone") in proc.stdout
+    jobs = 1 if pack == "2" else 2
+    assert re.search(rf"[Ll]aunching {jobs} jobs", proc.stdout)
+    assert proc.stdout.count(" side by side/4 (") == jobs and "sweep finished: 4 done" in proc.stdout
+    assert run_cli("sweep", *args, f"results_root={tmp_path / 'after'}").returncode == 0
+    assert _rows_of(tmp_path / "side") == _rows_of(tmp_path / "after")
+    for run_dir, r in find_results(tmp_path / "side"):
+        log = (run_dir / "resdepth.log").read_text()
+        names = set(re.findall(r"\[((?:plain|ResNet)-\d+ seed \d)\]", log))
+        assert names == {f"{'plain' if r['block'] == 'plain' else 'ResNet'}-{r['depth']} seed 0"}
+        assert f"-{r['depth']} seed 0] done: test " in log
+
+
+def test_packs_side_by_side_stopped_by_sigterm_stop_at_a_checkpoint_and_resume_exactly(
+        tmp_path):
+    args = ["experiment=smoke", "trainer.max_steps=60", "trainer.eval_every=10",
+            "optim.milestones=[30,45]", "trainer.progress=false", "trainer.pack=2",
+            "trainer.streams=2"]
+    killed, clean = tmp_path / "killed", tmp_path / "clean"
+    run_dirs = [Path(compose([*args, f"model.block={b}", f"model.depth={d}",
+                              f"results_root={killed}"])["run_dir"])
+                for b in ("plain", "residual") for d in (8, 14)]
+    proc = subprocess.Popen([sys.executable, "-m", "resdepth.cli", "sweep", *args,
+                             f"results_root={killed}"],
+                            cwd=REPO, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert wait_for(lambda: all(checkpoint_step(d / "last.ckpt") >= 20 for d in run_dirs))
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=600)
+    assert proc.returncode == 143, err[-3000:]
+    stopped = 0
+    for d in run_dirs:  # each stopped after its iteration, with a checkpoint there
+        kept = checkpoint_step(d / "last.ckpt")
+        if json.loads((d / "result.json").read_text())["status"] == "done":
+            assert kept == 60  # the shallow pack may finish first on a busy machine
+            continue
+        stopped += 1
+        assert 20 <= kept < 60
+        assert re.search(rf"stopped by SIGTERM at iteration {kept}; its checkpoint is at "
+                         rf"iteration {kept}: run the same command again to resume", err)
+    assert stopped >= 2 and err.count("stopped by SIGTERM at iteration") == stopped
+    assert "Traceback" not in err and "terminate called" not in err
+    assert err.strip().endswith("resdepth: interrupted")
+    again = run_cli("sweep", *args, f"results_root={killed}")
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert again.stdout.count("] resuming at iteration") == stopped
+    for d in run_dirs:
+        assert [r["iteration"] for r in read_metrics(d / "metrics.csv")] == list(
+            range(10, 61, 10))  # no gap, no duplicate
+    assert run_cli("sweep", *args, f"results_root={clean}").returncode == 0
+    assert _rows_of(killed) == _rows_of(clean)

@@ -13,6 +13,7 @@ from .identity import warms_up
 from .schema import AUTO_BOOL, Config, choice
 
 
+MOST_STREAMS = 16  # trainer.streams: packs side by side in one process
 AUTO_PACK = 8  # trainer.pack=auto on a CUDA GPU: at most this many runs in one wide net
 
 
@@ -176,6 +177,8 @@ def _ranges(cfg: dict) -> list[tuple]:
         ("trainer.eval_every", t["eval_every"], t["eval_every"] >= 1, positive),
         ("optim.batch_size", o["batch_size"], o["batch_size"] >= 1, positive),
         ("optim.warmup_window", o["warmup_window"], o["warmup_window"] >= 1, positive),
+        ("trainer.streams", t["streams"], 1 <= t["streams"] <= MOST_STREAMS,
+         f"from 1 to {MOST_STREAMS} (packs side by side in one process; 1: one after another)"),
         ("trainer.checkpoint_every", t["checkpoint_every"], t["checkpoint_every"] >= 0,
          ">= 0 (0: same as eval_every)"),
         ("optim.lr", o["lr"], 0 < o["lr"] < math.inf, "> 0 and finite"),

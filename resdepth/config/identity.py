@@ -14,8 +14,8 @@ from .schema import AUTO_BOOL, choice
 # change the last bits of the arithmetic, so result.json's segments record it.)
 NON_SEMANTIC = ("results_root", "run_dir", "experiment_name", "trainer.progress",
                 "trainer.checkpoint_every", "trainer.cuda_graph", "trainer.eval_batch_size",
-                "trainer.threads", "trainer.pack", "data.cache_dir", "data.download", "data.root",
-                "logger")
+                "trainer.threads", "trainer.pack", "trainer.streams", "data.cache_dir",
+                "data.download", "data.root", "logger")
 
 # How a run directory keeps its name when settings are added:
 # 1. A setting added after runs exist is hashed only where it differs from LEGACY, the value that
@@ -33,7 +33,7 @@ LEGACY = {
 }
 # Added later; no result depends on them (trainer.threads: result.json's segments record it).
 LATER_DEFAULTS = {"trainer.eval_batch_size": 1000, "trainer.threads": 1,
-                  "trainer.pack": "auto"}
+                  "trainer.pack": "auto", "trainer.streams": 1}
 
 
 def fill_legacy(cfg: dict) -> dict:

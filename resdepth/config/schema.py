@@ -102,6 +102,7 @@ class TrainerConfig:
     eval_batch_size: int = MISSING  # images per evaluation forward pass (memory, not results)
     threads: int = MISSING  # CPU threads a run computes with (0: all cores); recorded, not hashed
     pack: str = MISSING  # auto | off | K: a sweep trains up to K compatible runs as one wide net
+    streams: int = MISSING  # a sweep trains up to this many packs side by side in one process
 
 
 @dataclass

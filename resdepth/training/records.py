@@ -6,6 +6,7 @@ import contextlib
 import io
 import math
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -18,6 +19,24 @@ from ..tables import fmt_time
 from ..rundir import append_gradients, append_metrics, atomic_write, write_json
 
 PACE_AFTER_S = 30.0  # seconds: a run with no record by then says its pace once (in logs)
+_side = threading.local()  # .on: a thread of packs side by side (train_side_by_side)
+SIDE_STOP = threading.Event()  # set: every run side by side stops at a checkpoint
+
+
+def side_thread() -> bool:
+    """Whether this thread trains a pack side by side with others: the process's pack_log routes
+    what it prints, and SIDE_STOP stops it."""
+    return getattr(_side, "on", False)
+
+
+@contextlib.contextmanager
+def beside_others():
+    """This thread's runs train side by side with others' (see side_thread)."""
+    _side.on = True
+    try:
+        yield
+    finally:
+        _side.on = False
 
 
 def label(cfg: dict) -> str:
@@ -44,12 +63,13 @@ class Recorder(pl.Callback):
         self.run_dir, self.cfg, self.result, self.logger = run_dir, cfg, result, logger
         self.deadline = deadline  # time.time() at which the sweep's time limit is spent
         self.out_of_time = None  # the iteration the run stopped at for the time limit
+        self.side_stopped = None  # the iteration it stopped at for SIDE_STOP
         t = cfg["trainer"]
         self.max_steps, self.eval_every = t["max_steps"], t["eval_every"]
         self.checkpoint_every = t["checkpoint_every"] or t["eval_every"]
         self.progress = t["progress"]
         # Not Lightning's bar: on a terminal one line redrawn in place; in logs, only whole lines.
-        self.live = self.progress and sys.stdout.isatty()
+        self.live = self.progress and sys.stdout.isatty() and not side_thread()
         self.last_draw, self.last_row = 0.0, None
         self.t0, self.step0 = time.perf_counter(), None
         self.checkpoint_step = None  # the iteration of last.ckpt, once this process has written one
@@ -94,8 +114,10 @@ class Recorder(pl.Callback):
         # finish its step, a SLURM job's time-limit signal) checkpoints here, whatever the interval.
         if self.deadline is not None and step < self.max_steps and time.time() >= self.deadline:
             self.out_of_time, trainer.should_stop = step, True  # fit ends after this iteration
+        if SIDE_STOP.is_set() and side_thread() and step < self.max_steps:
+            self.side_stopped, trainer.should_stop = step, True
         stopping = (stopping or self.stop is not None or trainer.received_sigterm
-                    or self.out_of_time is not None)
+                    or self.out_of_time is not None or self.side_stopped is not None)
         if step % self.checkpoint_every == 0 or step >= self.max_steps or stopping:
             # Not ModelCheckpoint: an atomic rename beside the target, so a kill mid-write keeps
             # the last checkpoint (Lightning's save moves a $TMPDIR copy, in place across disks).
@@ -196,6 +218,9 @@ class _Tee(io.TextIOBase):
 def run_log(path: Path):
     """What the run prints (stdout and stderr) is also appended to `path` (<run_dir>/resdepth.log,
     which Hydra's job logging opens too), so each run's folder keeps its own progress lines."""
+    if side_thread():  # the process's pack_log routes this thread's lines
+        yield
+        return
     with open(path, "a") as log:
         out, err = sys.stdout, sys.stderr
         sys.stdout, sys.stderr = _Tee(out, log), _Tee(err, log)
@@ -239,25 +264,56 @@ class PackRecorder(pl.Callback):
     def out_of_time(self) -> int | None:
         return next((r.out_of_time for r in self.recorders if r.out_of_time is not None), None)
 
+    @property
+    def side_stopped(self) -> int | None:
+        return next((r.side_stopped for r in self.recorders if r.side_stopped is not None), None)
+
+
+class _RunLogs:
+    """The resdepth.log of each run by its label, each opened once its folder exists."""
+
+    def __init__(self, cfgs: list[dict]) -> None:
+        self.paths = {label(c): Path(c["run_dir"]) / "resdepth.log" for c in cfgs}
+        self.open: dict = {}
+        self.lock = threading.Lock()
+
+    def write(self, line: str) -> None:
+        """`line` to the logs of the runs it names ([label]), or to all when it names none."""
+        with self.lock:
+            names = [n for n in self.paths if f"[{n}]" in line] or list(self.paths)
+            for name in names:
+                if name not in self.open and self.paths[name].parent.is_dir():
+                    self.open[name] = open(self.paths[name], "a")
+                if name in self.open:
+                    self.open[name].write(line)
+                    self.open[name].flush()
+
+    def close(self) -> None:
+        for log in self.open.values():
+            log.close()
+
 
 class _PackTee(io.TextIOBase):
-    """Writes to the console, and each whole line to the logs of the runs it names ([label]),
-    or to all of them when it names none."""
+    """Writes each whole line to the console and to the logs of the runs it names ([label]), or
+    to all of them when it names none; the lines of each thread (packs side by side) whole."""
 
-    def __init__(self, console, logs: dict) -> None:
-        self.console, self.logs, self.pending = console, logs, ""
+    def __init__(self, console, logs: _RunLogs) -> None:
+        self.console, self.logs, self.pending = console, logs, {}
+        self.lock = threading.Lock()
 
     def write(self, text: str) -> int:
-        self.console.write(text)
         if text.startswith("\r"):
+            self.console.write(text)
             return len(text)
-        self.pending += text
-        while "\n" in self.pending:
-            line, self.pending = self.pending.split("\n", 1)
-            named = [log for name, log in self.logs.items() if f"[{name}]" in line]
-            for log in named or self.logs.values():
-                log.write(line + "\n")
-                log.flush()
+        with self.lock:
+            me = threading.get_ident()
+            pending = self.pending.pop(me, "") + text
+            while "\n" in pending:
+                line, pending = pending.split("\n", 1)
+                self.console.write(line + "\n")
+                self.logs.write(line + "\n")
+            if pending:
+                self.pending[me] = pending
         return len(text)
 
     def flush(self) -> None:
@@ -272,13 +328,16 @@ class _PackTee(io.TextIOBase):
 
 @contextlib.contextmanager
 def pack_log(cfgs: list[dict]):
-    """run_log for a pack: each run's resdepth.log gets its own lines and the pack's."""
-    with contextlib.ExitStack() as stack:
-        logs = {label(c): stack.enter_context(open(Path(c["run_dir"]) / "resdepth.log", "a"))
-                for c in cfgs}
-        out, err = sys.stdout, sys.stderr
-        sys.stdout, sys.stderr = _PackTee(out, logs), _PackTee(err, logs)
-        try:
-            yield
-        finally:
-            sys.stdout, sys.stderr = out, err
+    """run_log for a pack (or packs side by side): each run's resdepth.log gets its own lines
+    and the pack's."""
+    if side_thread():  # the process's pack_log routes this thread's lines
+        yield
+        return
+    logs = _RunLogs(cfgs)
+    out, err = sys.stdout, sys.stderr
+    sys.stdout, sys.stderr = _PackTee(out, logs), _PackTee(err, logs)
+    try:
+        yield
+    finally:
+        sys.stdout, sys.stderr = out, err
+        logs.close()

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import threading
+
 import torch
 import torch.nn.functional as F
 
 GRAPH_WARMUP = 3  # eager iterations (real ones) before the capture: cuDNN autotuning, lazy init
+_CAPTURING = threading.Lock()  # packs side by side (threads) capture their graphs one at a time
 
 
 def top1_error(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -62,7 +65,10 @@ class WholeStep:
             # the captured backward writes fresh gradients, the static tensors the update reads
             self.optimizer.zero_grad(set_to_none=True)
             self.graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(self.graph):
+            # on a stream of its own (not the capture stream all graphs share), and "thread_local":
+            # a pack side by side in another thread may go on while this one captures
+            with _CAPTURING, torch.cuda.graph(self.graph, stream=torch.cuda.Stream(),
+                                              capture_error_mode="thread_local"):
                 loss, err = self._backward(static_x, static_y)
             self.static = (static_x, static_y, loss, err)
         static_x, static_y, loss, err = self.static

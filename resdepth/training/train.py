@@ -26,7 +26,8 @@ from .device import check, claim, device_name, resolve_device, set_threads, use_
 from .load import model_file
 from ..models import count_parameters
 from .loggers import RunLogger
-from .records import CheckpointIO, PackRecorder, Recorder, label, pack_log, run_log
+from .records import (SIDE_STOP, CheckpointIO, PackRecorder, Recorder, beside_others, label,
+                      pack_log, run_log, side_thread)
 from ..tables import fmt_time, plural, where
 from ..rundir import RunBusy, RunConflict  # noqa: F401 (the CLI and sweep catch them from here)
 from .pack import Member, PackData, PackSystem
@@ -69,6 +70,7 @@ def deadline() -> float | None:
 
 
 STOP_SIGNALS = {signal.SIGTERM: "SIGTERM", signal.SIGHUP: "SIGHUP"}
+_BUILDING = threading.Lock()  # one net initialised at a time: the seeds it draws from are global
 _received: list[int] = []  # the stop signals this process got
 _requeued: list[int] = []  # the iteration this SLURM job was requeued at, once it was
 
@@ -89,9 +91,10 @@ def resume_hint() -> str:
 
 
 @contextlib.contextmanager
-def stop_signals(cfg: dict):
+def stop_signals(cfg: dict, announce: bool = True):
     """SIGTERM and SIGHUP at any moment stop the run as Ctrl-C does: exit 128 + the signal, with
-    the line that says how to resume (Lightning catches SIGTERM only inside fit)."""
+    the line that says how to resume (Lightning catches SIGTERM only inside fit; `announce`
+    False: the caller says it)."""
     if threading.current_thread() is not threading.main_thread():  # signals reach it alone
         yield
         return
@@ -106,7 +109,7 @@ def stop_signals(cfg: dict):
     try:
         yield
     except Interrupted as e:
-        if not e.announced:
+        if not e.announced and announce:
             print(f"\n[{label(cfg)}] stopped by {STOP_SIGNALS.get(e.exit_code - 128)} after "
                   f"training, before its last files were written: "
                   f"{resume_hint().replace('resume', 'finish')}", file=sys.stderr, flush=True)
@@ -141,7 +144,8 @@ def train(cfg: DictConfig | dict) -> dict:
     lock = rundir.lock_run(run_dir)
     gpu, gpu_lock = claim(cfg["trainer"])  # parallel jobs on a machine with several GPUs
     try:
-        with run_log(run_dir / "resdepth.log"), stop_signals(cfg), failures_recorded(cfg, run_dir):
+        with run_log(run_dir / "resdepth.log"), stop_signals(cfg), failures_recorded(cfg, run_dir), \
+                own_stream(cfg["trainer"], gpu):
             return _run(cfg, run_dir, gpu)
     finally:
         lock.close()
@@ -259,7 +263,8 @@ def _record_failure(cfg: dict, run_dir: Path, e: BaseException) -> str:
 
 
 def _run(cfg: dict, run_dir: Path, gpu: int | None) -> dict:
-    data, system, trainer_kwargs = build(cfg, gpu)
+    with _BUILDING:
+        data, system, trainer_kwargs = build(cfg, gpu)
     resume_step = checkpoint_step(run_dir / "last.ckpt")
     logger = RunLogger(cfg, run_dir, resume_step) if cfg.get("logger") else None
     trainer_kwargs["logger"] = logger.logger if logger else False
@@ -277,6 +282,8 @@ def _run(cfg: dict, run_dir: Path, gpu: int | None) -> dict:
         print(f"[{label(cfg)}] stopped at iteration {recorder.out_of_time}, its checkpoint: the "
               f"sweep's time limit is spent; the same command resumes it", flush=True)
         raise OutOfTime(recorder.out_of_time)
+    if recorder.side_stopped is not None:
+        _side_stopped([cfg], recorder.side_stopped)
     if result["status"] != "diverged":
         accelerator = trainer_kwargs["accelerator"]
         system.to(torch.device("cuda", gpu or 0) if accelerator == "gpu" else torch.device("cpu"))
@@ -418,6 +425,89 @@ def requeue_after_a_checkpoint(cfg: dict, recorder: Recorder):
             signal.signal(s, handler)
 
 
+@contextlib.contextmanager
+def own_stream(t: dict, gpu: int | None):
+    """On a GPU, side by side with other packs: this thread's work on a CUDA stream of its own."""
+    if not side_thread() or resolve_device(t)[0] != "gpu":
+        yield
+        return
+    with torch.cuda.stream(torch.cuda.Stream(device=gpu or 0)):
+        yield
+
+
+def _side_stopped(cfgs: list[dict], step: int) -> None:
+    signum = _received[-1] if _received else None
+    how = f"stopped by {STOP_SIGNALS[signum]}" if signum else "interrupted"
+    for cfg in cfgs:
+        print(f"[{label(cfg)}] {how} at iteration {step}; its checkpoint is at iteration {step}: "
+              f"{resume_hint()}", file=sys.stderr, flush=True)
+    raise Interrupted(128 + signum if signum else 130)
+
+
+@contextlib.contextmanager
+def _stops_side_by_side():
+    """Ctrl-C, SIGTERM and SIGHUP set SIDE_STOP (and add 128 + the signal to the list this
+    yields) rather than raise: an exception in Thread.join or is_alive can mark a running thread
+    as ended (Python 3.11)."""
+    stopped: list[int] = []
+
+    def stop(signum, frame):
+        if signum != signal.SIGINT:
+            _received.append(signum)
+        stopped.append(128 + signum)
+        SIDE_STOP.set()
+
+    ours = [signal.SIGINT, *STOP_SIGNALS]
+    if threading.current_thread() is not threading.main_thread():
+        ours = []
+    # only where nothing else handles them (submitit, in a SLURM job, does)
+    free = [s for s in ours if signal.getsignal(s) in (signal.SIG_DFL, signal.default_int_handler)]
+    previous = {s: signal.signal(s, stop) for s in free}
+    try:
+        yield stopped
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+        SIDE_STOP.clear()
+
+
+def train_side_by_side(groups: list[list[DictConfig | dict]]) -> list[list]:
+    """train_pack of each group of runs, side by side in this process: each in a thread of its
+    own, on a GPU on a CUDA stream of its own (trainer.streams). Per group, its outcomes. A stop
+    (Ctrl-C, SIGTERM, SIGHUP) ends every run at a checkpoint after its iteration; Interrupted
+    and OutOfTime are raised once every group has stopped."""
+    if len(groups) == 1:
+        return [train_pack(groups[0])]
+    groups = [[to_plain(c) if isinstance(c, DictConfig) else c for c in g] for g in groups]
+    outcomes: list = [None] * len(groups)
+    errors: list = [None] * len(groups)
+
+    def work(k: int) -> None:
+        with beside_others():
+            try:
+                outcomes[k] = train_pack(groups[k])
+            except BaseException as e:  # raised in the main thread, once all have stopped
+                errors[k] = e
+
+    threads = [threading.Thread(target=work, args=(k,), name=f"pack-{k}", daemon=True)
+               for k in range(len(groups))]
+    SIDE_STOP.clear()
+    with pack_log([c for g in groups for c in g]), _stops_side_by_side() as stopped:
+        for t in threads:
+            t.start()
+        while any(t.is_alive() for t in threads):
+            time.sleep(0.1)
+    if stopped:
+        raise Interrupted(stopped[0])
+    late = [e for e in errors if isinstance(e, OutOfTime)]
+    if late:  # every group stopped for the time limit, or came after it
+        raise max(late, key=lambda e: -1 if e.step is None else e.step)
+    for e in errors:
+        if e is not None:
+            raise e
+    return outcomes
+
+
 def train_pack(cfgs: list[DictConfig | dict]) -> list:
     """Train the runs `cfgs` (pack_key equal) together as one wide net: those that start from
     the same iteration as one pack, each other alone (train). Per run, its result.json, or the
@@ -487,7 +577,7 @@ def _train_packed(members: list, resume_step: int) -> list:
                 print(f"[{label(cfg)}] not started: the sweep's time limit is spent", flush=True)
             raise OutOfTime(None)
         gpu, gpu_lock = claim(cfgs[0]["trainer"])
-        with pack_log(cfgs), stop_signals(cfgs[0]):
+        with pack_log(cfgs), stop_signals(cfgs[0]), own_stream(cfgs[0]["trainer"], gpu):
             try:
                 return _run_pack(cfgs, gpu, resume_step)
             except (RunFailed, KeyboardInterrupt, SystemExit):
@@ -509,7 +599,8 @@ def _pack_failure(cfg: dict, e: Exception):
 
 
 def _run_pack(cfgs: list[dict], gpu: int | None, resume_step: int) -> list[dict]:
-    data, system, trainer_kwargs = build(cfgs[0], gpu, pack=cfgs)
+    with _BUILDING:
+        data, system, trainer_kwargs = build(cfgs[0], gpu, pack=cfgs)
     run_dirs = [Path(c["run_dir"]) for c in cfgs]
     system.resume_from = [d / "last.ckpt" for d in run_dirs]
     members = [Member(system, k) for k in range(len(cfgs))]
@@ -536,6 +627,8 @@ def _run_pack(cfgs: list[dict], gpu: int | None, resume_step: int) -> list[dict]
             print(f"[{label(cfg)}] stopped at iteration {pack.out_of_time}, its checkpoint: the "
                   f"sweep's time limit is spent; the same command resumes it", flush=True)
         raise OutOfTime(pack.out_of_time)
+    if pack.side_stopped is not None:
+        _side_stopped(cfgs, pack.side_stopped)
     accelerator = trainer_kwargs["accelerator"]
     system.to(torch.device("cuda", gpu or 0) if accelerator == "gpu" else torch.device("cpu"))
     data.to(system.device)  # Lightning's teardown may have moved the module to the CPU
