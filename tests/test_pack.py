@@ -9,7 +9,7 @@ import torch
 
 from resdepth.rundir import read_json, read_metrics
 from resdepth.training.pack import PackData, PackedConv, PackSystem, pack_key, plan_packs
-from resdepth.training.train import RunFailed, train, train_pack
+from resdepth.training.train import RunFailed, train, train_pack, train_side_by_side
 
 from .conftest import compose
 
@@ -206,3 +206,40 @@ def test_on_cuda_a_pack_in_one_graph_stays_within_the_noise_floor(tmp_path):
     floor = max(_max_diff(_weights(a), _weights(n)) for a, n in zip(alone, nchw))
     for a, p in zip(alone, packed):
         assert _max_diff(_weights(a), _weights(p)) <= max(floor, 1e-6)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_on_cuda_packs_side_by_side_on_their_own_streams_stay_within_the_noise_floor(tmp_path):
+    """trainer.streams: two packs (and a run alone) in threads of one process, each on a CUDA
+    stream of its own and in its own CUDA graph, captured while the others train; each run stays
+    within the floor that the same run alone in another memory format measures."""
+    gpu = ("trainer.accelerator=gpu", "trainer.cuda_graph=true")
+    deeper = ("model.depth=14",)
+    alone = [*_cfgs(tmp_path / "alone", *gpu), *_cfgs(tmp_path / "alone", *gpu, *deeper)]
+    nchw = [*_cfgs(tmp_path / "nchw", *gpu, "trainer.channels_last=false"),
+            *_cfgs(tmp_path / "nchw", *gpu, "trainer.channels_last=false", *deeper)]
+    _alone(alone), _alone(nchw)
+    side = tmp_path / "side"
+    groups = [_cfgs(side, *gpu), _cfgs(side, *gpu, *deeper), _cfgs(side / "one", *gpu)[:1]]
+    outcomes = train_side_by_side(groups)
+    assert all(r["status"] == "done" and r["cuda_graph"] for g in outcomes for r in g)
+    floor = max(_max_diff(_weights(a), _weights(n)) for a, n in zip(alone, nchw))
+    for a, s in zip([*alone, alone[0]], [c for g in groups for c in g]):
+        assert _max_diff(_weights(a), _weights(s)) <= max(floor, 1e-6)
+
+
+def test_packs_side_by_side_in_threads_train_bitwise_as_one_after_another(tmp_path):
+    """On a CPU (bf16) the threads of train_side_by_side change nothing: bitwise the rows and
+    weights of the same packs, and of a run alone, trained one after another."""
+    groups = [_cfgs(tmp_path / "side"), _cfgs(tmp_path / "side", "model.depth=14"),
+              _cfgs(tmp_path / "side" / "one")[:1]]
+    after = [_cfgs(tmp_path / "after"), _cfgs(tmp_path / "after", "model.depth=14"),
+             _cfgs(tmp_path / "after" / "one")[:1]]
+    outcomes = train_side_by_side(groups)
+    assert [len(g) for g in outcomes] == [2, 2, 1]
+    assert all(r["status"] == "done" for g in outcomes for r in g)
+    assert [r["pack"] for r in outcomes[0]] == [["plain-8 seed 0", "ResNet-8 seed 1"]] * 2
+    train_pack(after[0]), train_pack(after[1]), train(after[2][0])
+    for s, a in zip([c for g in groups for c in g], [c for g in after for c in g]):
+        assert _rows(s) == _rows(a) and _gradients(s) == _gradients(a)
+        assert _same(_weights(s), _weights(a))
