@@ -256,14 +256,17 @@ def _sweep(overrides: list[str], launch: Callable[[list[str]], None], plan: bool
     packs = sweep_packs(jobs, same_as, states)
     if note := pack_note(jobs, packs):
         print(f"note: {note}", flush=True)
-    if note := side_by_side_note(jobs, packs, side_by_side(jobs, packs, states)):
+    groups = side_by_side(jobs, packs, states)
+    if note := side_by_side_note(jobs, packs, groups):
         print(f"note: {note}", flush=True)
     if time_limit is not None:
-        print(f"note: {budget_note(jobs, same_as, time_limit, packs)}", flush=True)
+        note = budget_note(jobs, same_as, time_limit, packs)
+        if any(len(g) > 1 for g in groups):
+            note += " (packs side by side counted one after another: they may get further)"
+        print(f"note: {note}", flush=True)
     if plan:  # checked and printed; nothing written, nothing trained
         return 0
     command_line = " ".join(["resdepth sweep", *map(shlex.quote, given)])
-    groups = side_by_side(jobs, packs, states)
     started = record_sweep(jobs, same_as, command_line, groups, expand_grid(overrides))
     # a pack, or packs side by side, is one job, whatever the launcher: the plan's sweeper
     # launches the planned jobs
@@ -500,13 +503,18 @@ def side_by_side(jobs: list[dict], packs: list[list[int]],
     return groups
 
 
+def _numbers(packs: list[list[int]]) -> dict[int, int]:
+    """Each job's run number, as the plan prints it."""
+    return {i: n + 1 for n, i in enumerate(sorted(i for p in packs for i in p))}
+
+
 def side_by_side_note(jobs: list[dict], packs: list[list[int]],
                       groups: list[list[list[int]]]) -> str | None:
     """Which packs train side by side, or None when none do."""
     shared = [g for g in groups if len(g) > 1]
     if not shared:
         return None
-    number = {i: n + 1 for n, i in enumerate(sorted(i for p in packs for i in p))}  # as planned
+    number = _numbers(packs)
     which = "; ".join(", ".join("+".join(str(number[i]) for i in p) for p in g) for g in shared)
     cfg = jobs[shared[0][0][0]]
     how = ("each on its own CUDA stream" if resolve_device(cfg["trainer"])[0] == "gpu" else
@@ -520,7 +528,7 @@ def pack_note(jobs: list[dict], packs: list[list[int]]) -> str | None:
     shared = [p for p in packs if len(p) > 1]
     if not shared:
         return None
-    number = {i: n + 1 for n, i in enumerate(sorted(i for p in packs for i in p))}  # as planned
+    number = _numbers(packs)
     which = ", ".join("+".join(str(number[i]) for i in p) for p in shared)
     size = jobs[shared[0][0]]["trainer"]["pack"]
     return (f"runs {which} train as one wide net per pack (trainer.pack={size}), one job per "

@@ -14,6 +14,9 @@
 #                  BN over 64 images, ResNet-56 with BN over the whole batch, and ResNet-56 with torch.compile
 #                  inside the pack's graph (its warm-up time includes the compilation), and the paper's sweep
 #                  projected with each depth's 2 (one seed) or 6 (three seeds) runs as one pack; packs.log
+#   streams/       the paper's 10 nets for 1,000 iterations each, one pack per depth, with the 5 packs one after
+#                  another (trainer.streams=1) and side by side on CUDA streams (trainer.streams=5); streams.log
+#                  ends with the wall time of each
 # Usage: BUDGET=8m scripts/gpu-check.sh DEST [RESDEPTH_OVERRIDES ...]
 #        (make gpu-check DEST=folder [BUDGET=8m] picks the dataset)
 # Each step goes on when an earlier one fails; the exit status is 1 if any failed (a spent budget is no failure).
@@ -64,6 +67,16 @@ packs() {  # about 2-4 minutes on an H200
     resdepth bench "${common[@]}" --depths 56 --bn-batch 64 --compile true --out "$DEST/packs-compile.json"
 }
 
+streams() {  # about 2-3 minutes on an H200
+  local n t0
+  for n in 1 5; do
+    t0=$SECONDS
+    resdepth sweep experiment=paper "${OVERRIDES[@]}" trainer.max_steps=1000 trainer.eval_every=500 \
+      trainer.streams=$n results_root="$DEST/streams/$n" || return
+    echo "gpu-check: the paper's 10 nets x 1000 iterations, trainer.streams=$n: $((SECONDS - t0)) s in all"
+  done
+}
+
 group_bn() {  # under a minute: BN over groups of 64, the loop against one batch-norm call
   PYTHONPATH=.${PYTHONPATH:+:$PYTHONPATH} $PY experiments/bench/group_bn.py --cuda-only --no-step
 }
@@ -81,8 +94,9 @@ step bench bench bench.log
 step "the paper's schedule, within BUDGET=$BUDGET" campaign sweep.log
 step figures figures
 step "packs against runs alone" packs packs.log
+step "packs side by side on CUDA streams" streams streams.log
 step "group BN, loop against one call" group_bn group_bn.log
 if [ ${#failed[@]} -gt 0 ]; then
   echo "gpu-check: failed: ${failed[*]} (outputs so far in $DEST)"; exit 1
 fi
-echo "gpu-check: done; outputs in $DEST (machine.txt, tests.log, bench.json, paper/, paper/figures/, packs*.json, group_bn.log)"
+echo "gpu-check: done; outputs in $DEST (machine.txt, tests.log, bench.json, paper/, paper/figures/, packs*.json, streams.log, group_bn.log)"

@@ -634,7 +634,8 @@ def test_packs_side_by_side_train_each_run_as_one_after_another(tmp_path, pack):
             f"sharing this CPU's cores: {which}; each trains as it would alone") in proc.stdout
     jobs = 1 if pack == "2" else 2
     assert re.search(rf"[Ll]aunching {jobs} jobs", proc.stdout)
-    assert proc.stdout.count(" side by side/4 (") == jobs and "sweep finished: 4 done" in proc.stdout
+    assert proc.stdout.count(" side by side/4 (") == jobs
+    assert "sweep finished: 4 done" in proc.stdout
     assert run_cli("sweep", *args, f"results_root={tmp_path / 'after'}").returncode == 0
     assert _rows_of(tmp_path / "side") == _rows_of(tmp_path / "after")
     for run_dir, r in find_results(tmp_path / "side"):

@@ -20,7 +20,7 @@ AUTO_PACK = 8  # trainer.pack=auto on a CUDA GPU: at most this many runs in one 
 def pack_size(trainer: dict, accelerator: str = "cpu") -> int:
     """The most runs trainer.pack lets a sweep train as one net on `accelerator`; ValueError."""
     value = str(trainer.get("pack", "auto")).lower()
-    if value == "auto":  # measured on a CPU: a pack is 1.03-1.24x slower there (docs/sweeps.md)
+    if value == "auto":  # measured: a pack is slower on a CPU (docs/sweeps.md)
         return AUTO_PACK if accelerator == "gpu" else 1
     if value in ("off", "false", "1"):
         return 1

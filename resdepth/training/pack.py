@@ -7,7 +7,7 @@ a mixed pack adds its shortcut times 0. Net k's state is the dim-0 slice k of ev
 under CifarResNet's names, so a pack writes each run's last.ckpt in the solo format, a packed run
 resumes alone and solo runs resume as a pack. These nets are so thin that one of them leaves most
 of a GPU idle inside every kernel; K of them fill it. On a CPU, which they already keep busy, a
-pack is slower (1.03-1.24x, measured): trainer.pack=auto packs on CUDA GPUs only.
+pack is slower (measured, docs/sweeps.md): trainer.pack=auto packs on CUDA GPUs only.
 """
 
 from __future__ import annotations

@@ -215,19 +215,26 @@ class _Tee(io.TextIOBase):
 
 
 @contextlib.contextmanager
+def _teed(tee):
+    """sys.stdout and sys.stderr through tee(stream) for the block; in a thread side by side with
+    others, as they are: the process's pack_log routes its lines."""
+    if side_thread():
+        yield
+        return
+    out, err = sys.stdout, sys.stderr
+    sys.stdout, sys.stderr = tee(out), tee(err)
+    try:
+        yield
+    finally:
+        sys.stdout, sys.stderr = out, err
+
+
+@contextlib.contextmanager
 def run_log(path: Path):
     """What the run prints (stdout and stderr) is also appended to `path` (<run_dir>/resdepth.log,
     which Hydra's job logging opens too), so each run's folder keeps its own progress lines."""
-    if side_thread():  # the process's pack_log routes this thread's lines
+    with open(path, "a") as log, _teed(lambda stream: _Tee(stream, log)):
         yield
-        return
-    with open(path, "a") as log:
-        out, err = sys.stdout, sys.stderr
-        sys.stdout, sys.stderr = _Tee(out, log), _Tee(err, log)
-        try:
-            yield
-        finally:
-            sys.stdout, sys.stderr = out, err
 
 
 class PackRecorder(pl.Callback):
@@ -330,14 +337,9 @@ class _PackTee(io.TextIOBase):
 def pack_log(cfgs: list[dict]):
     """run_log for a pack (or packs side by side): each run's resdepth.log gets its own lines
     and the pack's."""
-    if side_thread():  # the process's pack_log routes this thread's lines
-        yield
-        return
     logs = _RunLogs(cfgs)
-    out, err = sys.stdout, sys.stderr
-    sys.stdout, sys.stderr = _PackTee(out, logs), _PackTee(err, logs)
     try:
-        yield
+        with _teed(lambda stream: _PackTee(stream, logs)):
+            yield
     finally:
-        sys.stdout, sys.stderr = out, err
         logs.close()

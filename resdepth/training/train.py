@@ -144,8 +144,8 @@ def train(cfg: DictConfig | dict) -> dict:
     lock = rundir.lock_run(run_dir)
     gpu, gpu_lock = claim(cfg["trainer"])  # parallel jobs on a machine with several GPUs
     try:
-        with run_log(run_dir / "resdepth.log"), stop_signals(cfg), failures_recorded(cfg, run_dir), \
-                own_stream(cfg["trainer"], gpu):
+        with (run_log(run_dir / "resdepth.log"), stop_signals(cfg),
+              failures_recorded(cfg, run_dir), own_stream(cfg["trainer"], gpu)):
             return _run(cfg, run_dir, gpu)
     finally:
         lock.close()
@@ -448,20 +448,24 @@ def _side_stopped(cfgs: list[dict], step: int) -> None:
 def _stops_side_by_side():
     """Ctrl-C, SIGTERM and SIGHUP set SIDE_STOP (and add 128 + the signal to the list this
     yields) rather than raise: an exception in Thread.join or is_alive can mark a running thread
-    as ended (Python 3.11)."""
+    as ended (Python 3.11). In a SLURM job under submitit, its requeue signal does the same, and
+    submitit requeues the job once every run has written its checkpoint."""
     stopped: list[int] = []
+    main = threading.current_thread() is threading.main_thread()
+    submitit = {s: h for s in (signal.SIGUSR1, signal.SIGUSR2) if (h := _submitit_handler(s))}
+    requeue: list[int] = []
 
     def stop(signum, frame):
-        if signum != signal.SIGINT:
+        if signum in submitit:
+            requeue.append(signum)
+        elif signum != signal.SIGINT:
             _received.append(signum)
         stopped.append(128 + signum)
         SIDE_STOP.set()
 
-    ours = [signal.SIGINT, *STOP_SIGNALS]
-    if threading.current_thread() is not threading.main_thread():
-        ours = []
     # only where nothing else handles them (submitit, in a SLURM job, does)
-    free = [s for s in ours if signal.getsignal(s) in (signal.SIG_DFL, signal.default_int_handler)]
+    free = [s for s in (signal.SIGINT, *STOP_SIGNALS) if main and signal.getsignal(s) in (
+        signal.SIG_DFL, signal.default_int_handler)] + [s for s in submitit if main]
     previous = {s: signal.signal(s, stop) for s in free}
     try:
         yield stopped
@@ -469,6 +473,11 @@ def _stops_side_by_side():
         for s, handler in previous.items():
             signal.signal(s, handler)
         SIDE_STOP.clear()
+    if requeue:
+        print(f"SLURM job {slurm_job()}: every run side by side wrote a checkpoint; submitit "
+              f"requeues the job, which resumes from there", flush=True)
+        _requeued.append(requeue[0])
+        submitit[requeue[0]](requeue[0], None)  # requeues and exits
 
 
 def train_side_by_side(groups: list[list[DictConfig | dict]]) -> list[list]:
