@@ -157,11 +157,17 @@ def test_a_sweep_on_slurm_has_the_numbers_of_the_local_launcher_and_its_figures(
                      *_slurm(tmp_path / "packed", "hydra.launcher.timeout_min=5"))
     assert packed.returncode == 0, packed.stdout[-3000:] + packed.stderr[-3000:]
     assert re.search(r"slurm: submitted job array \d+ \(1 job\)", packed.stdout)
-    for on_slurm, basic in zip(_runs(tmp_path / "packed", "trainer.max_steps=10",
-                                     "trainer.eval_every=5"),
-                               _runs(tmp_path / "basic", "trainer.max_steps=10",
-                                     "trainer.eval_every=5")):
-        assert _rows(on_slurm) == _rows(basic)
+    # side by side (trainer.streams): one job trains both runs, each in a thread of its own
+    side = run_cli("sweep", *args, "trainer.pack=off", "trainer.streams=2",
+                   *_slurm(tmp_path / "side", "hydra.launcher.timeout_min=5"))
+    assert side.returncode == 0, side.stdout[-3000:] + side.stderr[-3000:]
+    assert re.search(r"slurm: submitted job array \d+ \(1 job\)", side.stdout)
+    for name in ("packed", "side"):
+        for on_slurm, basic in zip(_runs(tmp_path / name, "trainer.max_steps=10",
+                                         "trainer.eval_every=5"),
+                                   _runs(tmp_path / "basic", "trainer.max_steps=10",
+                                         "trainer.eval_every=5")):
+            assert _rows(on_slurm) == _rows(basic)
 
 
 def test_scancel_of_a_job_ends_the_sweep_naming_the_run_and_the_command_that_resumes_it(tmp_path):
