@@ -173,6 +173,10 @@ def _train_packs(cfg: DictConfig, group: list[list[dict]]):
         if e.step is None:
             _clean_up_refused(Path(cfg.run_dir))
         return {"status": "not started" if e.step is None else "stopped"}
+    except Exception as e:  # not a run's failure (those are recorded): say it, not only Hydra
+        print(f"resdepth: error: this sweep job ({sum(map(len, packs))} runs) failed: "
+              f"{type(e).__name__}: {e}", file=sys.stderr, flush=True)
+        raise
     return {"status": "pack", "runs": [
         status for pack, outs in zip(packs, outcomes) for status in _statuses(cfg, pack, outs)]}
 
